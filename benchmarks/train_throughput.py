@@ -1,0 +1,92 @@
+"""Training throughput of the tokenizer against the machine's matmul speed.
+
+Prints a table: training images/s, the FLOPs of one training step counted by torch's
+FlopCounterMode (forward + backward), the GFLOP/s achieved, the GFLOP/s of a large fp32 matmul
+measured in the same run, and their ratio (how much of the machine's dense-math speed the
+training step gets).
+
+    python benchmarks/train_throughput.py [--scale cpu] [--batch-size 32] [--steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sbt_lib.experiments import build_tokenizer, train_config
+from sbt_lib.losses import ReconstructionLoss
+from sbt_lib.scales import resolve
+from sbt_lib.train import _optimizer, resolve_device
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_flops(model, loss_fn, images) -> int:
+    with FlopCounterMode(display=False) as counter:
+        sum(loss_fn(model, images, None).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="cpu")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    params = resolve("01_decomposition", args.scale, batch_size=args.batch_size)
+    device = resolve_device(args.device)
+    model = build_tokenizer(params).to(device)
+    cfg = train_config(params)
+    opt, loss_fn = _optimizer(model, cfg), ReconstructionLoss()
+    images = torch.rand(cfg.batch_size, 3, params["image_size"], params["image_size"], device=device) * 2 - 1
+
+    flops = step_flops(model, loss_fn, images)
+    for i in range(args.steps + 2):  # two warm-up steps
+        if i == 2:
+            _sync(device)
+            t = time.perf_counter()
+        terms = loss_fn(model, images, None)
+        opt.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        opt.step()
+    _sync(device)
+    seconds = (time.perf_counter() - t) / args.steps
+    achieved = flops / seconds / 1e9
+    peak = matmul_gflops(device)
+    rows = [
+        ("device", f"{device} ({torch.get_num_threads()} threads)"),
+        ("scale / batch", f"{args.scale} / {cfg.batch_size}"),
+        ("parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"),
+        ("train images/s", f"{cfg.batch_size / seconds:.1f}"),
+        ("GFLOP per image (fwd+bwd)", f"{flops / cfg.batch_size / 1e9:.3f}"),
+        ("achieved GFLOP/s", f"{achieved:.1f}"),
+        ("2048² fp32 matmul GFLOP/s", f"{peak:.1f}"),
+        ("ratio", f"{achieved / peak:.2f}"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    print(f"| {'quantity':<{w}} | value |\n|{'-' * (w + 2)}|-------|")
+    for k, v in rows:
+        print(f"| {k:<{w}} | {v} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,538 @@
+"""Datasets for the tokenizer experiments, all held in memory as uint8 tensors.
+
+Three built-in sources plus any image folder:
+
+* ``photos``  -- random crops (with scale jitter) of the real colour photographs
+  bundled with scikit-image.  Needs no download, so every machine has it.  Train
+  and test crops come from disjoint regions of each photo (see ``photo_regions``),
+  so no test crop shares a pixel with any training crop.
+* ``shapes``  -- synthetic images (a flat-coloured shape on a grey textured
+  background) with ground-truth factors, global (shape, colour, position, size)
+  and local (texture, frequency, orientation), for linear probes.
+* ``cifar10`` -- the CIFAR-10 PNGs at ``$SBT_DATA/cifar10/{train,test}/<class>/``,
+  with torchvision's download as a fallback.
+* any other name is read as a folder laid out as ``<path>/{train,test}/<class>/*.png``
+  (cifar10 is just such a folder at a known place).  Decoding is slow, so folder
+  datasets are cached as ``.npz`` under ``$SBT_CACHE`` (default ``<repo>/data/cache``).
+
+Conventions: images are float32 in [-1, 1], shape 3xHxW (Bx3xHxW in batches), but are
+stored as uint8 to save memory and converted on access.  Everything random takes an
+explicit seed (numpy ``default_rng`` / ``torch.Generator``), never global RNG state;
+the test split draws from a different stream than the train split.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+DATASETS = ("photos", "shapes", "cifar10")
+SPLITS = ("train", "test")
+DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # photos and shapes
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+REPO = Path(__file__).resolve().parents[1]
+FOLDER_LAYOUT = "<folder>/{train,test}/<class>/*.png (or .jpg, .jpeg, .bmp, .webp)"
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounded and clamped (inverse of ``to_float``)."""
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageDataset(Dataset):
+    """In-memory dataset: uint8 ``images`` Nx3xHxW, int64 ``targets`` N, class names.
+
+    ``factors`` (shapes only) maps factor name -> int64 tensor N; ``boxes`` (photos
+    only) is an int64 Nx4 tensor of crop boxes (photo, y0, x0, side) in source pixels.
+    """
+
+    def __init__(self, images, targets, classes, name, split, factors=None, boxes=None):
+        self.images = torch.as_tensor(images, dtype=torch.uint8).contiguous()
+        self.targets = torch.as_tensor(targets, dtype=torch.int64)
+        assert self.images.ndim == 4 and self.images.shape[1] == 3, self.images.shape
+        assert len(self.targets) == len(self.images)
+        self.classes = list(classes)
+        self.name, self.split = name, split
+        self.factors = None if factors is None else {
+            k: torch.as_tensor(v, dtype=torch.int64) for k, v in factors.items()}
+        self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        """(float image 3xHxW in [-1, 1], int target)."""
+        return to_float(self.images[i]), int(self.targets[i])
+
+    def batch(self, indices: torch.Tensor):
+        """Vectorised gather: (float images Bx3xHxW in [-1, 1], int64 targets B)."""
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return to_float(self.images[indices]), self.targets[indices]
+
+    def __repr__(self) -> str:
+        n, _, h, w = self.images.shape
+        return (f"ImageDataset({self.name!r}, split={self.split!r}, n={n}, "
+                f"size={h}x{w}, classes={len(self.classes)})")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def load_dataset(name: str, split: str = "train", image_size: int = 32, *, seed: int = 0,
+                 size: int | None = None, root: str | None = None,
+                 resize: bool = False) -> ImageDataset:
+    """Load a built-in dataset (``DATASETS``) or an image folder by path.
+
+    ``size``: number of images to generate (photos, shapes; default 10,000 train /
+    1,000 test), or a seeded class-balanced subset of a folder dataset (default all).
+    ``root``: for cifar10, the data folder holding ``cifar10/`` (overrides $SBT_DATA).
+    ``resize``: folder datasets only; centre-crop and resize images that are not
+    ``image_size`` square instead of raising.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if image_size < 1 or (size is not None and size < 1):
+        raise ValueError(f"image_size and size must be positive, got {image_size}, {size}")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])  # test: its own stream
+    if name == "photos":
+        return make_photos(size or DEFAULT_SIZE[split], split, image_size, rng)
+    if name == "shapes":
+        return make_shapes(size or DEFAULT_SIZE[split], split, image_size, rng)
+    if name == "cifar10":
+        return load_cifar10(split, image_size, rng, size=size, root=root, resize=resize)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise ValueError(
+            f"unknown dataset {name!r}: not a built-in dataset {DATASETS} and no folder "
+            f"at {folder.resolve()}. A folder path is also accepted, laid out as {FOLDER_LAYOUT}")
+    return load_folder(folder, split, image_size, rng, size=size, resize=resize, name=name)
+
+
+# ----------------------------------------------------------------------------- photos
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+          "hubble_deep_field", "retina", "motorcycle")
+TRAIN_FRACTION = 0.75  # of each photo's longer axis; the remaining 25% is the test region
+CROP_SCALE = (0.25, 1.0)  # crop side, as a fraction of the short side of the region
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_pyramids() -> tuple[list[Image.Image], ...]:
+    """Each bundled photo as a list of PIL images, each half the size of the previous."""
+    import skimage.data
+
+    pyramids = []
+    for name in PHOTOS:
+        if name == "motorcycle":
+            array = skimage.data.stereo_motorcycle()[0]  # left view
+        else:
+            array = getattr(skimage.data, name)()
+        levels = [Image.fromarray(array[..., :3])]
+        while min(levels[-1].size) >= 32:
+            levels.append(levels[-1].reduce(2))  # 2x2 box average: antialiased
+        pyramids.append(levels)
+    return tuple(pyramids)
+
+
+def photo_regions(split: str) -> dict[str, tuple[int, int, int, int]]:
+    """Box (y0, x0, height, width) of each photo that ``split`` crops are drawn from.
+
+    Each photo is cut across its longer axis: the first 75% is the train region and
+    the rest the test region, so the two never share a pixel.
+    """
+    regions = {}
+    for name, levels in zip(PHOTOS, _photo_pyramids()):
+        w, h = levels[0].size
+        long_axis = h if h >= w else w
+        cut = int(round(TRAIN_FRACTION * long_axis))
+        lo, hi = (0, cut) if split == "train" else (cut, long_axis)
+        regions[name] = (lo, 0, hi - lo, w) if h >= w else (0, lo, h, hi - lo)
+    return regions
+
+
+def make_photos(n: int, split: str, image_size: int, rng: np.random.Generator) -> ImageDataset:
+    """``n`` square crops of the bundled photos (label = photo), balanced across photos.
+
+    Crop side is uniform in ``CROP_SCALE`` x the region's short side, position uniform
+    in the region, resized with antialiased bicubic; train crops are flipped at random.
+    """
+    regions = np.array(list(photo_regions(split).values()))  # P x (y0, x0, h, w)
+    labels = rng.permutation(np.arange(n) % len(PHOTOS))
+    y0, x0, h, w = regions[labels].T
+    short = np.minimum(h, w)
+    side = np.clip(np.round(rng.uniform(*CROP_SCALE, n) * short), 1, short).astype(np.int64)
+    y0 = y0 + rng.integers(0, h - side + 1)
+    x0 = x0 + rng.integers(0, w - side + 1)
+    flip = rng.random(n) < 0.5 if split == "train" else np.zeros(n, bool)
+
+    pyramids = _photo_pyramids()
+    out = np.empty((n, image_size, image_size, 3), np.uint8)
+    for i in range(n):
+        # Read from the smallest pyramid level still >= 2x the output size: cheap and sharp.
+        levels = pyramids[labels[i]]
+        k = int(np.clip(np.floor(np.log2(side[i] / (2 * image_size))), 0, len(levels) - 1))
+        s = 2.0 ** k
+        box = (x0[i] / s, y0[i] / s, (x0[i] + side[i]) / s, (y0[i] + side[i]) / s)
+        out[i] = np.asarray(levels[k].resize((image_size, image_size), Image.BICUBIC, box=box))
+    out[flip] = out[flip, :, ::-1]
+    boxes = np.stack([labels, y0, x0, side], axis=1)
+    return ImageDataset(out.transpose(0, 3, 1, 2), labels, PHOTOS, "photos", split, boxes=boxes)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+SHAPE_FACTORS = {"global": ["shape", "colour", "position", "size"],
+                 "local": ["texture", "frequency", "orientation"]}
+FACTOR_CLASSES = {
+    "shape": ["circle", "square", "triangle", "diamond"],
+    "colour": ["red", "yellow", "green", "cyan", "blue", "magenta"],
+    "position": ["top-left", "top", "top-right", "left", "centre", "right",
+                 "bottom-left", "bottom", "bottom-right"],
+    "size": ["small", "medium", "large"],
+    "texture": ["stripes", "checker", "dots", "noise"],
+    "frequency": ["low", "mid", "high"],
+    "orientation": ["0", "45", "90", "135"],  # degrees
+}
+COLOURS = np.array([[0.95, 0.10, 0.10], [0.95, 0.90, 0.10], [0.10, 0.80, 0.10],
+                    [0.10, 0.85, 0.90], [0.15, 0.25, 0.95], [0.90, 0.10, 0.90]], np.float32)
+SIZES = (0.10, 0.15, 0.20)  # shape "radius" as a fraction of the image side (+-8% jitter)
+CYCLES = (2.0, 4.0, 6.0)  # texture periods per image side, across the pattern axis
+MARGIN = 0.2  # shape centres lie in [MARGIN, 1 - MARGIN] of the image, cut 3x3
+NOISE_GRID = 16  # value-noise lattice size per image
+
+
+def sample_shape_factors(n: int, rng) -> dict[str, np.ndarray]:
+    """Seeded factors for ``n`` shapes images; each factor exactly balanced (+-1)."""
+    rng = np.random.default_rng(rng)
+    return {k: rng.permutation(np.arange(n) % len(v)) for k, v in FACTOR_CLASSES.items()}
+
+
+def render_shapes(factors: dict, image_size: int, rng, chunk: int = 1024) -> np.ndarray:
+    """Render shapes images (uint8 Nx3xHxW) for the given factor indices.
+
+    Nuisances (position jitter, size jitter, texture phase, grey levels, noise) come
+    from ``rng`` (seed or Generator) and do not depend on the factor values, so the
+    same seed with one factor changed gives the same image with only that changed.
+    """
+    rng = np.random.default_rng(rng)
+    f = {k: np.asarray(v, np.int64) for k, v in factors.items()}
+    n = len(f["shape"])
+    nuisance = {  # drawn in a fixed order with fixed shapes
+        "jitter": rng.uniform(-0.4, 0.4, (n, 2)).astype(np.float32),
+        "scale": rng.uniform(0.92, 1.08, n).astype(np.float32),
+        "phase": rng.random((n, 2)).astype(np.float32),
+        "grey": rng.uniform(0.2, 0.45, n).astype(np.float32),
+        "contrast": rng.uniform(0.2, 0.35, n).astype(np.float32),
+        "tint": rng.uniform(-0.04, 0.04, (n, 3)).astype(np.float32),
+        "noise": rng.random((n, NOISE_GRID, NOISE_GRID)).astype(np.float32),
+    }
+    out = np.empty((n, 3, image_size, image_size), np.uint8)
+    for lo in range(0, n, chunk):
+        part = slice(lo, lo + chunk)
+        rgb = _render_chunk({k: v[part] for k, v in f.items()},
+                            {k: v[part] for k, v in nuisance.items()}, image_size)
+        out[part] = np.round(rgb * 255).astype(np.uint8).transpose(0, 3, 1, 2)
+    return out
+
+
+def make_shapes(n: int, split: str, image_size: int, rng: np.random.Generator) -> ImageDataset:
+    """``n`` shapes images with their factors; target = the ``shape`` factor."""
+    factors = sample_shape_factors(n, rng)
+    images = render_shapes(factors, image_size, rng)
+    return ImageDataset(images, factors["shape"], FACTOR_CLASSES["shape"], "shapes", split,
+                        factors=factors)
+
+
+def _render_chunk(f: dict, nz: dict, size: int) -> np.ndarray:
+    """Float NxHxWx3 in [0, 1]: grey texture, then the shape composited on top."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size  # pixel centres, image units
+    y, x = coords[None, :, None], coords[None, None, :]
+    background = _texture(f, nz, x - 0.5, y - 0.5, size)[..., None]  # N x H x W x 1
+    background = nz["grey"][:, None, None, None] + nz["contrast"][:, None, None, None] * background
+    background = background + nz["tint"][:, None, None, :]
+
+    radius = np.asarray(SIZES, np.float32)[f["size"]] * nz["scale"]
+    cell = (1 - 2 * MARGIN) / 3
+    row, col = np.divmod(f["position"], 3)
+    cy = MARGIN + (row + 0.5 + nz["jitter"][:, 0]) * cell
+    cx = MARGIN + (col + 0.5 + nz["jitter"][:, 1]) * cell
+    r = radius[:, None, None]
+    px, py = np.broadcast_arrays((x - cx[:, None, None]) / r, (y - cy[:, None, None]) / r)
+    sdf = np.empty(px.shape, np.float32)  # signed distance, in units of the radius
+    for k, sd in enumerate(_SHAPE_SDFS):
+        m = f["shape"] == k
+        sdf[m] = sd(px[m], py[m])
+    alpha = np.clip(0.5 - sdf * r * size, 0, 1)[..., None]  # 1-pixel smooth edge
+    return np.clip(background * (1 - alpha) + COLOURS[f["colour"]][:, None, None] * alpha, 0, 1)
+
+
+# Signed distance functions of unit-radius shapes (areas all ~pi), y pointing down.
+_SHAPE_SDFS = (
+    lambda x, y: np.hypot(x, y) - 1,                                  # circle
+    lambda x, y: np.maximum(abs(x), abs(y)) - 0.886,                  # square
+    lambda x, y: np.maximum.reduce([y, 0.866 * x - 0.5 * y,           # triangle,
+                                    -0.866 * x - 0.5 * y]) - 0.778,   # apex up
+    lambda x, y: (abs(x) + abs(y) - 1.253) / np.sqrt(2),              # diamond
+)
+
+
+def _texture(f: dict, nz: dict, x, y, size: int) -> np.ndarray:
+    """Texture value NxHxW in [0, 1], in coordinates rotated by the orientation factor.
+
+    Checker, dots and noise repeat half as often along the second axis, so that
+    every orientation (0/45/90/135) gives a visibly different pattern.
+    """
+    theta = np.deg2rad(45 * f["orientation"]).astype(np.float32)[:, None, None]
+    cycles = np.asarray(CYCLES, np.float32)[f["frequency"]][:, None, None]
+    u = x * np.cos(theta) + y * np.sin(theta)
+    v = -x * np.sin(theta) + y * np.cos(theta)
+    a = cycles * u + nz["phase"][:, 0, None, None]  # pattern coordinates: 1 unit = 1 period
+    b = cycles / 2 * v + nz["phase"][:, 1, None, None]
+    to_px = size / cycles  # pixels per period along a
+
+    out = np.empty(a.shape, np.float32)
+    kind = f["texture"]
+    m = kind == 0  # stripes
+    out[m] = 0.5 + 0.5 * np.sin(2 * np.pi * a[m])
+    m = kind == 1  # checker, edges smoothed over one pixel
+    am, bm, px = a[m], b[m], to_px[m]
+    parity = (np.floor(am) + np.floor(bm)) % 2
+    edge = np.minimum(abs(am - np.round(am)), 2 * abs(bm - np.round(bm))) * px
+    out[m] = 0.5 + (parity - 0.5) * np.clip(2 * edge, 0, 1)
+    m = kind == 2  # dots on a rectangular lattice
+    am, bm, px = a[m], b[m], to_px[m]
+    dist = np.hypot(am - np.floor(am) - 0.5, 2 * (bm - np.floor(bm) - 0.5)) * px
+    out[m] = np.clip(0.3 * px - dist + 0.5, 0, 1)
+    m = kind == 3  # smooth value noise, stretched to the full [0, 1] range
+    noise = _value_noise(a[m], b[m], nz["noise"][m])
+    low, high = noise.min(axis=(1, 2), keepdims=True), noise.max(axis=(1, 2), keepdims=True)
+    out[m] = (noise - low) / np.maximum(high - low, 1e-6)
+    return out
+
+
+def _value_noise(a, b, grid) -> np.ndarray:
+    """Smoothly interpolated random lattice values (per-image ``grid``) at (a, b)."""
+    a, b = a + NOISE_GRID / 2, b + NOISE_GRID / 2  # |a|, |b| < 6 by construction
+    ia, ib = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
+    ta, tb = a - ia, b - ib
+    ta, tb = ta * ta * (3 - 2 * ta), tb * tb * (3 - 2 * tb)  # smoothstep
+    n = np.arange(len(grid))[:, None, None]
+    g = lambda da, db: grid[n, ia + da, ib + db]  # noqa: E731
+    top = g(0, 0) * (1 - tb) + g(0, 1) * tb
+    bottom = g(1, 0) * (1 - tb) + g(1, 1) * tb
+    return top * (1 - ta) + bottom * ta
+
+
+# ----------------------------------------------------------------------------- folders
+
+def data_dir(root: str | None = None) -> Path:
+    """Folder holding the datasets: ``root``, else $SBT_DATA, else ``<repo>/data``.
+
+    A relative $SBT_DATA is taken relative to the repository, not the current
+    directory, so notebooks in subfolders find the same data.
+    """
+    path = Path(root or os.environ.get("SBT_DATA") or REPO / "data").expanduser()
+    return (path if root or path.is_absolute() else REPO / path).resolve()
+
+
+def cache_dir() -> Path:
+    """Where decoded folder datasets are cached: $SBT_CACHE, else ``<repo>/data/cache``."""
+    return Path(os.environ.get("SBT_CACHE") or REPO / "data" / "cache").expanduser()
+
+
+def load_cifar10(split: str, image_size: int, rng: np.random.Generator, *,
+                 size: int | None = None, root: str | None = None,
+                 resize: bool = False) -> ImageDataset:
+    """CIFAR-10 from ``<data_dir>/cifar10/{train,test}/<class>/*.png``, else torchvision."""
+    if image_size != 32 and not resize:
+        raise ValueError(f"cifar10 images are 32x32; got image_size={image_size}. "
+                         "Pass resize=True to resize them.")
+    folder = data_dir(root) / "cifar10"
+    if folder.is_dir():
+        return load_folder(folder, split, image_size, rng, size=size, resize=resize,
+                           name="cifar10")
+    images, targets, classes = _torchvision_cifar10(folder, split)
+    if image_size != 32:
+        images = _resize_batch(images, image_size)
+    if size is not None:
+        keep = _balanced_subset(targets, size, rng)
+        images, targets = images[torch.from_numpy(keep)], targets[keep]
+    return ImageDataset(images, targets, classes, "cifar10", split)
+
+
+def _torchvision_cifar10(folder: Path, split: str):
+    """CIFAR-10 via torchvision's download into ``folder.parent``; explains failures."""
+    try:
+        from torchvision.datasets import CIFAR10
+
+        ds = CIFAR10(root=str(folder.parent), train=split == "train", download=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"cifar10 not found at {folder.resolve()} and torchvision's download failed "
+            f"({type(e).__name__}: {e}). Set SBT_DATA (or root=) to a folder containing "
+            "cifar10/{train,test}/<class>/*.png, or give this machine network access "
+            "for torchvision's download.") from e
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
+    return images, np.asarray(ds.targets, np.int64), list(ds.classes)
+
+
+def load_folder(folder: Path, split: str, image_size: int, rng: np.random.Generator, *,
+                size: int | None = None, resize: bool = False,
+                name: str | None = None) -> ImageDataset:
+    """Image folder ``<folder>/<split>/<class>/*``, decoded once and cached as .npz.
+
+    With ``size``, a seeded class-balanced subset: taken from the full cache if there
+    is one, otherwise only those files are decoded (and not cached).
+    """
+    files, targets, classes = _list_images(Path(folder), split)
+    keep = None if size is None else _balanced_subset(targets, size, rng)
+    cache = cache_dir() / _cache_name(Path(folder), split, image_size, resize, files)
+    if cache.exists():
+        with np.load(cache) as z:
+            images = z["images"]
+        images = images if keep is None else images[keep]
+    elif keep is None:
+        images = _decode_all(files, image_size, resize)
+        _save_atomic(cache, images=images, targets=targets, classes=np.array(classes))
+    else:
+        images = _decode_all([files[i] for i in keep], image_size, resize)
+    targets = targets if keep is None else targets[keep]
+    return ImageDataset(torch.from_numpy(images), targets, classes, name or str(folder), split)
+
+
+def _list_images(folder: Path, split: str):
+    """Sorted image paths, their class indices and the class names of one split."""
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        has_classes = folder.is_dir() and any(
+            p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.glob("*/*"))
+        hint = (f"{folder} seems to hold class folders directly; move them into "
+                f"{folder}/train and {folder}/test. " if has_classes else "")
+        raise FileNotFoundError(
+            f"no {split!r} folder at {split_dir.resolve()}. {hint}"
+            f"Expected layout: {FOLDER_LAYOUT}")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    files, targets = [], []
+    for index, cls in enumerate(classes):
+        paths = sorted(p for p in (split_dir / cls).iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files += paths
+        targets += [index] * len(paths)
+    if not files:
+        raise FileNotFoundError(
+            f"no images in {split_dir.resolve()}. Expected layout: {FOLDER_LAYOUT}")
+    return files, np.array(targets, np.int64), classes
+
+
+def _cache_name(folder: Path, split: str, image_size: int, resize: bool, files) -> str:
+    """Cache file name; the hash covers the source path, split, size and file list."""
+    key = "\n".join([str(folder.resolve()), split, str(image_size), str(resize),
+                     str(len(files))] + [str(p.relative_to(folder)) for p in files])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return f"{folder.resolve().name}-{split}-{image_size}px-{len(files)}-{digest}.npz"
+
+
+def _decode_all(files, image_size: int, resize: bool) -> np.ndarray:
+    """Decode images to uint8 Nx3xHxW with a progress bar, a few files at a time."""
+    decode = functools.partial(_decode, image_size=image_size, resize=resize)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        images = list(tqdm(pool.map(decode, files, chunksize=64), total=len(files),
+                           desc=f"decoding {Path(files[0]).parents[1]}", unit="img",
+                           disable=len(files) < 1000))
+    return np.stack(images).transpose(0, 3, 1, 2).copy()
+
+
+def _decode(path: Path, image_size: int, resize: bool) -> np.ndarray:
+    """One image as uint8 HxWx3; centre-cropped and resized if ``resize``."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")  # also loads: grey, palette and RGBA all become RGB
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+    if im.size != (image_size, image_size):
+        if not resize:
+            raise ValueError(
+                f"image {path} is {im.size[0]}x{im.size[1]}, expected "
+                f"{image_size}x{image_size}: pass resize=True to centre-crop and resize, "
+                "or resize the images")
+        w, h = im.size
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        im = im.resize((image_size, image_size), Image.BICUBIC, box=box)
+    return np.asarray(im)
+
+
+def _save_atomic(path: Path, **arrays) -> None:
+    """Write an .npz via a temporary file and ``os.replace``; warn if it cannot."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: atomic replace
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not write cache {path}: {e}")
+        tmp.unlink(missing_ok=True)
+
+
+def _resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Antialiased bicubic resize of uint8 Nx3xHxW images."""
+    out = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic",
+                        antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def _balanced_subset(targets: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``size`` items, drawn at random and round-robin over classes."""
+    if size > len(targets):
+        raise ValueError(f"size={size} but only {len(targets)} images are available")
+    order = rng.permutation(len(targets))
+    labels = targets[order]
+    rank = np.empty(len(order), np.int64)  # position of each item within its class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange(np.sum(labels == c))
+    return np.sort(order[np.lexsort((labels, rank))[:size]])
+
+
+# ----------------------------------------------------------------------------- batches
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.LongTensor:
+    """Indices of the batch at training ``step`` (0-based): a pure function of its args.
+
+    Each epoch is a seeded permutation of range(n) and consecutive batches walk
+    through it; a batch crossing the end of an epoch continues into the next one's
+    permutation, so every batch is full and every epoch shows each index once.
+    """
+    if n < 1 or batch_size < 1 or step < 0:
+        raise ValueError(f"need n >= 1, batch_size >= 1, step >= 0; got {n}, {batch_size}, {step}")
+    epoch, offset = divmod(step * batch_size, n)
+    parts, missing = [], batch_size
+    while missing > 0:
+        part = _epoch_permutation(n, seed, epoch)[offset:offset + missing]
+        parts.append(part)
+        missing -= len(part)
+        epoch, offset = epoch + 1, 0
+    return torch.cat(parts)  # a copy: the cached permutation stays untouched

@@ -1,0 +1,130 @@
+"""The steps every notebook shares: data, model and training from a parameter dict, and evaluation.
+
+A parameter dict is what :func:`sbt_lib.scales.resolve` returns; the functions here pick the
+keys they need, so the notebooks stay a page of narrative, calls and plots.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .data import load_dataset
+from .losses import ReconstructionLoss
+from .metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
+from .quantizer import codebook_usage
+from .tokenizer import SelfBootTok, TokenizerConfig
+from .train import TrainConfig, TrainResult, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_dir(out_dir: str | None, notebook: str) -> Path:
+    """The folder a notebook writes to: ``out_dir`` if given, else ``<repo>/runs/<notebook>``."""
+    path = Path(out_dir) if out_dir else REPO / "runs" / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pick(cls, params: dict) -> dict:
+    return {f.name: params[f.name] for f in fields(cls) if f.name in params}
+
+
+def load_data(params: dict):
+    """(train, test) datasets of ``params['dataset']`` at ``params['image_size']``."""
+    kw = dict(image_size=params["image_size"], seed=params.get("seed", 0))
+    train = load_dataset(params["dataset"], "train", size=params.get("train_size"), **kw)
+    test = load_dataset(params["dataset"], "test", size=params.get("test_size"), **kw)
+    return train, test
+
+
+def build_tokenizer(params: dict) -> SelfBootTok:
+    """A tokenizer with the sizes in ``params``; the seed fixes its initial weights."""
+    torch.manual_seed(params.get("seed", 0))
+    return SelfBootTok(TokenizerConfig.from_dict(_pick(TokenizerConfig, params)))
+
+
+def train_config(params: dict, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**_pick(TrainConfig, params), **overrides})
+
+
+@torch.no_grad()
+def reconstruct(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Reconstructions of ``images``, clamped to [-1, 1], computed in batches on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.reconstruct(images[i : i + batch_size].to(device))[0].clamp(-1, 1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250) -> dict:
+    """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor."""
+    model.eval()
+    device = next(model.parameters()).device
+    images = dataset.batch(torch.arange(min(limit or len(dataset), len(dataset))))[0]
+    recon, probs = [], []
+    for i in range(0, len(images), batch_size):
+        r, enc = model.reconstruct(images[i : i + batch_size].to(device))
+        recon.append(r.clamp(-1, 1).float().cpu())
+        probs.append(enc.probs["global"].float().cpu())
+    recon, probs = torch.cat(recon), torch.cat(probs)
+    bicubic = bicubic_roundtrip(images, model.cfg.token_values)
+    usage = codebook_usage(probs)
+    return {
+        "test_psnr": psnr(recon, images).mean().item(),
+        "test_ssim": ssim(recon, images).mean().item(),
+        "bicubic_psnr": psnr(bicubic, images).mean().item(),
+        "bicubic_ssim": ssim(bicubic, images).mean().item(),
+        "bicubic_side": bicubic_side(model.cfg.token_values),
+        "bicubic_values": 3 * bicubic_side(model.cfg.token_values) ** 2,
+        "codebook_perplexity": usage["perplexity"],
+        "codebook_used_fraction": usage["used_fraction"],
+        "codebook_size": model.cfg.codebook_size,
+        "test_images": len(images),
+    }
+
+
+def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: bool = True) -> TrainResult:
+    """Train the tokenizer of ``params`` on ``train_set``; held-out PSNR on ``test_set`` is logged
+    every ``eval_every`` steps.  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    model = build_tokenizer(params)
+    eval_size = params.get("eval_size")
+
+    def eval_fn(m):
+        r = evaluate_tokenizer(m, test_set, limit=eval_size)
+        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"], "perplexity": r["codebook_perplexity"]}
+
+    cfg = train_config(params, progress=progress)
+    data = {k: params.get(k) for k in ("dataset", "image_size", "train_size", "seed")}
+    meta = {"tokenizer": model.cfg.to_dict(), "data": data, "entropy_weight": params.get("entropy_weight", 0.0)}
+    return train(model, ReconstructionLoss(params.get("entropy_weight", 0.0)), train_set, cfg,
+                 out_dir=out_dir, eval_fn=eval_fn, meta=meta)
+
+
+def load_tokenizer(run: str | Path, ema: bool = True) -> SelfBootTok:
+    """The tokenizer saved in a run folder (its EMA weights when there are some and ``ema``)."""
+    from .checkpoint import load_checkpoint, unprefixed
+
+    tensors, meta = load_checkpoint(Path(run) / "checkpoint")
+    model = SelfBootTok(TokenizerConfig.from_dict(meta["tokenizer"]))
+    prefix = "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model"
+    model.load_state_dict(unprefixed(prefix, tensors))
+    return model.eval()
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> Path:
+    """Write ``metrics.json`` (what the tests and the reproduce summary read)."""
+    from .checkpoint import write_json
+
+    path = Path(out_dir) / "metrics.json"
+    write_json(path, {**metrics, "written_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return path
+
+
+def read_metrics(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())

@@ -1,0 +1,58 @@
+"""Named bundles of defaults — the workbook's only 'configuration'.
+
+Each notebook has a ``parameters`` cell with ``SCALE`` and a few named parameters that default to
+``None``.  :func:`resolve` starts from the bundle of that notebook at that scale and overrides
+every parameter that was set, so any single value can be changed without touching the rest.
+
+- ``tiny``: for the tests; each notebook in seconds, numbers meaningless.
+- ``cpu`` (default): minutes on a 2-core laptop; big enough that the effects are visible.
+- ``gpu``: one GPU, about an hour per notebook (CIFAR-10 or an ImageNet-64 folder).
+"""
+from __future__ import annotations
+
+SCALE_NAMES = ("tiny", "cpu", "gpu")
+
+# Tokenizer sizes per scale (field names of TokenizerConfig).
+_TOKENIZER = {
+    "tiny": dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2,
+                 num_tokens=8, token_dim=4, codebook_size=64, conv_channels=8),
+    # 32×32 images, 32 tokens × 8 = 256 values: 1/12 of the 3072 pixel values.
+    "cpu": dict(image_size=32, patch_size=4, width=128, encoder_depth=4, decoder_depth=4, num_heads=4,
+                num_tokens=32, token_dim=8, codebook_size=1024, conv_channels=32),
+    "gpu": dict(image_size=32, patch_size=2, width=384, encoder_depth=8, decoder_depth=8, num_heads=6,
+                num_tokens=32, token_dim=8, codebook_size=4096, conv_channels=64),
+}
+
+# Training and data per scale (field names of TrainConfig, plus the data settings).
+_TRAINING = {
+    "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
+                 ema=0.0, eval_every=10, eval_size=64, seed=0),
+    "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1200, batch_size=32, lr=2e-3, warmup=50,
+                ema=0.0, eval_every=200, eval_size=500, seed=0),
+    "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
+                warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0),
+}
+
+NOTEBOOKS = {
+    "01_decomposition": {s: {**_TRAINING[s], **_TOKENIZER[s], "entropy_weight": 0.0} for s in SCALE_NAMES},
+}
+
+
+def resolve(notebook: str, scale: str, **overrides) -> dict:
+    """The parameters of ``notebook`` at ``scale``, with every non-``None`` override applied.
+
+    Override names are case-insensitive (the notebooks use upper case).  An unknown scale or
+    parameter name is an error that lists the valid ones.
+    """
+    if notebook not in NOTEBOOKS:
+        raise KeyError(f"unknown notebook {notebook!r}; known: {sorted(NOTEBOOKS)}")
+    if scale not in NOTEBOOKS[notebook]:
+        raise ValueError(f"unknown SCALE {scale!r}; valid: {list(NOTEBOOKS[notebook])}")
+    params = dict(NOTEBOOKS[notebook][scale])
+    given = {k.lower(): v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown} for {notebook}; valid: {sorted(params)}")
+    params.update(given)
+    params["scale"] = scale
+    return params

@@ -1,0 +1,274 @@
+"""The training engine shared by every notebook.
+
+AdamW with linear warm-up and cosine decay, gradient clipping, optional EMA (timm's
+``ModelEmaV3``), a tqdm progress bar, periodic held-out evaluation, bf16 autocast on CUDA, and
+atomic safetensors checkpoints.
+
+Resume is exact: the batch of step ``t`` is a pure function of (seed, t) (see
+:func:`sbt_lib.data.batch_indices`), the learning rate is a function of ``t``, and the
+checkpoint holds the weights, the optimizer moments, the EMA and the RNG state.  So ``N`` steps,
+save, resume, ``N`` steps gives bit-identical weights to ``2N`` steps straight (on CPU).
+
+A non-finite loss stops training with :class:`NonFiniteLossError`, naming the step and the loss
+term; nothing is saved after it, so the last good checkpoint stays on disk untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
+from .data import batch_indices
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.  Steps count optimizer updates; intervals of 0 mean 'only at the end'."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.02  # the cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema: float = 0.0  # EMA decay; 0 = off
+    eval_every: int = 0
+    ckpt_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TypeError(f"unknown training parameter(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    ema: torch.nn.Module | None
+    history: list[dict] = field(default_factory=list)  # one row per logged step / evaluation
+    step: int = 0
+    seconds: float = 0.0  # wall-clock seconds spent in training steps, summed over resumes
+
+    @property
+    def best_model(self) -> torch.nn.Module:
+        """The EMA model when EMA is on, else the trained model."""
+        return self.ema if self.ema is not None else self.model
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if device == "auto" else device))
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings and codebooks (tensors with < 2 dims
+    or named like a position / token / codebook table)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or any(k in name for k in ("pos", "latents", "queries", "codebook"))
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def _check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int) -> None:
+    if torch.isfinite(total):
+        return
+    bad = [f"{k}={v.item()}" for k, v in terms.items() if not torch.isfinite(v)] or [f"total={total.item()}"]
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: {', '.join(bad)}. Training stopped; the last good checkpoint "
+        f"(if any) is untouched. Try a lower learning rate, a smaller loss weight, or grad_clip."
+    )
+
+
+class Trainer:
+    """Runs :func:`train`; kept as a class so that save/resume share one definition of 'state'."""
+
+    def __init__(self, model, loss_fn: LossFn, data, cfg: TrainConfig, out_dir=None, eval_fn: EvalFn | None = None,
+                 meta: dict | None = None):
+        self.cfg, self.loss_fn, self.data, self.eval_fn = cfg, loss_fn, data, eval_fn
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.opt = _optimizer(self.model, cfg)
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.meta = meta or {}
+        self.step, self.seconds, self.history = 0, 0.0, []
+
+    # -------------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.out_dir / "checkpoint" if self.out_dir is not None else None
+
+    def save(self) -> None:
+        if self.ckpt_path is None:
+            return
+        tensors = {**prefixed("model", self.model.state_dict()), **prefixed("optim", _optimizer_tensors(self.opt)),
+                   "rng.cpu": torch.get_rng_state()}
+        if self.ema is not None:
+            tensors.update(prefixed("ema", self.ema.module.state_dict()))
+        meta = {"step": self.step, "seconds": self.seconds, "train": asdict(self.cfg), **self.meta}
+        save_checkpoint(self.ckpt_path, tensors, meta)
+        write_json(self.out_dir / "history.json", self.history)
+
+    def resume(self) -> bool:
+        """Load the checkpoint in ``out_dir`` if there is one; True when resumed."""
+        if self.ckpt_path is None or not self.ckpt_path.with_suffix(".json").exists():
+            return False
+        tensors, meta = load_checkpoint(self.ckpt_path, self.device)
+        self._check_same_run(meta)
+        self.model.load_state_dict(unprefixed("model", tensors))
+        _load_optimizer(self.opt, unprefixed("optim", tensors))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(unprefixed("ema", tensors))
+        torch.set_rng_state(tensors["rng.cpu"].cpu())
+        self.step, self.seconds = meta["step"], meta["seconds"]
+        history = self.out_dir / "history.json"
+        self.history = [r for r in _read_json(history) if r["step"] <= self.step] if history.exists() else []
+        return True
+
+    def _check_same_run(self, meta: dict) -> None:
+        """Refuse to resume a checkpoint written with other settings: its weights would not fit,
+        or would silently continue a different experiment."""
+        saved = _fingerprint(meta["train"], {k: meta.get(k) for k in self.meta})
+        current = _fingerprint(asdict(self.cfg), self.meta)
+        diff = sorted({k for k in current["train"] if saved["train"].get(k) != current["train"][k]}
+                      | {k for k in self.meta if saved[k] != current[k]})
+        if diff:
+            raise ValueError(
+                f"the run folder {self.out_dir} holds a run with different parameters ({', '.join(diff)}): "
+                f"choose another output folder, or delete {self.ckpt_path}.* to start afresh"
+            )
+
+    # -------------------------------------------------------------------- steps
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        lr = cfg.lr_at(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        images, targets = self.data.batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed))
+        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
+            terms = self.loss_fn(self.model, images, targets)
+        total = sum(terms.values())
+        _check_finite(terms, total, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        self.step += 1
+        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "grad_norm": grad_norm.item(), "lr": lr}
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        with torch.no_grad():
+            return {f"eval_{k}": v for k, v in self.eval_fn(model).items()}
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                row = self.train_step()
+                self.seconds += time.perf_counter() - t0
+                last = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or last:
+                    self.history.append({"step": self.step, "seconds": self.seconds, **row})
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                    self.history.append({"step": self.step, "seconds": self.seconds, **self.evaluate()})
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
+                    self.save()
+                bar.update(1)
+        except KeyboardInterrupt:
+            self.save()  # the steps done so far are kept; run again to resume
+            raise
+        finally:
+            bar.close()
+        return TrainResult(self.model, self.ema.module if self.ema is not None else None,
+                           self.history, self.step, self.seconds)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+# Settings that do not change the trained weights; a run may be resumed with other values.
+_RESULT_NEUTRAL = {"progress", "device", "eval_every", "ckpt_every", "log_every"}
+
+
+def _fingerprint(train_cfg: dict, meta: dict) -> dict:
+    """What determines a run's weights, as it reads back from JSON (tuples become lists)."""
+    train_cfg = {k: v for k, v in train_cfg.items() if k not in _RESULT_NEUTRAL}
+    return json.loads(json.dumps({"train": train_cfg, **meta}))
+
+
+def train(model: torch.nn.Module, loss_fn: LossFn, data, cfg: TrainConfig | None = None, *, out_dir=None,
+          eval_fn: EvalFn | None = None, resume: bool = True, meta: dict | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` (an :class:`~sbt_lib.data.ImageDataset`) for ``cfg.steps`` steps.
+
+    ``loss_fn(model, images, targets)`` returns a dict of (already weighted) loss terms; their sum
+    is minimised and each is logged.  ``eval_fn(model)`` returns held-out metrics (run under
+    ``no_grad`` on the EMA model when EMA is on).  With ``out_dir`` the run checkpoints there and,
+    when ``resume`` is true and a checkpoint exists, continues from it.  ``meta`` is stored in
+    the checkpoint JSON (e.g. the model's configuration).
+    """
+    trainer = Trainer(model, loss_fn, data, cfg or TrainConfig(), out_dir, eval_fn, meta)
+    if resume:
+        trainer.resume()
+    return trainer.run()

