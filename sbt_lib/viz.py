@@ -56,7 +56,7 @@ def image_rows(rows: dict[str, torch.Tensor], n: int = 8, path=None, scale: floa
 
 def plot_codebook_usage(probs: torch.Tensor, path=None, title: str = "global codebook"):
     """Sorted average assignment mass per codeword (log scale), with the uniform level."""
-    mass = probs.reshape(-1, probs.shape[-1]).float().mean(0).sort(descending=True).values.cpu().numpy()
+    mass = probs.detach().reshape(-1, probs.shape[-1]).float().mean(0).sort(descending=True).values.cpu().numpy()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(np.arange(1, len(mass) + 1), mass)
     ax.axhline(1 / len(mass), ls="--", color="gray", label="uniform use")
