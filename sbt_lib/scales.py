@@ -27,7 +27,7 @@ _TOKENIZER = {
 _TRAINING = {
     "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
                  ema=0.0, eval_every=10, eval_size=64, seed=0),
-    "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1200, batch_size=32, lr=2e-3, warmup=50,
+    "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1000, batch_size=32, lr=2e-3, warmup=50,
                 ema=0.0, eval_every=200, eval_size=500, seed=0),
     "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
                 warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0),

@@ -33,7 +33,8 @@ def plot_training(history: list[dict], path=None, metric: str = "eval_psnr", ref
     ax2.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", label="tokenizer")
     for i, (label, value) in enumerate((reference or {}).items()):
         ax2.axhline(value, ls="--", color=f"C{i + 1}", label=label)
-    ax2.set(xlabel="step", ylabel=metric.removeprefix("eval_"), title="held-out " + metric.removeprefix("eval_"))
+    name = metric.removeprefix("eval_")
+    ax2.set(xlabel="step", ylabel=name.upper() + (" (dB)" if name == "psnr" else ""), title=f"held-out {name.upper()}")
     ax2.legend()
     fig.tight_layout()
     return _save(fig, path)
