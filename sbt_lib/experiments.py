@@ -66,7 +66,8 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
     """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor."""
     model.eval()
     device = next(model.parameters()).device
-    images = dataset.batch(torch.arange(min(limit or len(dataset), len(dataset))))[0]
+    n = min(limit or len(dataset), len(dataset))
+    images = dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]  # spread over classes
     recon, probs = [], []
     for i in range(0, len(images), batch_size):
         r, enc = model.reconstruct(images[i : i + batch_size].to(device))

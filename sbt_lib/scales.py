@@ -26,11 +26,11 @@ _TOKENIZER = {
 # Training and data per scale (field names of TrainConfig, plus the data settings).
 _TRAINING = {
     "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
-                 ema=0.0, eval_every=10, eval_size=64, seed=0),
+                 ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0),
     "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1000, batch_size=32, lr=2e-3, warmup=50,
-                ema=0.0, eval_every=200, eval_size=500, seed=0),
+                ema=0.0, eval_every=200, eval_size=500, seed=0, log_every=10, ckpt_every=200),
     "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
-                warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0),
+                warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50, ckpt_every=2000),
 }
 
 NOTEBOOKS = {
