@@ -22,13 +22,14 @@ or for a teacher-forced variant later).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .config import Config
 from .tokenizer import _init_weights
 
 # Sizes of the 2D aligner, smallest to largest (≈ 36k → 1.8M parameters at token_dim 8 and
@@ -87,7 +88,7 @@ class LocalAligner1D(nn.Module):
 
 
 @dataclass
-class Aligner2DConfig:
+class Aligner2DConfig(Config):
     """Every size of the 2D aligner.  Position tables have fixed sizes, so both token counts are set here."""
 
     token_dim: int = 8  # d of z_global
@@ -108,18 +109,6 @@ class Aligner2DConfig:
                 raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Aligner2DConfig":
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown aligner parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class LocalAligner2D(nn.Module):

@@ -57,8 +57,9 @@ def run_notebook(path: Path, out: Path, params: dict, log_output: bool = False) 
         pm.execute_notebook(str(path), str(executed), parameters={**params, "OUT_DIR": str(run_dir)},
                             cwd=str(path.parent), kernel_name="python3", progress_bar=True, log_output=log_output)
     except pm.PapermillExecutionError as e:
+        first_line = (e.source or "").strip().splitlines()[0] if (e.source or "").strip() else ""
         raise NotebookFailed(
-            f"notebook {path.stem} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+            f"notebook {path.stem} failed in cell [{e.exec_count}] `{first_line}` ({e.ename}: {e.evalue}); "
             f"the executed copy with the traceback is {executed}"
         ) from None
     metrics = run_dir / "metrics.json"

@@ -21,17 +21,18 @@ make the 1D bottleneck train in minutes instead of hours on a CPU (both switchab
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .config import Config
 from .quantizer import Quantized, SoftVQ
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(Config):
     """Every size of the tokenizer.  ``num_tokens × token_dim`` is the bottleneck (values per image)."""
 
     image_size: int = 32
@@ -71,18 +72,6 @@ class TokenizerConfig:
     @property
     def pixel_values(self) -> int:
         return 3 * self.image_size**2
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TokenizerConfig":
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown tokenizer parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _blocks(cfg: TokenizerConfig, depth: int) -> nn.ModuleList:

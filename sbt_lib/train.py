@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
+from .config import Config
 from .data import batch_indices
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -37,7 +38,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Optimisation settings.  Steps count optimizer updates; intervals of 0 mean 'only at the end'."""
 
     steps: int = 1000
@@ -57,13 +58,6 @@ class TrainConfig:
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
     progress: bool = True
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TypeError(f"unknown training parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
@@ -208,7 +202,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         self.step += 1
-        return {"loss": total.item(), **{k: v.item() for k, v in terms.items()}, "grad_norm": grad_norm.item(), "lr": lr}
+        terms = {k: v.item() for k, v in terms.items()}
+        return {"loss": total.item(), **terms, "grad_norm": grad_norm.item(), "lr": lr}
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:

@@ -9,9 +9,19 @@ import torch
 from PIL import Image
 
 from sbt_lib import data
-from sbt_lib.data import (DATASETS, FACTOR_CLASSES, PHOTOS, SHAPE_FACTORS, batch_indices,
-                          load_dataset, photo_regions, render_shapes, sample_shape_factors,
-                          to_float, to_uint8)
+from sbt_lib.data import (
+    DATASETS,
+    FACTOR_CLASSES,
+    PHOTOS,
+    SHAPE_FACTORS,
+    batch_indices,
+    load_dataset,
+    photo_regions,
+    render_shapes,
+    sample_shape_factors,
+    to_float,
+    to_uint8,
+)
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -84,7 +94,7 @@ def test_photos_test_crops_never_touch_train_pixels():
             overlaps = y0 < ty + th and ty < y0 + side and x0 < tx + tw and tx < x0 + side
             assert overlaps == (split == "train")  # ... and test crops miss the train region
     for name in PHOTOS:  # the regions split each photo along its longer axis, 75/25
-        (ay, ax, ah, aw), (by, bx, bh, bw) = train[name], test[name]
+        (_, _, ah, aw), (_, _, bh, bw) = train[name], test[name]
         assert (ah * aw) / (ah * aw + bh * bw) == pytest.approx(0.75, abs=0.01)
 
 

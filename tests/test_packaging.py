@@ -1,7 +1,8 @@
 """The set-up files agree with each other and with the README."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 

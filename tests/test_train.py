@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from sbt_lib.data import load_dataset
 from sbt_lib.checkpoint import load_checkpoint, save_checkpoint
+from sbt_lib.data import load_dataset
 from sbt_lib.losses import ReconstructionLoss
 from sbt_lib.tokenizer import SelfBootTok
 from sbt_lib.train import NonFiniteLossError, TrainConfig, Trainer, train
