@@ -94,7 +94,8 @@ def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
     folder.mkdir()
     nbformat.write(nb, folder / "01_broken.ipynb")
     monkeypatch.setattr(rp, "NOTEBOOK_DIR", folder)
-    with pytest.raises(rp.NotebookFailed, match=r"01_broken failed in cell \[\d+\] `raise RuntimeError\('boom'\)` \(RuntimeError: boom\)"):
+    expected = r"01_broken failed in cell \[\d+\] `raise RuntimeError\('boom'\)` \(RuntimeError: boom\)"
+    with pytest.raises(rp.NotebookFailed, match=expected):
         rp.reproduce("tiny", out=tmp_path / "out")
     executed = nbformat.read(tmp_path / "out" / "01_broken.ipynb", as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
