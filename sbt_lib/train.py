@@ -183,7 +183,8 @@ class Trainer:
             )
 
     # -------------------------------------------------------------------- steps
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict:
+        """One optimizer step; returns the loss terms (as tensors, converted only when logged)."""
         cfg = self.cfg
         lr = cfg.lr_at(self.step)
         for g in self.opt.param_groups:
@@ -202,8 +203,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         self.step += 1
-        terms = {k: v.item() for k, v in terms.items()}
-        return {"loss": total.item(), **terms, "grad_norm": grad_norm.item(), "lr": lr}
+        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm, "lr": lr}
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
@@ -223,6 +223,7 @@ class Trainer:
                 self.seconds += time.perf_counter() - t0
                 last = self.step == cfg.steps
                 if self.step % cfg.log_every == 0 or last:
+                    row = {k: float(v) for k, v in row.items()}
                     self.history.append({"step": self.step, "seconds": self.seconds, **row})
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
