@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -55,8 +56,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         if not f.exists():
             raise FileNotFoundError(f"checkpoint file {f} is missing (a checkpoint is {st.name} + {js.name})")
     meta = json.loads(js.read_text())
-    from safetensors import safe_open
-
     with safe_open(str(st), "pt") as f:
         st_step = int(f.metadata().get("step", -1))
     if st_step != meta["step"]:

@@ -52,28 +52,30 @@ def train_config(params: dict, **overrides) -> TrainConfig:
 
 
 @torch.no_grad()
-def reconstruct(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """Reconstructions of ``images``, clamped to [-1, 1], computed in batches on the model's device."""
+def reconstruct_with_codes(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250):
+    """Reconstructions of ``images`` (clamped to [-1, 1]) and their global soft code assignments,
+    computed in batches on the model's device, returned on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model.reconstruct(images[i : i + batch_size].to(device))[0].clamp(-1, 1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250) -> dict:
-    """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor."""
-    model.eval()
-    device = next(model.parameters()).device
-    n = min(limit or len(dataset), len(dataset))
-    images = dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]  # spread over classes
     recon, probs = [], []
     for i in range(0, len(images), batch_size):
         r, enc = model.reconstruct(images[i : i + batch_size].to(device))
         recon.append(r.clamp(-1, 1).float().cpu())
         probs.append(enc.probs["global"].float().cpu())
-    recon, probs = torch.cat(recon), torch.cat(probs)
+    return torch.cat(recon), torch.cat(probs)
+
+
+def reconstruct(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Reconstructions of ``images``, clamped to [-1, 1]."""
+    return reconstruct_with_codes(model, images, batch_size)[0]
+
+
+def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250) -> dict:
+    """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor.
+    With ``limit``, an evenly spaced subset (so class-sorted folders are covered)."""
+    n = min(limit or len(dataset), len(dataset))
+    images = dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]
+    recon, probs = reconstruct_with_codes(model, images, batch_size)
     bicubic = bicubic_roundtrip(images, model.cfg.token_values)
     usage = codebook_usage(probs)
     return {

@@ -58,7 +58,6 @@ class TrainConfig(Config):
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
     progress: bool = True
 
-
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
         if step < self.warmup:
