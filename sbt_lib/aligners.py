@@ -29,8 +29,8 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .blocks import init_weights
 from .config import Config
-from .tokenizer import _init_weights
 
 # Sizes of the 2D aligner, smallest to largest (≈ 36k → 1.8M parameters at token_dim 8 and
 # 32 global + 32 local tokens; see :func:`aligner_2d_param_counts`).  CPU-feasible on purpose:
@@ -76,7 +76,7 @@ class LocalAligner1D(nn.Module):
         self.token_dim = token_dim
         self.out_dim = out_dim or token_dim
         self.mlp = Mlp(token_dim, hidden or 4 * token_dim, self.out_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward(self, z_global: torch.Tensor) -> torch.Tensor:
         if z_global.ndim != 3 or z_global.shape[-1] != self.token_dim:
@@ -102,13 +102,16 @@ class Aligner2DConfig(Config):
     causal: bool = True  # False = bidirectional ablation
 
     def __post_init__(self):
-        if self.out_dim is None:
-            self.out_dim = self.token_dim
-        for f in ("token_dim", "num_global_tokens", "num_local_tokens", "out_dim", "width", "depth", "num_heads"):
+        for f in ("token_dim", "num_global_tokens", "num_local_tokens", "output_dim", "width", "depth", "num_heads"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
+
+    @property
+    def output_dim(self) -> int:
+        """d of z_local_2d (``out_dim``, or ``token_dim`` when unset)."""
+        return self.out_dim or self.token_dim
 
 
 class LocalAligner2D(nn.Module):
@@ -126,8 +129,8 @@ class LocalAligner2D(nn.Module):
         self.local_pos = nn.Parameter(0.02 * torch.randn(1, c.num_local_tokens, c.width))
         self.blocks = nn.ModuleList(Block(c.width, c.num_heads, c.mlp_ratio, qkv_bias=True) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width)
-        self.head = nn.Linear(c.width, c.out_dim)
-        self.apply(_init_weights)
+        self.head = nn.Linear(c.width, c.output_dim)
+        self.apply(init_weights)
 
     @classmethod
     def from_preset(

@@ -54,8 +54,11 @@ class SoftVQ(nn.Module):
             raise ValueError(f"SoftVQ expects tokens of dimension {self.dim}, got shape {tuple(z_hat.shape)}")
         with torch.autocast(z_hat.device.type, enabled=False):
             z_hat, codebook = self._norm(z_hat.float()), self._norm(self.codebook.float())
-            sq_dist = z_hat.square().sum(-1, keepdim=True) - 2 * z_hat @ codebook.T + codebook.square().sum(-1)
-            logits = -sq_dist / self.tau
+            if self.normalize:  # unit vectors: -||ẑ - c||² = 2 ẑ·c - 2, one matmul
+                logits = (2 * z_hat @ codebook.T - 2) / self.tau
+            else:
+                sq_dist = z_hat.square().sum(-1, keepdim=True) - 2 * z_hat @ codebook.T + codebook.square().sum(-1)
+                logits = -sq_dist / self.tau
             probs = logits.softmax(dim=-1)
             z = self._norm(probs @ codebook)
         return Quantized(z=z, probs=probs, entropy_loss=entropy_loss(probs))

@@ -1,39 +1,63 @@
-"""The SelfBootTok tokenizer: ViT encoder with latent tokens → SoftVQ → ViT decoder (paper §3.1).
+"""The SelfBootTok tokenizer (paper §3.1-3.2, Eq. 1-3 and 8-11).
 
-The encoder reads an image as patch tokens plus N learnable latent tokens under full
-self-attention and keeps only the latent outputs: the **global tokens** ``z_global`` (B×N×d,
-paper Eq. 1).  They pass through their own soft codebook (Eq. 2-3) and the decoder renders the
-image from them.  This file is the SoftVQ baseline; the local aligners of SelfBootTok (Eq. 8-11)
-plug into :class:`SelfBootTok` as further token groups.
+    image ─Enc─▶ ẑ_G ─SoftVQ_G─▶ z_global ─┬─────────────────────────────────────┐
+                                          ├─ MLP (Eq. 8) ─▶ SoftVQ_L1 ─▶ z_local_1d ─┤
+                                          └─ causal 2D aligner (Eq. 9) ─▶ SoftVQ_L2 ──┴─▶ z_local_2d
+    {z_global, z_local_1d, z_local_2d} ─Fuse (Eq. 11)─▶ memory ─Dec (Eq. 10)─▶ image
 
-Both ViTs use timm's ``Block`` (pre-norm attention via torch SDPA + MLP).  Two cheap additions
-make the 1D bottleneck train in minutes instead of hours on a CPU (both switchable):
+- The **encoder** reads the image as patch tokens plus N learnable latent tokens under full
+  self-attention and keeps only the latent outputs: the **global tokens** (B×N×d, Eq. 1).
+- The **local tokens** are *bootstrapped* from the soft-quantized global tokens alone — the local
+  1D aligner (an MLP, same N tokens) and the local 2D aligner (causal transformer, N_l tokens),
+  both in :mod:`sbt_lib.aligners`.  A generator therefore only ever produces ``z_global``;
+  :meth:`SelfBootTok.decode_from_global` does the rest.
+- Every group is soft-quantized (Eq. 2-3) with **its own codebook**, or one shared codebook
+  (``shared_codebook=True``, the ablation).
+- **Fusion** (Eq. 11), ``fusion="residual"``: ``α z_G + β z_L1 + (1-α-β) z_L2`` with (α, β,
+  1-α-β) = softmax of three learned logits (so they stay positive and sum to one; they start
+  equal).  Token counts are matched along the token axis: z_L1 has N tokens by construction, and
+  when N_l ≠ N a learned linear token-axis map (:class:`~sbt_lib.blocks.TokenMix`) takes z_L2
+  from N_l to N tokens (identity when N_l = N, the default).  ``fusion="concat"``:
+  ``[z_G; z_L1; z_L2]``, N + N + N_l tokens.
+- The **decoder** (Eq. 10), ``decoder="cross"``: one query per output patch; every block has
+  self-attention over the queries and cross-attention to the memory ``[Fuse; z_L1; z_L2]``.  With
+  concatenation the fused tokens already *are* ``[z_G; z_L1; z_L2]``, so the memory is that
+  (repeating z_L1 and z_L2 would add nothing).  ``decoder="self"`` is the SoftVQ/TiTok decoder:
+  self-attention over the concatenation of queries and memory.  With the local parts off, the
+  memory is ``z_global`` and the model is the SoftVQ-VAE baseline.
+
+Two cheap additions make the 1D bottleneck train in minutes on a CPU (both switchable):
 
 - **token mixing**: the latent tokens start as their learnable embedding *plus a learned linear
   mix of all patch tokens* (a token-axis linear map, as in MLP-Mixer), and the decoder's patch
-  queries start as theirs plus a learned linear mix of the tokens.  At initialisation attention
-  is nearly uniform, so every latent token would otherwise read the same average of the image
-  and the bottleneck would carry almost nothing for the first few hundred steps; the linear path
-  gives each token its own view from step 0 and attention refines it.  The tokens stay 1D: the
-  mix is dense over all patches, with no fixed token-to-region assignment.
+  queries start as theirs plus a learned linear mix of the memory tokens.  At initialisation
+  attention is nearly uniform, so every latent token would otherwise read the same average of the
+  image and the bottleneck would carry almost nothing for the first few hundred steps.  The tokens
+  stay 1D: the mix is dense over all patches, with no fixed token-to-region assignment.
 - **conv stem / head**: a 3×3 convolution before the patch embedding and two after the
   un-patchify, which see across patch borders and smooth patch seams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
+from .aligners import ALIGNER_2D_PRESETS, LocalAligner1D, LocalAligner2D
+from .blocks import CrossAttentionBlock, TokenMix, init_weights, self_attention_blocks
 from .config import Config
 from .quantizer import Quantized, SoftVQ
+
+GROUPS = ("global", "local_1d", "local_2d")
+FUSIONS = ("residual", "concat")
+DECODERS = ("cross", "self")
 
 
 @dataclass
 class TokenizerConfig(Config):
-    """Every size of the tokenizer.  ``num_tokens × token_dim`` is the bottleneck (values per image)."""
+    """Every size and switch of the tokenizer.  ``num_tokens × token_dim`` is the bottleneck: the
+    only numbers per image that leave the encoder (the local tokens are computed from them)."""
 
     image_size: int = 32
     patch_size: int = 4
@@ -43,12 +67,19 @@ class TokenizerConfig(Config):
     num_heads: int = 4
     mlp_ratio: float = 4.0
     num_tokens: int = 32  # N, global tokens
-    token_dim: int = 8  # d
-    codebook_size: int = 1024
+    token_dim: int = 8  # d, of every group
+    codebook_size: int = 1024  # per group
     tau: float = 0.07
     normalize_codes: bool = True
     conv_channels: int = 32  # channels of the conv stem / head; 0 = plain linear patch (un)embedding
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
+    local_1d: bool = False  # the local 1D aligner (Eq. 8)
+    local_2d: str | None = None  # size preset of the local 2D aligner (Eq. 9), None = off
+    num_local_tokens: int | None = None  # N_l, tokens of z_local_2d; None = num_tokens
+    causal: bool = True  # the 2D aligner's local positions are causal; False = bidirectional ablation
+    shared_codebook: bool = False  # one codebook for all groups (ablation) instead of one per group
+    fusion: str = "residual"  # Eq. 11: residual | concat
+    decoder: str = "cross"  # Eq. 10: cross (cross-attention) | self (self-attention over the concatenation)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -58,6 +89,32 @@ class TokenizerConfig(Config):
         for f in ("num_tokens", "token_dim", "codebook_size", "width", "encoder_depth", "decoder_depth"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        if self.local_2d is not None and self.local_2d not in ALIGNER_2D_PRESETS:
+            raise ValueError(f"unknown local_2d preset {self.local_2d!r}; valid: {list(ALIGNER_2D_PRESETS)} or None")
+        if self.num_local_tokens is not None and self.num_local_tokens < 1:
+            raise ValueError(f"num_local_tokens must be ≥ 1, got {self.num_local_tokens}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; valid: {list(DECODERS)}")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The token groups this model has, in order."""
+        return ("global",) + ("local_1d",) * self.local_1d + ("local_2d",) * (self.local_2d is not None)
+
+    @property
+    def local_tokens(self) -> int:
+        """N_l, the number of tokens in z_local_2d."""
+        return self.num_local_tokens or self.num_tokens
+
+    def num_group_tokens(self, group: str) -> int:
+        return self.local_tokens if group == "local_2d" else self.num_tokens
+
+    @property
+    def memory_tokens(self) -> int:
+        """Length of the decoder's memory: Fuse (N, or all groups under concat) plus z_L1, z_L2."""
+        return sum(self.num_group_tokens(g) for g in self.groups)
 
     @property
     def grid(self) -> int:
@@ -74,29 +131,7 @@ class TokenizerConfig(Config):
         return 3 * self.image_size**2
 
 
-def _blocks(cfg: TokenizerConfig, depth: int) -> nn.ModuleList:
-    return nn.ModuleList(Block(cfg.width, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True) for _ in range(depth))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 # ----------------------------------------------------------------------------- encoder
-
-
-class TokenMix(nn.Module):
-    """A learned linear map along the token axis: B×n_in×w → B×n_out×w."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("oi,biw->bow", self.weight, x)
 
 
 class PatchEmbed(nn.Module):
@@ -121,7 +156,7 @@ class Encoder(nn.Module):
         self.patch_pos = nn.Parameter(0.02 * torch.randn(1, cfg.grid**2, cfg.width))
         self.latents = nn.Parameter(0.02 * torch.randn(1, cfg.num_tokens, cfg.width))
         self.read_in = TokenMix(cfg.grid**2, cfg.num_tokens) if cfg.token_mixing else None
-        self.blocks = _blocks(cfg, cfg.encoder_depth)
+        self.blocks = self_attention_blocks(cfg.width, cfg.encoder_depth, cfg.num_heads, cfg.mlp_ratio)
         self.norm = nn.LayerNorm(cfg.width)
         self.to_tokens = nn.Linear(cfg.width, cfg.token_dim)
 
@@ -158,29 +193,81 @@ class PatchHead(nn.Module):
         return self.refine(nn.functional.pixel_shuffle(x, self.p))
 
 
-class Decoder(nn.Module):
-    """Tokens B×M×d → image.  One query per output patch attends jointly with the tokens
-    (self-attention over the concatenation, as in TiTok / SoftVQ-VAE)."""
+class Fusion(nn.Module):
+    """Eq. 11: the groups' tokens → the fused tokens (see the module docstring)."""
 
-    def __init__(self, cfg: TokenizerConfig, num_tokens: int | None = None):
+    def __init__(self, cfg: TokenizerConfig):
         super().__init__()
+        self.groups, self.mode = cfg.groups, cfg.fusion
+        residual = self.mode == "residual"
+        self.logits = nn.Parameter(torch.zeros(len(self.groups))) if residual and len(self.groups) > 1 else None
+        mismatch = residual and "local_2d" in self.groups and cfg.local_tokens != cfg.num_tokens
+        self.match_2d = TokenMix(cfg.local_tokens, cfg.num_tokens) if mismatch else None
+
+    def weights(self) -> dict[str, float]:
+        """The residual weights (α, β, 1-α-β) by group; empty under concatenation."""
+        if self.mode == "concat":
+            return {}
+        if self.logits is None:
+            return {"global": 1.0}
+        return dict(zip(self.groups, self.logits.detach().softmax(0).tolist()))
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "concat":
+            return torch.cat([tokens[g] for g in self.groups], 1)
+        if self.logits is None:
+            return tokens["global"]
+        w = self.logits.softmax(0)
+        parts = [tokens[g] for g in self.groups]
+        if self.match_2d is not None:
+            parts[-1] = self.match_2d(parts[-1])
+        return sum(wi * p for wi, p in zip(w, parts))
+
+    def memory(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the decoder attends to: ``[Fuse; z_L1; z_L2]`` (concat: ``[z_G; z_L1; z_L2]``)."""
+        fused = self(tokens)
+        if self.mode == "concat":
+            return fused
+        return torch.cat([fused] + [tokens[g] for g in self.groups[1:]], 1)
+
+
+class Decoder(nn.Module):
+    """Memory tokens B×M×d → image.  One query per output patch; ``cross``: every block
+    self-attends over the queries and cross-attends to the memory (Eq. 10); ``self``: the blocks
+    self-attend over ``[queries | memory]`` (TiTok / SoftVQ-VAE)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        m, n_queries = cfg.memory_tokens, cfg.grid**2
+        self.cross = cfg.decoder == "cross"
         self.from_tokens = nn.Linear(cfg.token_dim, cfg.width)
-        self.token_pos = nn.Parameter(0.02 * torch.randn(1, num_tokens or cfg.num_tokens, cfg.width))
-        self.queries = nn.Parameter(0.02 * torch.randn(1, cfg.grid**2, cfg.width))
-        self.read_out = TokenMix(num_tokens or cfg.num_tokens, cfg.grid**2) if cfg.token_mixing else None
-        self.blocks = _blocks(cfg, cfg.decoder_depth)
+        self.token_pos = nn.Parameter(0.02 * torch.randn(1, m, cfg.width))
+        self.queries = nn.Parameter(0.02 * torch.randn(1, n_queries, cfg.width))
+        self.read_out = TokenMix(m, n_queries) if cfg.token_mixing else None
+        self.blocks = (
+            nn.ModuleList(CrossAttentionBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio)
+                          for _ in range(cfg.decoder_depth))
+            if self.cross
+            else self_attention_blocks(cfg.width, cfg.decoder_depth, cfg.num_heads, cfg.mlp_ratio)
+        )
         self.norm = nn.LayerNorm(cfg.width)
         self.head = PatchHead(cfg)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = self.from_tokens(tokens)
-        queries = self.queries.expand(len(tokens), -1, -1)
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        tokens = self.from_tokens(memory)
+        x = self.queries.expand(len(tokens), -1, -1)
         if self.read_out is not None:
-            queries = queries + self.read_out(tokens)
-        x = torch.cat([queries, tokens + self.token_pos], 1)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x[:, : self.queries.shape[1]]))
+            x = x + self.read_out(tokens)
+        tokens = tokens + self.token_pos
+        if self.cross:
+            for block in self.blocks:
+                x = block(x, tokens)
+        else:
+            x = torch.cat([x, tokens], 1)
+            for block in self.blocks:
+                x = block(x)
+            x = x[:, : self.queries.shape[1]]
+        return self.head(self.norm(x))
 
 
 # ----------------------------------------------------------------------------- model
@@ -188,11 +275,26 @@ class Decoder(nn.Module):
 
 @dataclass
 class Encoding:
-    """The tokens of a batch of images, by group, with their soft code assignments."""
+    """The tokens of a batch of images by group (soft-quantized), with their soft code assignments.
 
-    z_global: torch.Tensor  # B×N×d, soft-quantized global tokens
-    probs: dict[str, torch.Tensor]  # group name → B×N×K soft assignment
-    entropy_loss: torch.Tensor  # summed over groups
+    ``unquantized`` holds each group's tokens before SoftVQ (what alignment losses read)."""
+
+    tokens: dict[str, torch.Tensor]  # group → B×n×d
+    probs: dict[str, torch.Tensor] = field(default_factory=dict)  # group → B×n×K
+    unquantized: dict[str, torch.Tensor] = field(default_factory=dict)
+    entropy_loss: torch.Tensor | float = 0.0  # summed over groups
+
+    @property
+    def z_global(self) -> torch.Tensor:
+        return self.tokens["global"]
+
+    @property
+    def z_local_1d(self) -> torch.Tensor | None:
+        return self.tokens.get("local_1d")
+
+    @property
+    def z_local_2d(self) -> torch.Tensor | None:
+        return self.tokens.get("local_2d")
 
 
 class SelfBootTok(nn.Module):
@@ -201,13 +303,24 @@ class SelfBootTok(nn.Module):
     def __init__(self, cfg: TokenizerConfig | None = None, **overrides):
         super().__init__()
         cfg = cfg or TokenizerConfig()
-        self.cfg = TokenizerConfig.from_dict({**cfg.to_dict(), **overrides})
-        self.encoder = Encoder(self.cfg)
-        self.quantizers = nn.ModuleDict(
-            {"global": SoftVQ(self.cfg.token_dim, self.cfg.codebook_size, self.cfg.tau, self.cfg.normalize_codes)}
+        self.cfg = c = TokenizerConfig.from_dict({**cfg.to_dict(), **overrides})
+        self.encoder = Encoder(c)
+        self.aligner_1d = LocalAligner1D(c.token_dim) if c.local_1d else None
+        self.aligner_2d = (
+            LocalAligner2D.from_preset(c.local_2d, c.token_dim, c.local_tokens, causal=c.causal,
+                                       num_global_tokens=c.num_tokens)
+            if c.local_2d
+            else None
         )
-        self.decoder = Decoder(self.cfg)
-        self.apply(_init_weights)
+        make = lambda: SoftVQ(c.token_dim, c.codebook_size, c.tau, c.normalize_codes)  # noqa: E731
+        self.quantizers = nn.ModuleDict({"shared": make()} if c.shared_codebook else {g: make() for g in c.groups})
+        self.fusion = Fusion(c)
+        self.decoder = Decoder(c)
+        self.apply(init_weights)
+
+    def quantizer(self, group: str) -> SoftVQ:
+        """The codebook of ``group`` (the shared one when ``shared_codebook``)."""
+        return self.quantizers["shared" if self.cfg.shared_codebook else group]
 
     def check_images(self, images: torch.Tensor) -> None:
         """Raise a clear error for a batch that is not B×3×S×S at this model's size."""
@@ -219,28 +332,68 @@ class SelfBootTok(nn.Module):
                 f"or build the tokenizer with image_size={images.shape[-1]}"
             )
 
-    def encode(self, images: torch.Tensor) -> Encoding:
-        self.check_images(images)
-        q: Quantized = self.quantizers["global"](self.encoder(images))
-        return Encoding(z_global=q.z, probs={"global": q.probs}, entropy_loss=q.entropy_loss)
-
-    def decode(self, z_global: torch.Tensor) -> torch.Tensor:
-        """Render images (B×3×S×S, unclamped) from global tokens."""
+    def check_global(self, z_global: torch.Tensor) -> None:
         n, d = self.cfg.num_tokens, self.cfg.token_dim
-        if z_global.shape[-2:] != (n, d):
-            raise ValueError(f"expected global tokens of shape B×{n}×{d}, got {tuple(z_global.shape)}")
-        return self.decoder(z_global)
+        if not isinstance(z_global, torch.Tensor) or z_global.ndim != 3 or z_global.shape[-2:] != (n, d):
+            got = tuple(z_global.shape) if isinstance(z_global, torch.Tensor) else type(z_global).__name__
+            raise ValueError(f"expected global tokens of shape B×{n}×{d}, got {got}")
+
+    def encode(self, images: torch.Tensor) -> Encoding:
+        """Images → every group's tokens: global tokens from the encoder, local ones bootstrapped."""
+        self.check_images(images)
+        z_hat = self.encoder(images)
+        q: Quantized = self.quantizer("global")(z_hat)
+        enc = self.bootstrap(q.z)
+        enc.probs["global"], enc.unquantized["global"] = q.probs, z_hat
+        enc.entropy_loss = enc.entropy_loss + q.entropy_loss
+        return enc
+
+    def bootstrap(self, z_global: torch.Tensor) -> Encoding:
+        """Eq. 8-9: the local tokens predicted from (soft-quantized) global tokens alone, each group
+        soft-quantized with its codebook.  This is all a generator's ``z_global`` needs."""
+        self.check_global(z_global)
+        enc = Encoding(tokens={"global": z_global})
+        for group, aligner in (("local_1d", self.aligner_1d), ("local_2d", self.aligner_2d)):
+            if aligner is None:
+                continue
+            z_hat = aligner(z_global)
+            q = self.quantizer(group)(z_hat)
+            enc.tokens[group], enc.probs[group], enc.unquantized[group] = q.z, q.probs, z_hat
+            enc.entropy_loss = enc.entropy_loss + q.entropy_loss
+        return enc
+
+    def decode(self, enc: Encoding | dict, scales: dict[str, float] | None = None) -> torch.Tensor:
+        """Render images (B×3×S×S, unclamped) from every group's tokens (an :class:`Encoding` or a
+        group → tokens dict).  ``scales`` multiplies groups before fusion (1 = as is, 0 = removed),
+        for exploring what each group carries.  From global tokens alone use :meth:`decode_from_global`."""
+        tokens = enc.tokens if isinstance(enc, Encoding) else enc
+        if not isinstance(tokens, dict):
+            raise TypeError("decode takes an Encoding or a dict of group tokens; "
+                            "for a tensor of global tokens call decode_from_global(z_global)")
+        missing = [g for g in self.cfg.groups if g not in tokens]
+        if missing:
+            raise ValueError(f"decode needs the groups {list(self.cfg.groups)}; missing {missing}")
+        scales = scales or {}
+        unknown = sorted(set(scales) - set(self.cfg.groups))
+        if unknown:
+            raise ValueError(f"unknown group(s) {unknown} in scales; this model has {list(self.cfg.groups)}")
+        tokens = {g: tokens[g] * scales.get(g, 1.0) for g in self.cfg.groups}
+        return self.decoder(self.fusion.memory(tokens))
+
+    def decode_from_global(self, z_global: torch.Tensor) -> torch.Tensor:
+        """The generator's path: bootstrap the local tokens from ``z_global`` and decode."""
+        return self.decode(self.bootstrap(z_global))
 
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, Encoding]:
         """Encode and decode; returns the reconstruction and the encoding."""
         enc = self.encode(images)
-        return self.decode(enc.z_global), enc
+        return self.decode(enc), enc
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, Encoding]:
         return self.reconstruct(images)
 
     def num_params(self) -> dict[str, int]:
-        """Parameter counts by part."""
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        return {"encoder": count(self.encoder), "quantizers": count(self.quantizers),
-                "decoder": count(self.decoder), "total": count(self)}
+        """Parameter counts by part (parts that are switched off count 0)."""
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "decoder")
+        return {**{p: count(getattr(self, p)) for p in parts}, "total": count(self)}

@@ -54,7 +54,7 @@ def test_2d_shapes_and_errors():
     model = tiny_2d()
     assert model(z()).shape == (3, 7, 6)  # N=5 ≠ N_l=7, out_dim 6 ≠ token_dim 4
     assert model(z(), local_inputs=queries(model)[:, :3]).shape == (3, 3, 6)
-    assert LocalAligner2D(Aligner2DConfig(**{**TINY, "out_dim": None})).cfg.out_dim == 4
+    assert LocalAligner2D(Aligner2DConfig(**{**TINY, "out_dim": None})).cfg.output_dim == 4
     with pytest.raises(ValueError, match="B×5×4"):
         model(z(n=6))
     with pytest.raises(ValueError, match="B×5×4"):
