@@ -92,9 +92,11 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
     }
 
 
-def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: bool = True) -> TrainResult:
+def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: bool = True,
+                    evaluate: bool = True) -> TrainResult:
     """Train the tokenizer of ``params`` on ``train_set``; held-out PSNR on ``test_set`` is logged
-    every ``eval_every`` steps.  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    every ``eval_every`` steps and at the end (``evaluate=False``: never, for callers that evaluate
+    themselves).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
     model = build_tokenizer(params)
     eval_size = params.get("eval_size")
 
@@ -106,7 +108,63 @@ def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: 
     data = {k: params.get(k) for k in ("dataset", "image_size", "train_size", "seed")}
     meta = {"tokenizer": model.cfg.to_dict(), "data": data, "entropy_weight": params.get("entropy_weight", 0.0)}
     return train(model, ReconstructionLoss(params.get("entropy_weight", 0.0)), train_set, cfg,
-                 out_dir=out_dir, eval_fn=eval_fn, meta=meta)
+                 out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
+
+
+@torch.no_grad()
+def encode_groups(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250) -> dict[str, torch.Tensor]:
+    """Every group's (soft-quantized) tokens for ``images``, batched on the model's device, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {g: [] for g in model.cfg.groups}
+    for i in range(0, len(images), batch_size):
+        enc = model.encode(images[i : i + batch_size].to(device))
+        for g in parts:
+            parts[g].append(enc.tokens[g].float().cpu())
+    return {g: torch.cat(v) for g, v in parts.items()}
+
+
+@torch.no_grad()
+def decode_groups(model: SelfBootTok, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What each group carries inside one trained model: ``images`` decoded with all groups, and
+    with groups removed (scaled to 0 before fusion).  Keys are labels; values are clamped images."""
+    model.eval()
+    groups = model.cfg.groups
+    settings = {"all groups": {}}
+    for g in groups[1:]:
+        settings[f"without {g}"] = {g: 0.0}
+    if len(groups) > 2:
+        settings["global only"] = {g: 0.0 for g in groups[1:]}
+    if len(groups) > 1:
+        settings["local only"] = {"global": 0.0}
+    enc = model.encode(images)
+    return {label: model.decode(enc, scales=sc).clamp(-1, 1) for label, sc in settings.items()}
+
+
+def probe_groups(model: SelfBootTok, train_set, test_set) -> dict[str, dict[str, float]]:
+    """Linear-probe accuracy from every token group to every ground-truth factor of ``train_set``
+    (``shapes``), fit on ``train_set`` and scored on ``test_set``; with the chance level per factor."""
+    from .probes import probe_table
+
+    if train_set.factors is None or test_set.factors is None:
+        raise ValueError(f"linear probes need ground-truth factors; dataset {train_set.name!r} has none (use 'shapes')")
+    feats = [encode_groups(model, d.batch(torch.arange(len(d)))[0]) for d in (train_set, test_set)]
+    factors = [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.factors.items()}
+               for d in (train_set, test_set)]
+    return probe_table(feats[0], feats[1], factors[0], factors[1])
+
+
+def cost_table(model: SelfBootTok) -> dict[str, dict]:
+    """Parameters and forward MFLOPs per image of every part of the tokenizer, and the total."""
+    from .flops import flops_by_module, num_params
+
+    parts = ("encoder", "quantizers", "aligner_1d", "aligner_2d", "fusion", "decoder")
+    device = next(model.parameters()).device
+    s = model.cfg.image_size
+    flops = flops_by_module(model, torch.zeros(1, 3, s, s, device=device), parts=parts)
+    table = {p: {"params": num_params(getattr(model, p)), "mflops": flops[p] / 1e6} for p in parts}
+    table["total"] = {"params": num_params(model), "mflops": flops["total"] / 1e6}
+    return table
 
 
 def load_tokenizer(run: str | Path, ema: bool = True) -> SelfBootTok:

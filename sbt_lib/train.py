@@ -214,7 +214,9 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        # A slow refresh: on 2 cores, frequent progress messages from a notebook kernel slow the steps.
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True,
+                   mininterval=1.0)
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -224,7 +226,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or last:
                     row = {k: float(v) for k, v in row.items()}
                     self.history.append({"step": self.step, "seconds": self.seconds, **row})
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                     self.history.append({"step": self.step, "seconds": self.seconds, **self.evaluate()})
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:

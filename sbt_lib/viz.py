@@ -55,13 +55,98 @@ def image_rows(rows: dict[str, torch.Tensor], n: int = 8, path=None, scale: floa
     return _save(fig, path)
 
 
-def plot_codebook_usage(probs: torch.Tensor, path=None, title: str = "global codebook"):
-    """Sorted average assignment mass per codeword (log scale), with the uniform level."""
-    mass = probs.detach().reshape(-1, probs.shape[-1]).float().mean(0).sort(descending=True).values.cpu().numpy()
+def plot_codebook_usage(probs: torch.Tensor | dict[str, torch.Tensor], path=None, title: str = "codebook usage"):
+    """Sorted average assignment mass per codeword (log scale), with the uniform level; ``probs``
+    is one B×N×K assignment or a dict of them (one line per token group)."""
+    groups = probs if isinstance(probs, dict) else {"global": probs}
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(np.arange(1, len(mass) + 1), mass)
+    for name, p in groups.items():
+        mass = p.detach().reshape(-1, p.shape[-1]).float().mean(0).sort(descending=True).values.cpu().numpy()
+        ax.plot(np.arange(1, len(mass) + 1), mass, label=name)
     ax.axhline(1 / len(mass), ls="--", color="gray", label="uniform use")
     ax.set(xlabel="codeword rank", ylabel="mean assignment", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, list[str]] | None = None):
+    """Linear-probe accuracy per factor (x) and token group (bars), chance level as a black tick.
+    ``table`` is the output of :func:`sbt_lib.probes.probe_table`; ``kinds`` (e.g. ``{"global":
+    [...], "local": [...]}``) labels the factors by kind."""
+    factors = list(table)
+    groups = [g for g in table[factors[0]] if g != "chance"]
+    fig, ax = plt.subplots(figsize=(1.3 * len(factors) + 2, 3.5))
+    width = 0.8 / len(groups)
+    x = np.arange(len(factors))
+    for i, g in enumerate(groups):
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, [table[f][g] for f in factors], width, label=g)
+    ax.plot(x, [table[f]["chance"] for f in factors], "k_", ms=30, mew=2, label="chance")
+    kind_of = {f: k for k, fs in (kinds or {}).items() for f in fs}
+    ax.set_xticks(x, [f"{f}\n({kind_of[f]})" if f in kind_of else f for f in factors])
+    ax.set(ylim=(0, 1.05), ylabel="held-out accuracy", title="linear probes: which tokens carry which factor")
+    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def difference_map(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """|a - b| averaged over channels, amplified by ``gain`` and shown as a grey image in [-1, 1]
+    (black = identical; white = a difference of 2/gain or more, in [-1, 1] units)."""
+    d = ((a - b).abs().mean(1, keepdim=True) * gain / 2).clamp(0, 1)
+    return (d * 2 - 1).expand(-1, 3, -1, -1)
+
+
+def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, reference: dict | None = None,
+              ylabel: str | None = None, title: str | None = None):
+    """Mean ± std per variant (the output of :func:`sbt_lib.ablations.summarize`), with every seed
+    drawn as a dot when ``summary`` entries carry ``values``; ``reference`` lines as in
+    :func:`plot_training`."""
+    names = list(summary)
+    means = np.array([summary[n][f"{metric}_mean"] for n in names])
+    stds = np.array([summary[n][f"{metric}_std"] for n in names])
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x, means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))], alpha=0.8)
+    for i, n in enumerate(names):
+        vals = summary[n].get("values", {}).get(metric, [])
+        ax.plot([i] * len(vals), vals, "k.", ms=5)
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, ls="--", color="gray", label=label)
+    lo, hi = (means - stds).min(), (means + stds).max()
+    pad = max(hi - lo, 1e-3) * 0.6
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set(ylabel=ylabel or metric, title=title or f"{metric}: mean ± std over seeds")
+    if reference:
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def group_explorer(model, images: torch.Tensor):
+    """An ipywidgets explorer: one slider per token group scales that group (0 removes it) before
+    the decoder; the decoded images update as the sliders move."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    with torch.no_grad():
+        enc = model.encode(images)
+    sliders = {g: widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description=g)
+               for g in model.cfg.groups}
+    out = widgets.Output()
+
+    def redraw(_=None):
+        with torch.no_grad():
+            decoded = model.decode(enc, scales={g: s.value for g, s in sliders.items()}).clamp(-1, 1)
+        with out:
+            out.clear_output(wait=True)
+            fig = image_rows({"original": images, "decoded": decoded}, n=len(images))
+            plt.show(fig)
+
+    for s in sliders.values():
+        s.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox(list(sliders.values())), out])
+    display(box)
+    return box

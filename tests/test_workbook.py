@@ -79,9 +79,41 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
     assert 5 < m["test_psnr"] < 60 and 5 < m["bicubic_psnr"] < 60
     assert -1 <= m["test_ssim"] <= 1
-    for fig in ("training_curve.png", "reconstructions.png", "codebook_usage.png"):
+    for fig in ("training_curve.png", "reconstructions.png", "codebook_usage.png", "groups_removed.png",
+                "linear_probes.png"):
         assert (run / fig).stat().st_size > 1000, fig
     assert (run / "checkpoint.safetensors").exists()
+    assert m["groups"] == ["global", "local_1d", "local_2d"]
+    assert sum(m["fusion_weights"].values()) == pytest.approx(1.0)
+    # the cost table covers every part and adds up
+    parts = ("encoder", "quantizers", "aligner_1d", "aligner_2d", "fusion", "decoder")
+    assert all(m["costs"][p]["params"] > 0 for p in parts if p != "fusion")
+    assert sum(m["costs"][p]["params"] for p in parts) == m["costs"]["total"]["params"]
+    # linear probes: every factor of shapes, from every group, with chance beside it
+    assert set(m["probes"]) == {"shape", "colour", "position", "size", "texture", "frequency", "orientation"}
+    for row in m["probes"].values():
+        assert set(row) == {"global", "local_1d", "local_2d", "chance"}
+        assert all(0 <= v <= 1 for v in row.values())
+
+
+def test_notebook_02_one_entry_per_variant(tiny_run):
+    run = tiny_run / "02_bootstrapping"
+    m = json.loads((run / "metrics.json").read_text())
+    variants = ["G", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)", "G+L1+L2"]
+    assert list(m["variants"]) == variants
+    assert list(m["fusion"]) == ["soft residual", "concat"]
+    assert len(m["seeds"]) >= 2
+    for name, v in {**m["variants"], **m["fusion"]}.items():
+        assert v["seeds"] == len(m["seeds"]), name
+        assert len(v["values"]["test_psnr"]) == len(m["seeds"])
+        assert v["test_psnr_std"] >= 0 and 5 < v["test_psnr_mean"] < 60
+    # the full model has more parameters than G; the shared codebook has fewer than the full model
+    p = {k: v["params"] for k, v in m["variants"].items()}
+    assert p["G"] < p["G+L1"] < p["G+L1+L2"] and p["G+L1+L2 (shared codebook)"] < p["G+L1+L2"]
+    assert len(m["runs"]) == (len(variants) + 1) * len(m["seeds"])  # + concat
+    for fig in ("table3_psnr.png", "table3_ssim.png", "decomposition_panel.png",
+                "decomposition_inside_full_model.png", "fusion_psnr.png"):
+        assert (run / fig).stat().st_size > 1000, fig
 
 
 def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
