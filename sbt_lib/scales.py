@@ -29,16 +29,16 @@ _TRAINING = {
                  ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0),
     # Batches of 16: at equal images seen, twice the steps of 32 gave +2 dB held-out PSNR at this budget.
     "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1000, batch_size=16, lr=2e-3, warmup=100,
-                ema=0.0, eval_every=200, eval_size=500, seed=0, log_every=10, ckpt_every=200),
+                ema=0.0, eval_every=250, eval_size=500, seed=0, log_every=10, ckpt_every=250),
     "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
                 warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50, ckpt_every=2000),
 }
 
 # Notebook 02 trains 6 variants × 2 seeds within 10 minutes at cpu, so each run gets ~40 s on
 # 2 cores: a narrower, shallower tokenizer than notebook 01's at the same 32 × 8 bottleneck,
-# 256 codewords per group (three groups of 1024 cost 35% more time per step), 480 steps.
+# 256 codewords per group (three groups of 1024 cost 35% more time per step), 360 steps.
 _BOOTSTRAP_CPU = {**_TRAINING["cpu"], **_TOKENIZER["cpu"], "width": 64, "encoder_depth": 2, "decoder_depth": 2,
-                  "conv_channels": 16, "codebook_size": 256, "steps": 480, "warmup": 60, "eval_every": 0,
+                  "conv_channels": 16, "codebook_size": 256, "steps": 360, "warmup": 45, "eval_every": 0,
                   "ckpt_every": 0}
 _BOOTSTRAP = {
     "tiny": {**_TRAINING["tiny"], **_TOKENIZER["tiny"], "eval_every": 0},
@@ -55,7 +55,7 @@ _SELFBOOTTOK = {
 # Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
 _PROBES = {
     "tiny": dict(probe_steps=20, probe_train_size=256, probe_test_size=128),
-    "cpu": dict(probe_steps=480, probe_train_size=3000, probe_test_size=1000),
+    "cpu": dict(probe_steps=360, probe_train_size=2000, probe_test_size=1000),
     "gpu": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
 }
 

@@ -27,3 +27,13 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme.split("\n## ")[0]  # among the first commands a reader sees
     assert "make reproduce" in readme.split("\n## ")[0]
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_readme_python_example_runs():
+    """The README's library example is real code: run it."""
+    import torch
+
+    block = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    namespace = {"images": torch.rand(2, 3, 32, 32) * 2 - 1}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["recon"].shape == (2, 3, 32, 32)
