@@ -15,6 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import sbt_lib.flops  # noqa: F401  (registers the FLOP formula of CPU attention)
 from sbt_lib.experiments import build_tokenizer, train_config
 from sbt_lib.losses import ReconstructionLoss
 from sbt_lib.scales import resolve

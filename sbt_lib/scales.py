@@ -55,7 +55,7 @@ _SELFBOOTTOK = {
 # Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
 _PROBES = {
     "tiny": dict(probe_steps=20, probe_train_size=256, probe_test_size=128),
-    "cpu": dict(probe_steps=360, probe_train_size=2000, probe_test_size=1000),
+    "cpu": dict(probe_steps=600, probe_train_size=3000, probe_test_size=1000),
     "gpu": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
 }
 
