@@ -16,8 +16,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import sbt_lib.flops  # noqa: F401  (registers the FLOP formula of CPU attention)
+from sbt_lib.data import Batch
 from sbt_lib.experiments import build_tokenizer, train_config
-from sbt_lib.losses import ReconstructionLoss
+from sbt_lib.losses import Objective
 from sbt_lib.scales import resolve
 from sbt_lib.train import _optimizer, resolve_device
 
@@ -42,9 +43,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def step_flops(model, loss_fn, images) -> int:
+def step_flops(model, loss_fn, batch) -> int:
     with FlopCounterMode(display=False) as counter:
-        sum(loss_fn(model, images, None).values()).backward()
+        sum(loss_fn(model, batch).values()).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -60,15 +61,16 @@ def main():
     device = resolve_device(args.device)
     model = build_tokenizer(params).to(device)
     cfg = train_config(params)
-    opt, loss_fn = _optimizer(model, cfg), ReconstructionLoss()
+    opt, loss_fn = _optimizer([model], cfg), Objective()
     images = torch.rand(cfg.batch_size, 3, params["image_size"], params["image_size"], device=device) * 2 - 1
+    batch = Batch(images, torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))
 
-    flops = step_flops(model, loss_fn, images)
+    flops = step_flops(model, loss_fn, batch)
     times = []
     for _ in range(args.steps + 2):  # the first two are warm-up
         _sync(device)
         t = time.perf_counter()
-        terms = loss_fn(model, images, None)
+        terms = loss_fn(model, batch)
         opt.zero_grad(set_to_none=True)
         sum(terms.values()).backward()
         opt.step()

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -36,14 +37,14 @@ def write_json(path: str | Path, obj) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Save ``tensors`` to ``path.safetensors`` and ``meta`` (must hold ``step``) to ``path.json``."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(path.with_suffix(".safetensors"),
+    atomic_write(path.with_suffix(".safetensors"),
                   lambda tmp: save_file(tensors, tmp, metadata={"step": str(meta["step"])}))
     write_json(path.with_suffix(".json"), meta)
 

@@ -28,6 +28,7 @@ import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,29 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255], rounded and clamped (inverse of ``to_float``)."""
     return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass
+class Batch:
+    """One training batch: images B×3×H×W in [-1, 1], their targets, and their indices in the
+    data set (what per-image caches, such as teacher features or 2D latents, are looked up by)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device, non_blocking=True),
+                     self.indices)
+
+
+def dataset_fingerprint(dataset: "ImageDataset") -> dict:
+    """What identifies a data set's contents: its name, split, size and a hash of its pixels.
+
+    Caches keyed by it (features, trained 2D VAEs) are recomputed when the images change."""
+    digest = hashlib.sha1(dataset.images.numpy().tobytes()).hexdigest()[:16]
+    return {"name": dataset.name, "split": dataset.split, "n": len(dataset),
+            "shape": list(dataset.images.shape[1:]), "sha1": digest}
 
 
 class ImageDataset(Dataset):
@@ -86,6 +110,11 @@ class ImageDataset(Dataset):
         """Vectorised gather: (float images Bx3xHxW in [-1, 1], int64 targets B)."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         return to_float(self.images[indices]), self.targets[indices]
+
+    def get_batch(self, indices: torch.Tensor) -> Batch:
+        """The images at ``indices`` with their targets, as a :class:`Batch`."""
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return Batch(*self.batch(indices), indices)
 
     def __repr__(self) -> str:
         n, _, h, w = self.images.shape

@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
-from .losses import ReconstructionLoss
+from .features import FeatureCache
+from .losses import Objective, ObjectiveConfig
 from .metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
 from .quantizer import codebook_usage
 from .tokenizer import SelfBootTok, TokenizerConfig
 from .train import TrainConfig, TrainResult, train
+from .vae2d import VAE2D, VAE2DConfig, train_vae2d
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,12 +94,36 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
     }
 
 
+def train_2d_vae(params: dict, train_set, progress: bool = True) -> VAE2D:
+    """The 2D VAE of the OT term for ``train_set`` (trained once, then loaded from the cache).
+    Its settings are the ``vae_*`` parameters."""
+    cfg = VAE2DConfig(image_size=params["image_size"], downsample=params["vae_downsample"],
+                      latent_channels=params["vae_latent_channels"], channels=params["vae_channels"])
+    return train_vae2d(train_set, cfg, steps=params["vae_steps"], batch_size=params["vae_batch_size"],
+                       seed=params.get("seed", 0), progress=progress)
+
+
+def latents_2d_cache(params: dict, train_set, progress: bool = True) -> FeatureCache:
+    """The 2D latents of every training image under the (cached) 2D VAE, computed once."""
+    vae = train_2d_vae(params, train_set, progress)
+    return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", progress=progress)
+
+
+def build_objective(params: dict, model: SelfBootTok, train_set, progress: bool = True) -> Objective:
+    """Eq. 4-5 with the weights in ``params``; the frozen inputs its terms need are cached first."""
+    cfg = ObjectiveConfig.from_dict(_pick(ObjectiveConfig, params))
+    latents = latents_2d_cache(params, train_set, progress) if cfg.ot_weight else None
+    return Objective(cfg, model.cfg, latents_2d=latents)
+
+
 def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: bool = True,
                     evaluate: bool = True) -> TrainResult:
-    """Train the tokenizer of ``params`` on ``train_set``; held-out PSNR on ``test_set`` is logged
-    every ``eval_every`` steps and at the end (``evaluate=False``: never, for callers that evaluate
-    themselves).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    """Train the tokenizer of ``params`` on ``train_set`` with the objective of ``params``;
+    held-out PSNR on ``test_set`` is logged every ``eval_every`` steps and at the end
+    (``evaluate=False``: never, for callers that evaluate themselves).  Checkpoints land in
+    ``out_dir``; a rerun resumes from them."""
     model = build_tokenizer(params)
+    objective = build_objective(params, model, train_set, progress)
     eval_size = params.get("eval_size")
 
     def eval_fn(m):
@@ -106,9 +132,8 @@ def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: 
 
     cfg = train_config(params, progress=progress)
     data = {k: params.get(k) for k in ("dataset", "image_size", "train_size", "seed")}
-    meta = {"tokenizer": model.cfg.to_dict(), "data": data, "entropy_weight": params.get("entropy_weight", 0.0)}
-    return train(model, ReconstructionLoss(params.get("entropy_weight", 0.0)), train_set, cfg,
-                 out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
+    meta = {"tokenizer": model.cfg.to_dict(), "data": data, "objective": objective.cfg.to_dict()}
+    return train(model, objective, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
 
 
 @torch.no_grad()
@@ -165,6 +190,17 @@ def cost_table(model: SelfBootTok) -> dict[str, dict]:
     table = {p: {"params": num_params(getattr(model, p)), "mflops": flops[p] / 1e6} for p in parts}
     table["total"] = {"params": num_params(model), "mflops": flops["total"] / 1e6}
     return table
+
+
+def load_objective(run: str | Path, model: SelfBootTok, latents_2d: FeatureCache | None = None) -> Objective:
+    """The objective saved in a run folder, with its learned parts (the OT projector) restored.
+    ``latents_2d`` is needed when the run used the OT term."""
+    from .checkpoint import load_checkpoint, unprefixed
+
+    tensors, meta = load_checkpoint(Path(run) / "checkpoint")
+    objective = Objective(ObjectiveConfig.from_dict(meta["objective"]), model.cfg, latents_2d=latents_2d)
+    objective.load_state_dict(unprefixed("loss", tensors))
+    return objective.eval()
 
 
 def load_tokenizer(run: str | Path, ema: bool = True) -> SelfBootTok:

@@ -11,6 +11,10 @@ save, resume, ``N`` steps gives bit-identical weights to ``2N`` steps straight (
 
 A non-finite loss stops training with :class:`NonFiniteLossError`, naming the step and the loss
 term; nothing is saved after it, so the last good checkpoint stays on disk untouched.
+
+A loss is a callable ``loss_fn(model, batch)`` returning a dict of already-weighted terms.  When it
+is an ``nn.Module`` with parameters of its own (alignment projectors, say), they train with the
+model in the same optimizer, and its state (parameters and buffers) is part of the checkpoint.
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
 from .config import Config
-from .data import batch_indices
+from .data import Batch, batch_indices
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+LossFn = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
@@ -86,11 +90,12 @@ def resolve_device(device: str = "auto") -> torch.device:
                         ("cpu" if device == "auto" else device))
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, embeddings and codebooks (tensors with < 2 dims
-    or named like a position / token / codebook table)."""
+def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``modules``; no weight decay on biases, norms,
+    embeddings and codebooks (tensors with < 2 dims or named like a position / token / codebook table)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = [(n, p) for m in modules for n, p in m.named_parameters()]
+    for name, p in named:
         if not p.requires_grad:
             continue
         skip = p.ndim < 2 or any(k in name for k in ("pos", "latents", "queries", "codebook"))
@@ -130,7 +135,8 @@ class Trainer:
         self.cfg, self.loss_fn, self.data, self.eval_fn = cfg, loss_fn, data, eval_fn
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self.opt = _optimizer(self.model, cfg)
+        self.loss_module = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else None
+        self.opt = _optimizer([self.model] + ([self.loss_module] if self.loss_module is not None else []), cfg)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
@@ -148,6 +154,8 @@ class Trainer:
                    "rng.cpu": torch.get_rng_state()}
         if self.ema is not None:
             tensors.update(prefixed("ema", self.ema.module.state_dict()))
+        if self.loss_module is not None:
+            tensors.update(prefixed("loss", self.loss_module.state_dict()))
         meta = {"step": self.step, "seconds": self.seconds, "train": asdict(self.cfg), **self.meta}
         save_checkpoint(self.ckpt_path, tensors, meta)
         write_json(self.out_dir / "history.json", self.history)
@@ -162,6 +170,8 @@ class Trainer:
         _load_optimizer(self.opt, unprefixed("optim", tensors))
         if self.ema is not None:
             self.ema.module.load_state_dict(unprefixed("ema", tensors))
+        if self.loss_module is not None:
+            self.loss_module.load_state_dict(unprefixed("loss", tensors))
         torch.set_rng_state(tensors["rng.cpu"].cpu())
         self.step, self.seconds = meta["step"], meta["seconds"]
         history = self.out_dir / "history.json"
@@ -188,16 +198,19 @@ class Trainer:
         lr = cfg.lr_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        images, targets = self.data.batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed))
-        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        batch = self.data.get_batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed))
+        batch = batch.to(self.device)
         self.model.train()
+        if self.loss_module is not None:
+            self.loss_module.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
-            terms = self.loss_fn(self.model, images, targets)
+            terms = self.loss_fn(self.model, batch)
         total = sum(terms.values())
         _check_finite(terms, total, self.step)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
         self.opt.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
@@ -259,8 +272,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, data, cfg: TrainConfig | None
           eval_fn: EvalFn | None = None, resume: bool = True, meta: dict | None = None) -> TrainResult:
     """Train ``model`` on ``data`` (an :class:`~sbt_lib.data.ImageDataset`) for ``cfg.steps`` steps.
 
-    ``loss_fn(model, images, targets)`` returns a dict of (already weighted) loss terms; their sum
-    is minimised and each is logged.  ``eval_fn(model)`` returns held-out metrics (run under
+    ``loss_fn(model, batch)`` (a :class:`~sbt_lib.data.Batch`) returns a dict of (already weighted)
+    loss terms; their sum is minimised and each is logged.  ``eval_fn(model)`` returns held-out metrics (run under
     ``no_grad`` on the EMA model when EMA is on).  With ``out_dir`` the run checkpoints there and,
     when ``resume`` is true and a checkpoint exists, continues from it.  ``meta`` is stored in
     the checkpoint JSON (e.g. the model's configuration).

@@ -5,7 +5,7 @@ import torch
 
 from sbt_lib.checkpoint import load_checkpoint, save_checkpoint
 from sbt_lib.data import load_dataset
-from sbt_lib.losses import ReconstructionLoss
+from sbt_lib.losses import Objective
 from sbt_lib.tokenizer import SelfBootTok
 from sbt_lib.train import NonFiniteLossError, TrainConfig, Trainer, train
 
@@ -32,7 +32,7 @@ def test_learning_rate_schedule():
 def test_training_fits_a_small_set(tiny_config):
     """Sixteen images, full batches: the engine must drive the loss well down."""
     data = load_dataset("shapes", "train", image_size=16, size=16, seed=1)
-    result = train(_model(tiny_config), ReconstructionLoss(), data, _cfg(steps=100, batch_size=16, lr=5e-3))
+    result = train(_model(tiny_config), Objective(), data, _cfg(steps=100, batch_size=16, lr=5e-3))
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5  # a broken engine stays near 1.0 (this one: ~0.6)
 
@@ -40,15 +40,16 @@ def test_training_fits_a_small_set(tiny_config):
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_is_exact(tiny_config, tiny_shapes, tmp_path, ema):
     """N steps + save + resume + N steps gives the same weights as 2N steps straight."""
-    straight = train(_model(tiny_config), ReconstructionLoss(0.01), tiny_shapes, _cfg(steps=8, ema=ema),
+    straight = train(_model(tiny_config), Objective(entropy_weight=0.01), tiny_shapes, _cfg(steps=8, ema=ema),
                      out_dir=tmp_path / "straight")
     # first half: the same 8-step schedule, stopped and saved after 4 steps (as an interruption does)
     half = tmp_path / "halves"
-    t = Trainer(_model(tiny_config), ReconstructionLoss(0.01), tiny_shapes, _cfg(steps=8, ema=ema), out_dir=half)
+    t = Trainer(_model(tiny_config), Objective(entropy_weight=0.01), tiny_shapes, _cfg(steps=8, ema=ema), out_dir=half)
     for _ in range(4):
         t.train_step()
     t.save()
-    resumed = train(_model(tiny_config), ReconstructionLoss(0.01), tiny_shapes, _cfg(steps=8, ema=ema), out_dir=half)
+    resumed = train(_model(tiny_config), Objective(entropy_weight=0.01), tiny_shapes, _cfg(steps=8, ema=ema),
+                    out_dir=half)
     assert resumed.step == 8
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -62,28 +63,28 @@ def test_resume_is_exact(tiny_config, tiny_shapes, tmp_path, ema):
 
 
 def test_finished_run_is_not_retrained(tiny_config, tiny_shapes, tmp_path):
-    first = train(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(), out_dir=tmp_path)
-    again = train(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(), out_dir=tmp_path)
+    first = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path)
+    again = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path)
     assert again.step == first.step and again.seconds == pytest.approx(first.seconds)
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_run_folder_with_other_parameters_is_refused(tiny_config, tiny_shapes, tmp_path):
-    train(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(), out_dir=tmp_path, meta={"width": 1})
+    train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path, meta={"width": 1})
     with pytest.raises(ValueError, match="different parameters"):
-        train(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(), out_dir=tmp_path, meta={"width": 2})
+        train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path, meta={"width": 2})
 
 
 def test_nan_loss_names_step_and_term_and_keeps_the_last_checkpoint(tiny_config, tiny_shapes, tmp_path):
-    t = Trainer(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(steps=8), out_dir=tmp_path)
+    t = Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=8), out_dir=tmp_path)
     for _ in range(4):
         t.train_step()
     t.save()
     saved = (tmp_path / "checkpoint.safetensors").read_bytes()
 
-    def exploding(model, images, targets):
-        terms = ReconstructionLoss()(model, images, targets)
+    def exploding(model, batch):
+        terms = Objective()(model, batch)
         terms["blowup"] = torch.tensor(float("nan"))
         return terms
 
@@ -100,7 +101,7 @@ def test_periodic_evaluation_is_logged(tiny_config, tiny_shapes):
         calls.append(model.training)
         return {"psnr": 1.0}
 
-    result = train(_model(tiny_config), ReconstructionLoss(), tiny_shapes, _cfg(steps=6, eval_every=3),
+    result = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=6, eval_every=3),
                    eval_fn=eval_fn)
     assert [r["step"] for r in result.history if "eval_psnr" in r] == [3, 6]
     assert calls == [False, False]  # evaluated in eval mode
