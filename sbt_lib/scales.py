@@ -59,6 +59,19 @@ _PROBES = {
     "gpu": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
 }
 
+# The small 2D KL-VAE of the OT term (notebook 03), trained once per data set and cached.
+_VAE = {
+    "tiny": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=8, vae_steps=20, vae_batch_size=16),
+    "cpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=16, vae_steps=300, vae_batch_size=32),
+    "gpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=64, vae_steps=5000, vae_batch_size=256),
+}
+# Notebook 03: the full model of notebook 02, trained with and without L_OT (μ3 = ot_weight).
+_OT = {
+    "tiny": dict(seeds=1, ot_weight=0.1, ot_eps=0.05, bench_batch=8),
+    "cpu": dict(seeds=2, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
+    "gpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
+}
+
 NOTEBOOKS = {
     "01_decomposition": {
         s: {**_TRAINING[s], **_TOKENIZER[s], **_SELFBOOTTOK[s], **_PROBES[s],
@@ -67,6 +80,11 @@ NOTEBOOKS = {
     },
     "02_bootstrapping": {
         s: {**_BOOTSTRAP[s], "seeds": 2, "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
+            "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "03_ot_alignment": {
+        s: {**_BOOTSTRAP[s], **_VAE[s], **_OT[s], "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },

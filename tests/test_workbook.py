@@ -1,5 +1,6 @@
 """The workbook end to end: scales, the reproduce runner, and every notebook headless at ``tiny``."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,9 @@ def test_unknown_notebook_prefix():
 def tiny_run(tmp_path_factory):
     """The whole workbook at the tiny scale, through the command line, as a user runs it."""
     out = tmp_path_factory.mktemp("reproduce")
+    env = {**os.environ, "SBT_CACHE": str(tmp_path_factory.mktemp("cache"))}  # trained 2D VAEs, feature caches
     proc = subprocess.run([sys.executable, "-m", "sbt_lib", "reproduce", "--scale", "tiny", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -113,6 +115,28 @@ def test_notebook_02_one_entry_per_variant(tiny_run):
     assert len(m["runs"]) == (len(variants) + 1) * len(m["seeds"])  # + concat
     for fig in ("table3_psnr.png", "table3_ssim.png", "decomposition_panel.png",
                 "decomposition_inside_full_model.png", "fusion_psnr.png"):
+        assert (run / fig).stat().st_size > 1000, fig
+
+
+def test_notebook_03_ot_with_and_without(tiny_run):
+    run = tiny_run / "03_ot_alignment"
+    m = json.loads((run / "metrics.json").read_text())
+    assert list(m["variants"]) == ["without L_OT", "with L_OT"]
+    for v in m["variants"].values():
+        assert v["seeds"] == len(m["seeds"]) and 5 < v["test_psnr_mean"] < 60
+    assert m["psnr_gain_with_ot"] == pytest.approx(m["psnr[with L_OT]"] - m["psnr[without L_OT]"])
+    assert m["toy_check"]["library_vs_pot"] < 1e-8 and m["toy_check"]["naive_vs_pot"] < 1e-6
+    assert m["num_latents_2d"] == (16 // 2) ** 2
+    spread = m["source_spread"]
+    assert 0 <= spread["with L_OT"] <= spread["uniform source"] + 1e-6
+    sweep = {float(k): v for k, v in m["eps_sweep"].items()}
+    its = [sweep[e]["iterations"] for e in sorted(sweep)]
+    assert its == sorted(its, reverse=True)  # smaller ε, more iterations
+    assert {r["solver"] for r in m["solvers"]} == {"sbt_lib.ot.sinkhorn", "ot.batch.solve_batch",
+                                                   "ot.sinkhorn2 (loop)"}
+    assert all(r["max_rel_cost_diff"] < 1e-4 for r in m["solvers"])
+    for fig in ("sinkhorn_points.png", "vae_reconstructions.png", "ot_psnr.png", "transport_plans.png",
+                "token_sources.png", "eps_sweep.png", "convergence.png"):
         assert (run / fig).stat().st_size > 1000, fig
 
 
