@@ -60,16 +60,18 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Batch:
-    """One training batch: images B×3×H×W in [-1, 1], their targets, and their indices in the
-    data set (what per-image caches, such as teacher features or 2D latents, are looked up by)."""
+    """One training batch: images B×3×H×W in [-1, 1], their targets, their indices in the data set
+    (what per-image caches, such as teacher features or 2D latents, are looked up by), and the
+    training step that drew it (what step-dependent terms, such as a GAN's start step, read)."""
 
     images: torch.Tensor
     targets: torch.Tensor
     indices: torch.Tensor
+    step: int = 0
 
     def to(self, device) -> "Batch":
         return Batch(self.images.to(device, non_blocking=True), self.targets.to(device, non_blocking=True),
-                     self.indices)
+                     self.indices, self.step)
 
 
 def dataset_fingerprint(dataset: "ImageDataset") -> dict:
@@ -111,10 +113,10 @@ class ImageDataset(Dataset):
         indices = torch.as_tensor(indices, dtype=torch.int64)
         return to_float(self.images[indices]), self.targets[indices]
 
-    def get_batch(self, indices: torch.Tensor) -> Batch:
-        """The images at ``indices`` with their targets, as a :class:`Batch`."""
+    def get_batch(self, indices: torch.Tensor, step: int = 0) -> Batch:
+        """The images at ``indices`` with their targets, as a :class:`Batch` of training step ``step``."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
-        return Batch(*self.batch(indices), indices)
+        return Batch(*self.batch(indices), indices, step)
 
     def __repr__(self) -> str:
         n, _, h, w = self.images.shape

@@ -72,15 +72,29 @@ def reconstruct(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250)
     return reconstruct_with_codes(model, images, batch_size)[0]
 
 
-def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250) -> dict:
+def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250,
+                       fd_size: int | None = None) -> dict:
     """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor.
-    With ``limit``, an evenly spaced subset (so class-sorted folders are covered)."""
+    With ``limit``, an evenly spaced subset (so class-sorted folders are covered).
+
+    With ``fd_size``, also the distribution distance between reconstructions and originals
+    (rFID-style) from :func:`~sbt_lib.feature_metrics.feature_metrics`: ``fid``/``kid`` when the
+    Inception weights resolve, else ``fd_effnet``/``kid_effnet`` with EfficientNet-Lite0 at
+    ``fd_size`` px (its ``feature_space`` says which); and ``test_lpips`` when LPIPS resolves."""
     n = min(limit or len(dataset), len(dataset))
     images = dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]
     recon, probs = reconstruct_with_codes(model, images, batch_size)
     bicubic = bicubic_roundtrip(images, model.cfg.token_values)
     usage = codebook_usage(probs)
-    return {
+    extra = {}
+    if fd_size:
+        from .feature_metrics import feature_metrics, lpips_available, lpips_metric
+
+        fm = feature_metrics(images, recon, effnet_size=fd_size)
+        extra = {k: v for k, v in fm.items() if k not in ("num_real", "num_fake")}
+        if lpips_available():
+            extra["test_lpips"] = lpips_metric(recon, images).mean().item()
+    return {**extra,
         "test_psnr": psnr(recon, images).mean().item(),
         "test_ssim": ssim(recon, images).mean().item(),
         "bicubic_psnr": psnr(bicubic, images).mean().item(),
@@ -109,11 +123,26 @@ def latents_2d_cache(params: dict, train_set, progress: bool = True) -> FeatureC
     return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", progress=progress)
 
 
+def teacher_cache(name: str, params: dict, train_set, progress: bool = True) -> FeatureCache:
+    """The patch features (P×C, raster order) of every training image under the frozen teacher
+    ``name`` (:func:`~sbt_lib.teachers.load_teacher`), computed once and cached on disk."""
+    from .repa import teacher_tokens
+    from .teachers import load_teacher
+
+    teacher = load_teacher(name, params["image_size"])
+    return FeatureCache(lambda images: teacher_tokens(teacher(images)), train_set, teacher.cache_name,
+                        progress=progress)
+
+
 def build_objective(params: dict, model: SelfBootTok, train_set, progress: bool = True) -> Objective:
-    """Eq. 4-5 with the weights in ``params``; the frozen inputs its terms need are cached first."""
+    """Eq. 4-5 with the weights in ``params``; the frozen inputs its terms need (2D latents,
+    teacher features of the training images) are computed and cached first."""
     cfg = ObjectiveConfig.from_dict(_pick(ObjectiveConfig, params))
     latents = latents_2d_cache(params, train_set, progress) if cfg.ot_weight else None
-    return Objective(cfg, model.cfg, latents_2d=latents)
+    teachers = {which: teacher_cache(name, params, train_set, progress)
+                for which, weight, name in (("global", cfg.repa_global_weight, cfg.repa_global_teacher),
+                                            ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
+    return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)
 
 
 def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: bool = True,

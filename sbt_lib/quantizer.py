@@ -94,3 +94,15 @@ def codebook_usage(probs: torch.Tensor) -> dict[str, float]:
         "used_fraction": used.item(),
         "assignment_entropy": token_entropy.item(),
     }
+
+
+def kl_to_uniform(probs: torch.Tensor) -> torch.Tensor:
+    """L_KL of Eq. 4 for one codebook: KL(q̄ ‖ U) = Σ_k q̄_k log(K q̄_k), where q̄ is the soft assignment
+    averaged over the batch's tokens and U the uniform prior over the K codewords.
+
+    SoftVQ's assignment q is a posterior over codewords; matching its aggregate to the uniform
+    prior (rather than each token's q, which would push every token towards the average codeword)
+    keeps the whole codebook in use without blurring individual tokens.  0 when every codeword
+    gets equal mass, log K when one codeword gets it all."""
+    mean = probs.reshape(-1, probs.shape[-1]).float().mean(0)
+    return (mean * (mean.clamp_min(1e-12) * mean.shape[0]).log()).sum()

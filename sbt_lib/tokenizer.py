@@ -392,6 +392,13 @@ class SelfBootTok(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, Encoding]:
         return self.reconstruct(images)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the layer that outputs the reconstruction (VQGAN's adaptive GAN weight
+        balances gradients there)."""
+        head = self.decoder.head
+        return head.refine[-1].weight if isinstance(head.refine, nn.Sequential) else head.to_pixels.weight
+
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part (parts that are switched off count 0)."""
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731

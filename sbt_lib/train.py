@@ -15,6 +15,10 @@ term; nothing is saved after it, so the last good checkpoint stays on disk untou
 A loss is a callable ``loss_fn(model, batch)`` returning a dict of already-weighted terms.  When it
 is an ``nn.Module`` with parameters of its own (alignment projectors, say), they train with the
 model in the same optimizer, and its state (parameters and buffers) is part of the checkpoint.
+A loss module with an ``adversarial`` part (:class:`~sbt_lib.adversarial.Adversarial`) is a GAN:
+its discriminator gets an optimizer of its own, and after every tokenizer step the engine takes a
+discriminator step on ``loss_fn.discriminator_terms(batch)`` (the images and the reconstructions
+of that same step); both optimizers' states are in the checkpoint.
 """
 from __future__ import annotations
 
@@ -90,13 +94,15 @@ def resolve_device(device: str = "auto") -> torch.device:
                         ("cpu" if device == "auto" else device))
 
 
-def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of ``modules``; no weight decay on biases, norms,
-    embeddings and codebooks (tensors with < 2 dims or named like a position / token / codebook table)."""
+def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig, exclude=()) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``modules`` (but those in ``exclude``); no weight decay
+    on biases, norms, embeddings and codebooks (tensors with < 2 dims or named like a position /
+    token / codebook table)."""
     decay, no_decay = [], []
+    skip_ids = {id(p) for p in exclude}
     named = [(n, p) for m in modules for n, p in m.named_parameters()]
     for name, p in named:
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in skip_ids:
             continue
         skip = p.ndim < 2 or any(k in name for k in ("pos", "latents", "queries", "codebook"))
         (no_decay if skip else decay).append(p)
@@ -136,7 +142,11 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.loss_module = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else None
-        self.opt = _optimizer([self.model] + ([self.loss_module] if self.loss_module is not None else []), cfg)
+        self.adversarial = getattr(self.loss_module, "adversarial", None)
+        disc = list(self.adversarial.parameters()) if self.adversarial is not None else []
+        self.opt = _optimizer([self.model] + ([self.loss_module] if self.loss_module is not None else []), cfg,
+                              exclude=disc)
+        self.opt_d = _optimizer([self.adversarial], cfg) if self.adversarial is not None else None
         self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
@@ -156,6 +166,8 @@ class Trainer:
             tensors.update(prefixed("ema", self.ema.module.state_dict()))
         if self.loss_module is not None:
             tensors.update(prefixed("loss", self.loss_module.state_dict()))
+        if self.opt_d is not None:
+            tensors.update(prefixed("optim_d", _optimizer_tensors(self.opt_d)))
         meta = {"step": self.step, "seconds": self.seconds, "train": asdict(self.cfg), **self.meta}
         save_checkpoint(self.ckpt_path, tensors, meta)
         write_json(self.out_dir / "history.json", self.history)
@@ -172,6 +184,8 @@ class Trainer:
             self.ema.module.load_state_dict(unprefixed("ema", tensors))
         if self.loss_module is not None:
             self.loss_module.load_state_dict(unprefixed("loss", tensors))
+        if self.opt_d is not None:
+            _load_optimizer(self.opt_d, unprefixed("optim_d", tensors))
         torch.set_rng_state(tensors["rng.cpu"].cpu())
         self.step, self.seconds = meta["step"], meta["seconds"]
         history = self.out_dir / "history.json"
@@ -196,9 +210,10 @@ class Trainer:
         """One optimizer step; returns the loss terms (as tensors, converted only when logged)."""
         cfg = self.cfg
         lr = cfg.lr_at(self.step)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        batch = self.data.get_batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed))
+        for opt in (self.opt, self.opt_d):
+            for g in opt.param_groups if opt is not None else ():
+                g["lr"] = lr
+        batch = self.data.get_batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed), self.step)
         batch = batch.to(self.device)
         self.model.train()
         if self.loss_module is not None:
@@ -207,15 +222,33 @@ class Trainer:
             terms = self.loss_fn(self.model, batch)
         total = sum(terms.values())
         _check_finite(terms, total, self.step)
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        params = [p for group in self.opt.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-        self.opt.step()
+        grad_norm = self._step(self.opt, total)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
+        row = {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm, "lr": lr}
+        if self.adversarial is not None and self.adversarial.active(self.step):
+            row.update(self._discriminator_step(batch))
         self.step += 1
-        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm, "lr": lr}
+        return row
+
+    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip the gradient norm of ``opt``'s parameters, step; returns the norm."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
+        opt.step()
+        return grad_norm
+
+    def _discriminator_step(self, batch) -> dict[str, torch.Tensor]:
+        """One step of the discriminator on this step's images and (detached) reconstructions."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.cfg.bf16 and self.device.type == "cuda"):
+            terms = self.loss_module.discriminator_terms(batch)
+        total = sum(terms.values())
+        _check_finite(terms, total, self.step)
+        grad_norm = self._step(self.opt_d, total)
+        return {**{k: v.detach() for k, v in terms.items()}, "d_grad_norm": grad_norm}
 
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
