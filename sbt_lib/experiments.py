@@ -5,6 +5,7 @@ keys they need, so the notebooks stay a page of narrative, calls and plots.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import fields
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .data import load_dataset
+from .data import load_dataset, to_uint8
 from .features import FeatureCache
 from .losses import Objective, ObjectiveConfig
 from .metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
 from .quantizer import codebook_usage
 from .tokenizer import SelfBootTok, TokenizerConfig
-from .train import TrainConfig, TrainResult, train
+from .train import TrainConfig, TrainResult, resolve_device, train
 from .vae2d import VAE2D, VAE2DConfig, train_vae2d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
     if fd_size:
         from .feature_metrics import feature_metrics, lpips_available, lpips_metric
 
-        fm = feature_metrics(images, recon, effnet_size=fd_size)
+        digest = hashlib.sha1(to_uint8(images).numpy().tobytes()).hexdigest()[:16]
+        fm = feature_metrics(images, recon, effnet_size=fd_size, real_cache_name=f"{dataset.name}-{digest}")
         extra = {k: v for k, v in fm.items() if k not in ("num_real", "num_fake")}
         if lpips_available():
             extra["test_lpips"] = lpips_metric(recon, images).mean().item()
@@ -118,9 +120,11 @@ def train_2d_vae(params: dict, train_set, progress: bool = True) -> VAE2D:
 
 
 def latents_2d_cache(params: dict, train_set, progress: bool = True) -> FeatureCache:
-    """The 2D latents of every training image under the (cached) 2D VAE, computed once."""
-    vae = train_2d_vae(params, train_set, progress)
-    return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", progress=progress)
+    """The 2D latents of every training image under the (cached) 2D VAE, computed once on the
+    training device."""
+    device = resolve_device(params.get("device", "auto"))
+    vae = train_2d_vae(params, train_set, progress).to(device)
+    return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", device=device, progress=progress)
 
 
 def teacher_cache(name: str, params: dict, train_set, progress: bool = True) -> FeatureCache:
@@ -129,9 +133,10 @@ def teacher_cache(name: str, params: dict, train_set, progress: bool = True) -> 
     from .repa import teacher_tokens
     from .teachers import load_teacher
 
-    teacher = load_teacher(name, params["image_size"])
+    device = resolve_device(params.get("device", "auto"))
+    teacher = load_teacher(name, params["image_size"]).to(device)
     return FeatureCache(lambda images: teacher_tokens(teacher(images)), train_set, teacher.cache_name,
-                        progress=progress)
+                        device=device, progress=progress)
 
 
 def build_objective(params: dict, model: SelfBootTok, train_set, progress: bool = True) -> Objective:

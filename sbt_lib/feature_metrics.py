@@ -160,7 +160,7 @@ def as_uint8(images, what: str = "images") -> torch.Tensor:
 def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subsets: int = 100,
                     batch_size: int = 64, feature_extractor: str = "auto", effnet_size: int = EFFNET_SIZE,
                     device: str | torch.device | None = None, seed: int = 2020,
-                    download: bool | None = None) -> dict:
+                    download: bool | None = None, real_cache_name: str | None = None) -> dict:
     """Fréchet distance and KID between ``real`` and ``fake`` (see the module docstring for the
     feature spaces and key names).  Inputs: uint8 or [-1, 1] float tensors N×3×H×W, or callables /
     iterables yielding batches.  KID uses ``kid_subsets`` subsets of ``kid_subset_size`` (default
@@ -168,7 +168,10 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
     torch-fidelity's unbiased estimate, which can be negative (for two identical sets it is: the
     cross term pairs each image with itself).
     ``effnet_size`` is the input resolution of the EfficientNet feature space (part of its label;
-    smaller is cheaper on a CPU).  ``device`` defaults to CUDA when available."""
+    smaller is cheaper on a CPU).  ``device`` defaults to CUDA when available.
+    ``real_cache_name`` names the ``real`` set so that torch-fidelity caches its features (under
+    ``<cache>/fidelity``) and a later call with the same name skips them: for a fixed test set
+    compared against many models' reconstructions.  The name must identify the images."""
     real, fake = as_uint8(real, "real"), as_uint8(fake, "fake")
     n_real, n_fake = len(real), len(fake)
     if min(n_real, n_fake) < 2:
@@ -179,11 +182,18 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor, path = choose_feature_space(feature_extractor, download)
     _register_effnet()
+    caching = {}
+    if real_cache_name:  # the extractor's name, not its input size, is in torch-fidelity's key: add both
+        from .data import cache_dir
+
+        caching = dict(cache=True, cache_root=str(cache_dir() / "fidelity"),
+                       input2_cache_name=f"{real_cache_name}-{extractor}-{effnet_size}px-{Path(path).stem}")
     raw = torch_fidelity.calculate_metrics(
         input1=_Images(fake), input2=_Images(real), fid=True, kid=True,
         feature_extractor=extractor, feature_extractor_weights_path=str(path),
         kid_subset_size=subset, kid_subsets=kid_subsets, batch_size=batch_size, rng_seed=seed,
-        cuda=device.type == "cuda", cache=False, save_cpu_ram=True, verbose=False, sbt_effnet_size=effnet_size)
+        cuda=device.type == "cuda", save_cpu_ram=True, verbose=False, sbt_effnet_size=effnet_size,
+        **{"cache": False, **caching})
     fd_key, kid_key, kid_std_key, label = FEATURE_SPACES[extractor]
     return {fd_key: raw[torch_fidelity.KEY_METRIC_FID], kid_key: raw[torch_fidelity.KEY_METRIC_KID_MEAN],
             kid_std_key: raw[torch_fidelity.KEY_METRIC_KID_STD], "feature_space": label.format(size=effnet_size),

@@ -26,12 +26,13 @@ _TOKENIZER = {
 # Training and data per scale (field names of TrainConfig, plus the data settings).
 _TRAINING = {
     "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
-                 ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0),
+                 ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0, fd_size=32),
     # Batches of 16: at equal images seen, twice the steps of 32 gave +2 dB held-out PSNR at this budget.
     "cpu": dict(dataset="photos", train_size=None, test_size=None, steps=1000, batch_size=16, lr=2e-3, warmup=100,
-                ema=0.0, eval_every=250, eval_size=500, seed=0, log_every=10, ckpt_every=250),
+                ema=0.0, eval_every=250, eval_size=500, seed=0, log_every=10, ckpt_every=250, fd_size=112),
     "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
-                warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50, ckpt_every=2000),
+                warmup=1000, ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50, ckpt_every=2000,
+                fd_size=224),
 }
 
 # Notebook 02 trains 6 variants × 2 seeds within 10 minutes at cpu, so each run gets ~40 s on
@@ -52,6 +53,17 @@ _SELFBOOTTOK = {
     "gpu": dict(local_1d=True, local_2d="m", decoder="cross"),
 }
 
+# ``fd_size``: the input size of EfficientNet-Lite0 for the rFID-style distance (FD-EffNet) when the
+# Inception weights of FID are not available; part of the metric's label.
+
+# Notebook 02, Table 2: local REPA (weight μ2) to each local teacher; the ViT teachers run only
+# where their weights resolve (and their features of the training set are cached once).
+_TABLE2 = {
+    "tiny": dict(local_teachers=["hog"], table2_repa_weight=0.1),
+    "cpu": dict(local_teachers=["hog", "effnet_lite0"], table2_repa_weight=0.1),
+    "gpu": dict(local_teachers=["hog", "effnet_lite0", "dinov2_s", "siglip2", "ijepa"], table2_repa_weight=0.1),
+}
+
 # Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
 _PROBES = {
     "tiny": dict(probe_steps=20, probe_train_size=256, probe_test_size=128),
@@ -63,7 +75,7 @@ _PROBES = {
 _VAE = {
     "tiny": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=8, vae_steps=20, vae_batch_size=16),
     "cpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=16, vae_steps=300, vae_batch_size=32),
-    "gpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=64, vae_steps=5000, vae_batch_size=256),
+    "gpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=64, vae_steps=2000, vae_batch_size=256),
 }
 # Notebook 03: the full model of notebook 02, trained with and without L_OT (μ3 = ot_weight).
 _OT = {
@@ -79,7 +91,7 @@ NOTEBOOKS = {
         for s in SCALE_NAMES
     },
     "02_bootstrapping": {
-        s: {**_BOOTSTRAP[s], "seeds": 2, "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
+        s: {**_BOOTSTRAP[s], **_TABLE2[s], "seeds": 2, "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },

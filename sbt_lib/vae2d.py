@@ -145,7 +145,8 @@ def train_vae2d(train_set, cfg: VAE2DConfig | None = None, *, steps: int = 600, 
     """Train the 2D VAE on ``train_set`` once and cache it.
 
     The run folder is ``<cache>/vae2d/<key>``, where the key hashes the data set's images and every
-    setting, so the same call returns the cached model at once; an interrupted run resumes."""
+    setting, so the same call returns the cached model at once; an interrupted run resumes.
+    Trains on the default device (CUDA when present); returns the model on the CPU, frozen."""
     from .data import cache_dir, dataset_fingerprint
     from .train import TrainConfig, train
 
@@ -158,4 +159,4 @@ def train_vae2d(train_set, cfg: VAE2DConfig | None = None, *, steps: int = 600, 
     torch.manual_seed(seed)
     model = VAE2D(cfg)
     result = train(model, VAELoss(), train_set, train_cfg, out_dir=folder, meta={"vae": cfg.to_dict()})
-    return result.model.eval().requires_grad_(False)
+    return result.model.cpu().eval().requires_grad_(False)

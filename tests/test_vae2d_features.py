@@ -97,7 +97,7 @@ def test_ot_term_is_logged_and_trains_the_2d_aligner(tiny_config, tiny_shapes):
 
 
 def test_ot_term_needs_a_2d_aligner_and_latents(tiny_config, tiny_shapes):
-    with pytest.raises(ValueError, match="needs a tokenizer with a local 2D aligner"):
+    with pytest.raises(ValueError, match="OT term needs a tokenizer with local_2d tokens"):
         Objective(tokenizer_cfg=SelfBootTok(tiny_config, local_2d=None).cfg, ot_weight=0.1)
     with pytest.raises(ValueError, match="needs latents_2d"):
         Objective(tokenizer_cfg=SelfBootTok(tiny_config, local_2d="xs").cfg, ot_weight=0.1)

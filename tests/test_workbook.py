@@ -78,6 +78,7 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     for key in ("test_psnr", "test_ssim", "bicubic_psnr", "token_values", "pixel_values", "train_seconds"):
         assert key in m, key
     assert m["scale"] == "tiny" and m["dataset"] == "shapes"
+    assert "fd_effnet" in m and "fid" not in m and m["feature_space"].startswith("FD-EffNetLite0")  # offline
     assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
     assert 5 < m["test_psnr"] < 60 and 5 < m["bicubic_psnr"] < 60
     assert -1 <= m["test_ssim"] <= 1
@@ -112,9 +113,13 @@ def test_notebook_02_one_entry_per_variant(tiny_run):
     # the full model has more parameters than G; the shared codebook has fewer than the full model
     p = {k: v["params"] for k, v in m["variants"].items()}
     assert p["G"] < p["G+L1"] < p["G+L1+L2"] and p["G+L1+L2 (shared codebook)"] < p["G+L1+L2"]
-    assert len(m["runs"]) == (len(variants) + 1) * len(m["seeds"])  # + concat
+    # Table 2: the baseline and each local teacher of the scale (tiny: HOG), with the feature-space distance
+    assert list(m["table2"]) == ["no local REPA", "REPA-local: hog"] and m["teachers_skipped"] == {}
+    assert all("fd_effnet_mean" in v for v in {**m["variants"], **m["table2"]}.values())
+    assert m["feature_space"].startswith("FD-EffNetLite0")
+    assert len(m["runs"]) == (len(variants) + 2) * len(m["seeds"])  # + concat + REPA-local: hog
     for fig in ("table3_psnr.png", "table3_ssim.png", "decomposition_panel.png",
-                "decomposition_inside_full_model.png", "fusion_psnr.png"):
+                "decomposition_inside_full_model.png", "fusion_psnr.png", "table2_psnr.png"):
         assert (run / fig).stat().st_size > 1000, fig
 
 

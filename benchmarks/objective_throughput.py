@@ -1,0 +1,109 @@
+"""Training throughput with the objective's terms switched on, and what the teacher-feature cache saves.
+
+    .venv/bin/python benchmarks/objective_throughput.py [--scale cpu] [--dataset NAME] [--steps 20] [--device auto]
+
+Times full training steps (data, forward, every loss term, backward, both optimizers) of the scale's
+tokenizer (notebook 01's full SelfBootTok) on its default data, for:
+
+| objective | terms |
+|---|---|
+| reconstruction only | L_rec |
+| without teachers | L_rec, L_percep, L_adv (with its discriminator step), L_OT, L_KL |
+| all terms, cached teachers | the above + REPA global (EfficientNet-Lite0) and local (HOG), from the feature cache |
+| all terms, teachers every step | the same, but the teachers run on every batch (no cache) |
+
+and prints images/s (median step time over ``--steps`` after two warm-up steps) and the ratios.
+The target of issue 5: *all terms, cached teachers* ≥ 70% of *without teachers*.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sbt_lib import experiments as ex
+from sbt_lib.features import FeatureCache
+from sbt_lib.scales import resolve
+from sbt_lib.train import Trainer
+
+WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl_weight=0.01)
+ALL_TERMS = dict(WITHOUT_TEACHERS, repa_global_weight=0.5, repa_local_weight=0.5)
+
+
+class TeacherEveryStep(FeatureCache):
+    """A stand-in for a feature cache that runs its teacher on every lookup (what the cache avoids)."""
+
+    def __init__(self, cache: FeatureCache, encoder, dataset, device):
+        self.name, self.dataset, self.encoder, self.features = cache.name, dataset, encoder, cache.features[:1]
+        self.device = device
+
+    @torch.no_grad()
+    def __getitem__(self, indices):
+        return self.encoder(self.dataset.batch(indices)[0].to(self.device)).float()
+
+
+def uncached(objective, params, train_set):
+    """The same objective with every teacher running on every batch."""
+    from sbt_lib.repa import teacher_tokens
+    from sbt_lib.teachers import load_teacher
+    from sbt_lib.train import resolve_device
+
+    device = resolve_device(params["device"])
+    for which, name in (("global", params["repa_global_teacher"]), ("local", params["repa_local_teacher"])):
+        teacher = load_teacher(name, params["image_size"]).to(device)
+        objective.teacher_features[which] = TeacherEveryStep(objective.teacher_features[which],
+                                                             lambda im, t=teacher: teacher_tokens(t(im)), train_set,
+                                                             device)
+    return objective
+
+
+def images_per_second(params, terms, train_set, steps, live_teachers=False) -> tuple[float, list[str]]:
+    p = {**params, **terms}
+    model = ex.build_tokenizer(p)
+    objective = ex.build_objective(p, model, train_set, progress=False)
+    if live_teachers:
+        objective = uncached(objective, p, train_set)
+    trainer = Trainer(model, objective, train_set, ex.train_config(p, progress=False))
+    times = []
+    for _ in range(steps + 2):
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        row = trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    seconds = sorted(times[2:])[len(times[2:]) // 2]
+    return p["batch_size"] / seconds, [k for k in row if k not in ("loss", "grad_norm", "d_grad_norm", "lr")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dataset", help="default: the scale's")
+    args = ap.parse_args()
+    vae = {k: v for k, v in resolve("03_ot_alignment", args.scale).items() if k.startswith("vae_")}  # the OT term's VAE
+    params = {**vae, **resolve("01_decomposition", args.scale, dataset=args.dataset), "device": args.device,
+              "repa_global_teacher": "effnet_lite0", "repa_local_teacher": "hog"}
+    train_set, _ = ex.load_data(params)
+    runs = {"reconstruction only": ({}, False), "without teachers": (WITHOUT_TEACHERS, False),
+            "all terms, cached teachers": (ALL_TERMS, False), "all terms, teachers every step": (ALL_TERMS, True)}
+    results = {}
+    for name, (terms, live) in runs.items():
+        results[name] = images_per_second(params, terms, train_set, args.steps, live)
+    base = results["without teachers"][0]
+    device = "cuda" if torch.cuda.is_available() and args.device == "auto" else args.device
+    print(f"scale {args.scale}: {params['dataset']}, batch {params['batch_size']}, device {device}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.steps} steps\n")
+    print("| objective | images/s | vs without teachers | vs reconstruction only | terms |")
+    print("|---|---|---|---|---|")
+    for name, (ips, terms) in results.items():
+        print(f"| {name} | {ips:.1f} | {ips / base:.2f} | {ips / results['reconstruction only'][0]:.2f} "
+              f"| {', '.join(terms)} |")
+
+
+if __name__ == "__main__":
+    main()
