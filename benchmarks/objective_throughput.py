@@ -60,7 +60,7 @@ def uncached(objective, params, train_set):
         teacher = load_teacher(name, params["image_size"]).to(device)
         objective.teacher_features[which] = TeacherEveryStep(objective.teacher_features[which],
                                                              lambda im, t=teacher: teacher_tokens(t(im)), train_set,
-                                                             device)
+                                                             device)  # all patches: the REPA term pools them
     return objective
 
 

@@ -127,16 +127,18 @@ def latents_2d_cache(params: dict, train_set, progress: bool = True) -> FeatureC
     return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", device=device, progress=progress)
 
 
-def teacher_cache(name: str, params: dict, train_set, progress: bool = True) -> FeatureCache:
-    """The patch features (P×C, raster order) of every training image under the frozen teacher
-    ``name`` (:func:`~sbt_lib.teachers.load_teacher`), computed once and cached on disk."""
-    from .repa import teacher_tokens
+def teacher_cache(name: str, params: dict, train_set, num_tokens: int, progress: bool = True) -> FeatureCache:
+    """The features of every training image under the frozen teacher ``name``
+    (:func:`~sbt_lib.teachers.load_teacher`), already pooled to the ``num_tokens`` tokens they are
+    aligned with (N×C, see :func:`~sbt_lib.repa.patches_to_tokens`; the pooling is linear, so
+    caching pooled features is exact and takes P/N times less memory), computed once and cached."""
+    from .repa import patches_to_tokens, teacher_tokens
     from .teachers import load_teacher
 
     device = resolve_device(params.get("device", "auto"))
     teacher = load_teacher(name, params["image_size"]).to(device)
-    return FeatureCache(lambda images: teacher_tokens(teacher(images)), train_set, teacher.cache_name,
-                        device=device, progress=progress)
+    return FeatureCache(lambda images: patches_to_tokens(teacher_tokens(teacher(images)), num_tokens), train_set,
+                        f"{teacher.cache_name}-pooled{num_tokens}", device=device, progress=progress)
 
 
 def build_objective(params: dict, model: SelfBootTok, train_set, progress: bool = True) -> Objective:
@@ -144,7 +146,8 @@ def build_objective(params: dict, model: SelfBootTok, train_set, progress: bool 
     teacher features of the training images) are computed and cached first."""
     cfg = ObjectiveConfig.from_dict(_pick(ObjectiveConfig, params))
     latents = latents_2d_cache(params, train_set, progress) if cfg.ot_weight else None
-    teachers = {which: teacher_cache(name, params, train_set, progress)
+    tokens = {"global": model.cfg.num_tokens, "local": model.cfg.num_group_tokens(cfg.repa_local_group)}
+    teachers = {which: teacher_cache(name, params, train_set, tokens[which], progress)
                 for which, weight, name in (("global", cfg.repa_global_weight, cfg.repa_global_teacher),
                                             ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
     return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)

@@ -23,3 +23,16 @@ def tiny_model(tiny_config) -> SelfBootTok:
 @pytest.fixture(scope="session")
 def tiny_shapes():
     return load_dataset("shapes", "train", image_size=16, size=128, seed=0)
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No $SBT_WEIGHTS, empty torch hub and Hugging Face caches, downloads off: only what ships
+    with the packages (EfficientNet-Lite0) resolves."""
+    from sbt_lib import weights
+
+    monkeypatch.delenv("SBT_WEIGHTS", raising=False)
+    monkeypatch.setenv("SBT_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(weights, "_hf_cached", lambda repo, name: None)
+    return tmp_path

@@ -18,15 +18,6 @@ from sbt_lib.adversarial import (
 from sbt_lib.discriminator import Discriminator, MinibatchStd
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is as fast, and immune to a busy, shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -2,32 +2,10 @@
 import pytest
 import torch
 import torchvision
-from threadpoolctl import threadpool_limits
 
-from sbt_lib import weights
 from sbt_lib.data import load_dataset
 from sbt_lib.perceptual import PerceptualLoss
 from sbt_lib.weights import MissingWeightsError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one BLAS thread: on the shared 2-core test machine two threads made a small
-    conv ~100× slower (measured 47 ms vs 0.42 ms) and numpy's eigvals ~4× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1, user_api="blas"):
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.delenv("SBT_WEIGHTS", raising=False)
-    monkeypatch.setenv("SBT_OFFLINE", "1")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(weights, "_hf_cached", lambda repo, name: None)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -7,32 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage import color, data, feature
-from threadpoolctl import threadpool_limits
 
-from sbt_lib import teachers, weights
+from sbt_lib import teachers
 from sbt_lib.teachers import VIT_TEACHERS, available_teachers, hog, load_teacher, load_zipped_state
 from sbt_lib.weights import MissingWeightsError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and one BLAS thread: on the shared 2-core test machine two threads made a small
-    conv ~100× slower (measured 47 ms vs 0.42 ms) and numpy's eigvals ~4× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1, user_api="blas"):
-        yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """No $SBT_WEIGHTS, empty torch hub / HF caches, downloads off."""
-    monkeypatch.delenv("SBT_WEIGHTS", raising=False)
-    monkeypatch.setenv("SBT_OFFLINE", "1")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(weights, "_hf_cached", lambda repo, name: None)
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

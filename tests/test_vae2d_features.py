@@ -104,7 +104,7 @@ def test_ot_term_needs_a_2d_aligner_and_latents(tiny_config, tiny_shapes):
 
 
 def test_projector_trains_and_survives_resume(tiny_config, tiny_shapes, tmp_path):
-    cfg = TrainConfig(steps=6, batch_size=8, warmup=2, progress=False, log_every=1)
+    cfg = TrainConfig(steps=6, batch_size=8, warmup=2, progress=False, log_every=1, device="cpu")  # bit-exact on CPU
     model, objective = _ot_setup(tiny_config, tiny_shapes)
     before = objective.ot.proj.weight.detach().clone()
     t = Trainer(model, objective, tiny_shapes, cfg, out_dir=tmp_path)
