@@ -16,6 +16,8 @@ from pathlib import Path
 
 import papermill as pm
 
+from .checkpoint import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -70,12 +72,20 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def write_summary(out: Path, results: dict[str, dict], scale: str, seconds: dict[str, float]) -> Path:
-    """``summary.md``: per notebook, its wall time and every scalar in its metrics.json."""
+def write_summary(out: Path, scale: str) -> Path:
+    """``summary.md``: every notebook with results in ``out`` (from this run or an earlier one, so a
+    run of ``--only 02`` keeps 01's results), its last wall time and every scalar in its metrics.json."""
+    timings = out / "wall_seconds.json"
+    seconds = json.loads(timings.read_text()) if timings.exists() else {}
     lines = [f"# SelfBootTok workbook — scale `{scale}`", "",
              "| notebook | metric | value |", "|---|---|---|"]
-    for name, metrics in results.items():
-        lines.append(f"| {name} | wall seconds | {seconds[name]:.0f} |")
+    for path in notebooks():
+        name, file = path.stem, out / path.stem / "metrics.json"
+        if not file.exists():
+            continue
+        metrics = json.loads(file.read_text())
+        if name in seconds:
+            lines.append(f"| {name} | wall seconds | {seconds[name]:.0f} |")
         for k, v in metrics.items():
             if isinstance(v, (int, float, str, bool)) and k != "written_at":
                 lines.append(f"| {name} | {k} | {_fmt(v)} |")
@@ -97,13 +107,14 @@ def reproduce(scale: str = "cpu", dataset: str | None = None, only: list[str] | 
     paths = notebooks(only)
     for path in paths:  # check every notebook's parameters before spending time on the first
         _check_parameters(path, base)
-    results, seconds = {}, {}
+    timings = out / "wall_seconds.json"
     for path in paths:
         t0 = time.perf_counter()
         print(f"== {path.stem} (scale {scale}) → {out / path.stem}", flush=True)
-        results[path.stem] = run_notebook(path, out, base, log_output)
-        seconds[path.stem] = time.perf_counter() - t0
-        write_summary(out, results, scale, seconds)
-    summary = write_summary(out, results, scale, seconds)
+        run_notebook(path, out, base, log_output)
+        seconds = json.loads(timings.read_text()) if timings.exists() else {}
+        write_json(timings, {**seconds, path.stem: time.perf_counter() - t0})
+        write_summary(out, scale)
+    summary = write_summary(out, scale)
     print(f"== done: {summary}")
     return summary

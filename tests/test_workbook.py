@@ -48,6 +48,19 @@ def test_unknown_parameter_lists_the_valid_ones(tmp_path, capsys):
     assert not list(tmp_path.glob("*.ipynb"))  # checked before anything ran
 
 
+def test_summary_keeps_the_results_of_notebooks_not_rerun(tmp_path):
+    """A run of ``--only 02`` into a folder that holds 01's results summarises both."""
+    first, second = [p.stem for p in rp.notebooks()][:2]
+    for name, value in ((first, 1.5), (second, 2.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test_psnr": value, "runs": [1, 2]}))
+    (tmp_path / "wall_seconds.json").write_text(json.dumps({second: 12.0}))
+    summary = rp.write_summary(tmp_path, "cpu").read_text()
+    assert f"| {first} | test_psnr | 1.5 |" in summary and f"| {second} | test_psnr | 2.5 |" in summary
+    assert f"| {second} | wall seconds | 12 |" in summary and f"| {first} | wall seconds" not in summary
+    assert "runs" not in summary  # only scalars
+
+
 def test_unknown_notebook_prefix():
     with pytest.raises(ValueError, match="available"):
         rp.notebooks(["99"])
