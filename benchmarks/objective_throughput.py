@@ -29,7 +29,6 @@ import time
 import torch
 
 from sbt_lib import experiments as ex
-from sbt_lib.features import FeatureCache
 from sbt_lib.scales import resolve
 from sbt_lib.train import Trainer
 
@@ -37,12 +36,11 @@ WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl
 ALL_TERMS = dict(WITHOUT_TEACHERS, repa_global_weight=0.5, repa_local_weight=0.5)
 
 
-class TeacherEveryStep(FeatureCache):
-    """A stand-in for a feature cache that runs its teacher on every lookup (what the cache avoids)."""
+class TeacherEveryStep:
+    """In place of a feature cache: runs its teacher on every lookup (what the cache avoids)."""
 
-    def __init__(self, cache: FeatureCache, encoder, dataset, device):
-        self.name, self.dataset, self.encoder, self.features = cache.name, dataset, encoder, cache.features[:1]
-        self.device = device
+    def __init__(self, encoder, dataset, device):
+        self.encoder, self.dataset, self.device = encoder, dataset, device
 
     @torch.no_grad()
     def __getitem__(self, indices):
@@ -58,9 +56,9 @@ def uncached(objective, params, train_set):
     device = resolve_device(params["device"])
     for which, name in (("global", params["repa_global_teacher"]), ("local", params["repa_local_teacher"])):
         teacher = load_teacher(name, params["image_size"]).to(device)
-        objective.teacher_features[which] = TeacherEveryStep(objective.teacher_features[which],
-                                                             lambda im, t=teacher: teacher_tokens(t(im)), train_set,
-                                                             device)  # all patches: the REPA term pools them
+        # all patches, as a teacher gives them: the REPA term pools them to the tokens
+        objective.teacher_features[which] = TeacherEveryStep(lambda im, t=teacher: teacher_tokens(t(im)), train_set,
+                                                             device)
     return objective
 
 
