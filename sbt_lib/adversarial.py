@@ -58,6 +58,8 @@ class LeCAM(nn.Module):
     logits, kept as buffers (in ``state_dict``, so checkpoints restore them); ``initialized`` says
     whether they hold a value yet — the first :meth:`update` sets them to the batch means instead of
     averaging with zero.  As in the authors' code, call :meth:`update` before :meth:`forward`.
+    Neither reads a buffer back to the host in a training step (no GPU sync): :meth:`update` blends
+    with ``torch.where``, and :meth:`forward` checks ``initialized`` once, then remembers it.
     """
 
     def __init__(self, decay: float = 0.999):
@@ -68,18 +70,25 @@ class LeCAM(nn.Module):
         self.register_buffer("ema_real", torch.zeros(()))
         self.register_buffer("ema_fake", torch.zeros(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # host-side copy of `initialized` once known to be True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False  # the loaded buffers decide again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
         """Fold the batch means of the logits into the moving averages."""
         real, fake = logits_real.detach().float().mean(), logits_fake.detach().float().mean()
-        decay = self.decay if bool(self.initialized) else 0.0
-        self.ema_real.mul_(decay).add_((1.0 - decay) * real)
-        self.ema_fake.mul_(decay).add_((1.0 - decay) * fake)
+        decay = torch.where(self.initialized, self.decay, 0.0)  # the first update takes the batch means
+        self.ema_real.copy_(decay * self.ema_real + (1.0 - decay) * real)
+        self.ema_fake.copy_(decay * self.ema_fake + (1.0 - decay) * fake)
         self.initialized.fill_(True)
+        self._ready = True
 
     def forward(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialized):
+        self._ready = self._ready or bool(self.initialized)
+        if not self._ready:
             raise RuntimeError("LeCAM's moving averages are not initialised: "
                                "call update(logits_real, logits_fake) first")
         return (F.relu(logits_real.float() - self.ema_fake).square().mean()
@@ -309,7 +318,8 @@ class Adversarial(nn.Module):
         if self.lecam_weight > 0:
             if self.training:
                 self.lecam.update(logits_real, logits_fake)
-            terms["d_lecam"] = (self.lecam_weight * self.lecam(logits_real, logits_fake) if bool(self.lecam.initialized)
+            ready = self.training or bool(self.lecam.initialized)  # evaluation may come before any update
+            terms["d_lecam"] = (self.lecam_weight * self.lecam(logits_real, logits_fake) if ready
                                 else logits_real.new_zeros((), dtype=torch.float32))
         if self.consistency_weight > 0:
             cr = (consistency_loss(self.discriminator, real, logits_real, g, self.policy)

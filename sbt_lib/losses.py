@@ -132,22 +132,24 @@ class Objective(nn.Module):
                            start_step=c.adv_start, adaptive=c.adv_adaptive, lecam_weight=c.lecam_weight,
                            consistency_weight=c.consistency_weight)
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()`` / ``.cuda()`` move the frozen networks too (they are not submodules)."""
+        for net in self._frozen.values():
+            net._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     @property
     def perceptual_name(self) -> str | None:
         """The name of the perceptual loss that runs (``lpips_vgg``, ``perceptual_effnet``), if any."""
         return self._frozen["perceptual"].name if "perceptual" in self._frozen else None
 
     # ------------------------------------------------------------------ the terms
-    def _perceptual(self, recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        net = self._frozen["perceptual"].to(images.device)
-        return net(recon, images)
-
     def forward(self, model, batch) -> dict[str, torch.Tensor]:
         c, images = self.cfg, batch.images
         recon, enc = model(images)
         terms = {"rec": F.mse_loss(recon.float(), images.float())}
         if c.perceptual_weight:
-            terms[self.perceptual_name] = c.perceptual_weight * self._perceptual(recon, images)
+            terms[self.perceptual_name] = c.perceptual_weight * self._frozen["perceptual"](recon, images)
         if c.entropy_weight:
             terms["entropy"] = c.entropy_weight * enc.entropy_loss
         if c.kl_weight:

@@ -210,8 +210,8 @@ class Trainer:
         """One optimizer step; returns the loss terms (as tensors, converted only when logged)."""
         cfg = self.cfg
         lr = cfg.lr_at(self.step)
-        for opt in (self.opt, self.opt_d):
-            for g in opt.param_groups if opt is not None else ():
+        for opt in [o for o in (self.opt, self.opt_d) if o is not None]:
+            for g in opt.param_groups:
                 g["lr"] = lr
         batch = self.data.get_batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed), self.step)
         batch = batch.to(self.device)

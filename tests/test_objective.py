@@ -44,6 +44,9 @@ def test_every_term_is_on_and_named(cache, tiny_shapes):
     assert set(d_terms) == {"d_hinge", "d_lecam", "d_consistency"}
     # the frozen networks are not part of the objective's state (checkpoints stay small)
     assert not any(k.startswith("_frozen") or "teacher" in k for k in objective.state_dict())
+    perceptual = objective._frozen["perceptual"]
+    assert objective.to(torch.float64) is objective and next(perceptual.parameters()).dtype == torch.float64
+    objective.to(torch.float32)  # .to() reaches the frozen networks, which stay out of the state
     assert objective.adversarial.discriminator.from_rgb.weight.requires_grad
 
 
