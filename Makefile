@@ -5,6 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 SCALE  ?= cpu
 ARGS   ?=
+# CIFAR-10, the default data set: $SBT_DATA/cifar10, else a shared data folder beside the repository,
+# else torchvision's download (and without network, the built-in photos, which the run says).
+export SBT_DATA ?= $(if $(wildcard ../shared/data/cifar10),../shared/data,)
 
 .PHONY: reproduce test env clean-runs
 

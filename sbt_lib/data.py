@@ -1,16 +1,19 @@
 """Datasets for the tokenizer experiments, all held in memory as uint8 tensors.
 
-Three built-in sources plus any image folder:
+Three built-in sources, a fallback choice between two of them, and any image folder:
 
-* ``photos``  -- random crops (with scale jitter) of the real colour photographs
-  bundled with scikit-image.  Needs no download, so every machine has it.  Train
-  and test crops come from disjoint regions of each photo (see ``photo_regions``),
-  so no test crop shares a pixel with any training crop.
+* ``photos``  -- random crops (with scale jitter) of the real colour photographs that
+  ship inside installed packages (scikit-image, scikit-learn, matplotlib; see
+  ``PHOTO_FILES``).  Read from the package folders, never downloaded, so every machine
+  has them.  Train and test crops come from disjoint regions of each photo (see
+  ``photo_regions``), so no test crop shares a pixel with any training crop.
 * ``shapes``  -- synthetic images (a flat-coloured shape on a grey textured
   background) with ground-truth factors, global (shape, colour, position, size)
   and local (texture, frequency, orientation), for linear probes.
 * ``cifar10`` -- the CIFAR-10 PNGs at ``$SBT_DATA/cifar10/{train,test}/<class>/``,
   with torchvision's download as a fallback.
+* ``auto``    -- ``cifar10`` when it can be had, else ``photos`` with a warning saying
+  why (see ``resolve_dataset_name``); the data set's ``name`` is the one used.
 * any other name is read as a folder laid out as ``<path>/{train,test}/<class>/*.png``
   (cifar10 is just such a folder at a known place).  Decoding is slow, so folder
   datasets are cached as ``.npz`` under ``$SBT_CACHE`` (default ``<repo>/data/cache``).
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
+import socket
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +43,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-DATASETS = ("photos", "shapes", "cifar10")
+from . import weights
+
+DATASETS = ("photos", "shapes", "cifar10", "auto")
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # photos and shapes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -133,14 +140,18 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, *, seed:
 
     ``size``: number of images to generate (photos, shapes; default 10,000 train /
     1,000 test), or a seeded class-balanced subset of a folder dataset (default all).
-    ``root``: for cifar10, the data folder holding ``cifar10/`` (overrides $SBT_DATA).
+    ``root``: for cifar10 (and auto), the data folder holding ``cifar10/`` (overrides $SBT_DATA).
     ``resize``: folder datasets only; centre-crop and resize images that are not
-    ``image_size`` square instead of raising.
+    ``image_size`` square instead of raising.  ``auto`` sets it for cifar10 when
+    ``image_size`` is not 32, since the caller cannot know which data set it will get.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if image_size < 1 or (size is not None and size < 1):
         raise ValueError(f"image_size and size must be positive, got {image_size}, {size}")
+    if name == "auto":
+        name, _ = resolve_dataset_name(name, root=root)  # warns when it falls back
+        resize = resize or (name == "cifar10" and image_size != 32)  # True at 32 px: another cache key
     rng = np.random.default_rng([seed, SPLITS.index(split)])  # test: its own stream
     if name == "photos":
         return make_photos(size or DEFAULT_SIZE[split], split, image_size, rng)
@@ -156,26 +167,111 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, *, seed:
     return load_folder(folder, split, image_size, rng, size=size, resize=resize, name=name)
 
 
+def resolve_dataset_name(name: str, *, root: str | None = None) -> tuple[str, str | None]:
+    """The data set that ``name`` stands for, and a note saying why if it fell back.
+
+    Only ``auto`` is resolved; any other name comes back as is, with no note.  ``auto`` is
+    ``cifar10`` when CIFAR-10 can be had: the folder ``data_dir(root)/cifar10/{train,test}``
+    exists, or torchvision's copy is in ``data_dir(root)`` or downloads there now (only
+    tried when the network answers).  Otherwise it is ``photos``, and the note, also
+    issued as a warning, says where CIFAR-10 was looked for and how to supply it.
+    Record both in a run's metrics so it says which data it trained on, and why.
+    """
+    if name != "auto":
+        return name, None
+    folder = data_dir(root) / "cifar10"
+    if all((folder / split).is_dir() for split in SPLITS):
+        return "cifar10", None
+    reason = _fetch_torchvision_cifar10(folder.parent)
+    if reason is None:
+        return "cifar10", None
+    note = (f"dataset 'auto': CIFAR-10 not found, so the built-in 'photos' are used instead. "
+            f"Looked for {folder}/{{train,test}}/<class>/*.png and for torchvision's copy in "
+            f"{folder.parent / 'cifar-10-batches-py'}; downloading it was not possible ({reason}). "
+            "To use CIFAR-10, set SBT_DATA (or root=) to a folder holding "
+            "cifar10/{train,test}/<class>/*.png, or allow network access (and leave SBT_OFFLINE "
+            "unset) for torchvision's download.")
+    warnings.warn(note, stacklevel=2)
+    return "photos", note
+
+
+def _fetch_torchvision_cifar10(root: Path) -> str | None:
+    """None when torchvision's CIFAR-10 is in ``root`` or downloads there now, else why not.
+
+    The download is only tried when downloads are allowed ($SBT_OFFLINE unset) and
+    torchvision's host answers within a second, so an offline machine decides at once.
+    """
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(root=str(root), train=False, download=False)  # verifies the files' checksums
+        return None
+    except RuntimeError:  # not there (or corrupt)
+        pass
+    off = weights.offline_reason()
+    reason = f"downloads are off: {off}" if off else weights._probe(CIFAR10.url, timeout=1.0)
+    if reason:
+        return reason
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(weights.download_timeout())  # a stalled transfer fails, not hangs
+    try:
+        CIFAR10(root=str(root), train=True, download=True)
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means "not available", reported in the note
+        return f"download failed: {type(e).__name__}: {e}"
+    finally:
+        socket.setdefaulttimeout(old)
+
+
 # ----------------------------------------------------------------------------- photos
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
-          "hubble_deep_field", "retina", "motorcycle")
+# Photo name -> (installed package, file inside it).  Only real colour photographs (no
+# synthetic, logo or grey images), all shipped in the wheels of declared dependencies, so
+# reading them needs no network (scikit-image's other photos are pooch downloads).
+PHOTO_FILES = {
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "chelsea": ("skimage", "data/chelsea.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "immunohistochemistry": ("skimage", "data/ihc.png"),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
+    "retina": ("skimage", "data/retina.jpg"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png"),  # left view of the stereo pair
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    "china": ("sklearn", "datasets/images/china.jpg"),  # Summer Palace, Beijing
+    "flower": ("sklearn", "datasets/images/flower.jpg"),  # dahlia
+}
+PHOTOS = tuple(PHOTO_FILES)  # class names, in label order: append new photos at the end
 TRAIN_FRACTION = 0.75  # of each photo's longer axis; the remaining 25% is the test region
 CROP_SCALE = (0.25, 1.0)  # crop side, as a fraction of the short side of the region
+
+
+def photo_path(name: str) -> Path:
+    """Where the photo ``name`` lies inside its installed package (found without importing it)."""
+    package, file = PHOTO_FILES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"photo {name!r} ships with the package {package!r}, which is not "
+                                "installed; install the project's dependencies (pip install -e .)")
+    path = Path(list(spec.submodule_search_locations)[0]) / file
+    if not path.is_file():
+        raise FileNotFoundError(f"photo {name!r} not found at {path}: the installed {package!r} "
+                                "no longer ships it; reinstall it or drop the photo from PHOTO_FILES")
+    return path
+
+
+def read_photo(name: str) -> np.ndarray:
+    """The photo ``name`` as uint8 HxWx3 RGB, read from its package file (no download)."""
+    with Image.open(photo_path(name)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 @functools.lru_cache(maxsize=1)
 def _photo_pyramids() -> tuple[list[Image.Image], ...]:
     """Each bundled photo as a list of PIL images, each half the size of the previous."""
-    import skimage.data
-
     pyramids = []
     for name in PHOTOS:
-        if name == "motorcycle":
-            array = skimage.data.stereo_motorcycle()[0]  # left view
-        else:
-            array = getattr(skimage.data, name)()
-        levels = [Image.fromarray(array[..., :3])]
+        levels = [Image.fromarray(read_photo(name))]
         while min(levels[-1].size) >= 32:
             levels.append(levels[-1].reduce(2))  # 2x2 box average: antialiased
         pyramids.append(levels)

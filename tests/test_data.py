@@ -8,16 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from sbt_lib import data
+from sbt_lib import data, weights
 from sbt_lib.data import (
     DATASETS,
     FACTOR_CLASSES,
+    PHOTO_FILES,
     PHOTOS,
     SHAPE_FACTORS,
     batch_indices,
     load_dataset,
+    photo_path,
     photo_regions,
+    read_photo,
     render_shapes,
+    resolve_dataset_name,
     sample_shape_factors,
     to_float,
     to_uint8,
@@ -71,13 +75,40 @@ def test_to_float_and_to_uint8_round_trip():
 
 # ----------------------------------------------------------------------------- photos
 
+def test_photos_are_distinct_colour_photos_shipped_in_packages():
+    assert {"astronaut", "grace_hopper", "china", "flower"} <= set(PHOTOS)
+    assert {package for package, _ in PHOTO_FILES.values()} == {"skimage", "matplotlib", "sklearn"}
+    seen = set()
+    for name in PHOTOS:
+        package, file = PHOTO_FILES[name]
+        path = photo_path(name)  # a file inside the installed package, not a download cache
+        assert path.is_file() and path.as_posix().endswith(f"{package}/{file}"), path
+        image = read_photo(name)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+        assert min(image.shape[:2]) >= 256, name  # a photograph, not an icon
+        spread = image.max(axis=2).astype(int) - image.min(axis=2)  # 0 everywhere in a grey image
+        assert (spread > 20).mean() > 0.02, f"{name} looks grey"
+        seen.add((image.shape, int(image.sum())))
+    assert len(seen) == len(PHOTOS)  # no photo twice
+
+
+def test_photo_path_explains_a_missing_file(monkeypatch):
+    monkeypatch.setitem(PHOTO_FILES, "astronaut", ("skimage", "data/no_such_photo.png"))
+    with pytest.raises(FileNotFoundError, match=r"'astronaut'.*no_such_photo\.png"):
+        photo_path("astronaut")
+    monkeypatch.setitem(PHOTO_FILES, "astronaut", ("no_such_package_sbt", "a.png"))
+    with pytest.raises(FileNotFoundError, match=r"'no_such_package_sbt'.*not installed"):
+        photo_path("astronaut")
+
+
 def test_photos_range_shape_balance_and_determinism():
-    ds = load_dataset("photos", size=160, seed=1)
-    check_images(ds, 160, 32)
+    n = 20 * len(PHOTOS)
+    ds = load_dataset("photos", size=n, seed=1)
+    check_images(ds, n, 32)
     assert ds.classes == list(PHOTOS)
     assert torch.bincount(ds.targets).tolist() == [20] * len(PHOTOS)
-    again = load_dataset("photos", size=160, seed=1)
-    other = load_dataset("photos", size=160, seed=2)
+    again = load_dataset("photos", size=n, seed=1)
+    other = load_dataset("photos", size=n, seed=2)
     assert torch.equal(ds.images, again.images) and torch.equal(ds.boxes, again.boxes)
     assert not torch.equal(ds.images, other.images)
     assert load_dataset("photos", image_size=48, size=8).images.shape == (8, 3, 48, 48)
@@ -234,6 +265,9 @@ def test_cifar10_from_shared_folder(monkeypatch):
     assert not torch.equal(ds.images, load_dataset("cifar10", "test", size=200, seed=1).images)
     resized = load_dataset("cifar10", "test", image_size=16, size=10, resize=True)
     assert resized.images.shape == (10, 3, 16, 16)
+    assert resolve_dataset_name("auto") == ("cifar10", None)
+    auto = load_dataset("auto", "test", image_size=16, size=10)  # resizes without being asked
+    assert auto.name == "cifar10" and torch.equal(auto.images, resized.images)
 
 
 def test_cifar10_missing_and_no_network(tmp_path, monkeypatch):
@@ -247,6 +281,96 @@ def test_cifar10_missing_and_no_network(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)" + re.escape(str(tmp_path / "cifar10")) + r".*SBT_DATA.*"
                                            r"cifar10/\{train,test\}/<class>.*network"):
         load_dataset("cifar10")
+
+
+# ----------------------------------------------------------------------------- auto
+
+def fake_torchvision_cifar10(monkeypatch, download_error=None):
+    """Replace torchvision's CIFAR10: no copy on disk, and a download that raises
+    ``download_error`` (or succeeds).  Returns the list of ``download`` flags it was called with."""
+    import torchvision.datasets
+
+    calls = []
+
+    def cifar10(root, train, download):
+        calls.append(download)
+        if not download:
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True")
+        if download_error:
+            raise download_error
+
+    cifar10.url = torchvision.datasets.CIFAR10.url
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar10)
+    return calls
+
+
+def test_auto_passes_other_names_through():
+    for name in ("photos", "shapes", "cifar10", "/some/folder"):
+        assert resolve_dataset_name(name) == (name, None)
+
+
+def test_auto_uses_a_cifar10_folder_and_resizes_it(tmp_path, tmp_cache, monkeypatch):
+    for split in ("train", "test"):
+        make_folder(tmp_path / "cifar10", sizes=((32, 32),) * 2, split=split)
+    monkeypatch.setenv("SBT_DATA", str(tmp_path))
+    monkeypatch.setenv("SBT_OFFLINE", "1")  # a folder needs no network
+    assert resolve_dataset_name("auto") == ("cifar10", None)
+    with pytest.warns(UserWarning, match=re.escape(str(tmp_path / "elsewhere" / "cifar10"))):
+        assert resolve_dataset_name("auto", root=str(tmp_path / "elsewhere"))[0] == "photos"  # root= wins
+    ds = load_dataset("auto")
+    assert ds.name == "cifar10" and ds.images.shape == (4, 3, 32, 32)
+    assert torch.equal(load_dataset("cifar10").images, ds.images)
+    assert len(list(tmp_cache.glob("*train*.npz"))) == 1  # at 32 px, the same cache as cifar10
+    with pytest.raises(ValueError, match="resize=True"):
+        load_dataset("cifar10", image_size=16)
+    small = load_dataset("auto", "test", image_size=16)  # auto resizes without being asked
+    assert small.name == "cifar10" and small.images.shape == (4, 3, 16, 16)
+
+
+def test_auto_falls_back_to_photos_offline_without_probing(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("probed the network although SBT_OFFLINE is set")
+
+    calls = fake_torchvision_cifar10(monkeypatch)
+    monkeypatch.setattr(weights, "_probe", no_network)
+    monkeypatch.setenv("SBT_DATA", str(tmp_path))
+    monkeypatch.setenv("SBT_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="CIFAR-10 not found") as record:
+        name, note = resolve_dataset_name("auto")
+    assert name == "photos" and note == str(record[0].message)
+    for text in (str(tmp_path / "cifar10"), "SBT_DATA", "cifar10/{train,test}/<class>/*.png",
+                 "network access", "$SBT_OFFLINE=1", "'photos' are used instead"):
+        assert text in note, text
+    assert calls == [False]  # looked for torchvision's copy, never downloaded
+
+    n = 2 * len(PHOTOS)
+    with pytest.warns(UserWarning, match="CIFAR-10 not found"):
+        ds = load_dataset("auto", "test", image_size=16, size=n, seed=3)
+    assert ds.name == "photos" and ds.classes == list(PHOTOS) and ds.images.shape == (n, 3, 16, 16)
+    assert torch.equal(ds.images, load_dataset("photos", "test", image_size=16, size=n, seed=3).images)
+
+
+@pytest.mark.parametrize("case", ["unreachable", "download fails", "download works"])
+def test_auto_online_tries_torchvision_only_when_the_host_answers(case, tmp_path, monkeypatch):
+    import socket
+
+    for name in weights.ENV_OFFLINE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SBT_DATA", str(tmp_path))
+    reachable = case != "unreachable"
+    monkeypatch.setattr(weights, "_probe", lambda url, timeout: None if reachable else "cannot reach host")
+    error = OSError("connection reset") if case == "download fails" else None
+    calls = fake_torchvision_cifar10(monkeypatch, download_error=error)
+    timeout = socket.getdefaulttimeout()
+    if case == "download works":
+        assert resolve_dataset_name("auto") == ("cifar10", None)
+    else:
+        with pytest.warns(UserWarning, match="CIFAR-10 not found"):
+            name, note = resolve_dataset_name("auto")
+        assert name == "photos"
+        assert ("cannot reach host" if case == "unreachable" else "OSError: connection reset") in note
+    assert calls == ([False, True] if reachable else [False])
+    assert socket.getdefaulttimeout() == timeout  # restored after the download
 
 
 # ----------------------------------------------------------------------------- batches
