@@ -52,6 +52,7 @@ from .quantizer import Quantized, SoftVQ
 GROUPS = ("global", "local_1d", "local_2d")
 FUSIONS = ("residual", "concat")
 DECODERS = ("cross", "self")
+TRUNKS = ("patch", "conv")
 
 
 @dataclass
@@ -71,7 +72,10 @@ class TokenizerConfig(Config):
     codebook_size: int = 1024  # per group
     tau: float = 0.07
     normalize_codes: bool = True
-    conv_channels: int = 32  # channels of the conv stem / head; 0 = plain linear patch (un)embedding
+    conv_channels: int = 32  # channels of the conv stem / head (first conv stage); 0 = plain linear patch (un)embedding
+    trunk: str = "patch"  # patch: a 3×3 conv stem, then patchify | conv: residual conv stages down to the grid (GigaTok)
+    linear_path: bool = False  # a linear pixels ↔ global-token path started at the principal components
+    keep_norm: bool = False  # gain-shape SoftVQ: the codebook quantizes each token's direction, its length is kept
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
     local_1d: bool = False  # the local 1D aligner (Eq. 8)
     local_2d: str | None = None  # size preset of the local 2D aligner (Eq. 9), None = off
@@ -97,6 +101,14 @@ class TokenizerConfig(Config):
             raise ValueError(f"unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; valid: {list(DECODERS)}")
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"unknown trunk {self.trunk!r}; valid: {list(TRUNKS)}")
+        if self.trunk == "conv" and (self.patch_size & (self.patch_size - 1) or not self.conv_channels):
+            raise ValueError(f"trunk='conv' halves the image once per stage: it needs a power-of-two patch_size "
+                             f"(got {self.patch_size}) and conv_channels > 0 (got {self.conv_channels})")
+        if self.linear_path and self.token_values > self.pixel_values:
+            raise ValueError(f"linear_path needs at most as many token values ({self.token_values}) as pixel values "
+                             f"({self.pixel_values})")
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -131,7 +143,7 @@ class TokenizerConfig(Config):
         return 3 * self.image_size**2
 
 
-# ----------------------------------------------------------------------------- encoder
+# ----------------------------------------------------------------------------- trunks
 
 
 class PatchEmbed(nn.Module):
@@ -147,12 +159,115 @@ class PatchEmbed(nn.Module):
         return self.net(images).flatten(2).transpose(1, 2)
 
 
+class ResBlock(nn.Module):
+    """Pre-activation residual block of two 3×3 convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                 nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def _stage_channels(cfg: TokenizerConfig) -> list[int]:
+    """Channels of the conv stages from full resolution down to the token grid (doubling per halving)."""
+    return [cfg.conv_channels * 2**i for i in range(cfg.patch_size.bit_length())]
+
+
+class ConvTrunk(nn.Module):
+    """GigaTok's hybrid encoder trunk: residual conv stages halve the image down to the token grid
+    (32×32 → 8×8 at patch_size 4), then a 1×1 conv to the transformer width.  Convolutions learn
+    local image statistics far faster than a patchify layer, so the transformer starts from features."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        ch = _stage_channels(cfg)
+        layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
+        for c_in, c_out in zip(ch, ch[1:]):
+            layers += [ResBlock(c_in), nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)]
+        layers += [ResBlock(ch[-1]), nn.GELU(), nn.Conv2d(ch[-1], cfg.width, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten(2).transpose(1, 2)
+
+
+class ConvHead(nn.Module):
+    """The mirror of :class:`ConvTrunk`: B×L×width on the token grid → residual conv stages that
+    double the resolution → image."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        ch = _stage_channels(cfg)[::-1]
+        self.grid = cfg.grid
+        layers: list[nn.Module] = [nn.Conv2d(cfg.width, ch[0], 1), ResBlock(ch[0])]
+        for c_in, c_out in zip(ch, ch[1:]):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1),
+                       ResBlock(c_out)]
+        layers += [nn.GELU(), nn.Conv2d(ch[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def last(self) -> nn.Conv2d:
+        return self.net[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.transpose(1, 2).reshape(len(x), -1, self.grid, self.grid))
+
+
+class LinearPath(nn.Module):
+    """A linear map from pixels to the global tokens (before SoftVQ) and from the global tokens back
+    to pixels, beside the encoder and decoder networks, whose outputs it is added to.
+
+    It is set (:meth:`fit`) to the training set's principal components, whitened (each
+    coefficient divided by its standard deviation, so every token entry has unit variance), and kept
+    fixed: with the networks' last layers starting at zero, the tokenizer starts as the best linear
+    code at its number of values (PCA) and training learns only the non-linear rest.  Every token is
+    a linear function of the whole image, so the code stays 1D: no token is tied to an image region.
+    Until it is fitted it is a random orthonormal projection (seeded by torch's generator), so a
+    tokenizer built without data still works; its checkpoint carries the fitted path.
+    """
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.shape, self.tokens = (3, cfg.image_size, cfg.image_size), (cfg.num_tokens, cfg.token_dim)
+        basis = torch.linalg.qr(torch.randn(cfg.pixel_values, cfg.token_values))[0]
+        self.register_buffer("mean", torch.zeros(cfg.pixel_values))
+        self.register_buffer("basis", basis)
+        self.register_buffer("std", torch.full((cfg.token_values,), 0.5))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> "LinearPath":
+        """Principal components of ``images`` (B×3×S×S, the training set or an even subset of it)."""
+        from .pca import PCA
+
+        pca = PCA.fit(images, self.basis.shape[1])
+        for name in ("mean", "basis", "std"):
+            getattr(self, name).copy_(getattr(pca, name))
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S → B×N×d whitened principal-component coefficients."""
+        coef = (images.flatten(1).float() - self.mean) @ self.basis / self.std
+        return coef.view(len(images), *self.tokens)
+
+    def decode(self, z_global: torch.Tensor) -> torch.Tensor:
+        """B×N×d → B×3×S×S."""
+        x = (z_global.flatten(1).float() * self.std) @ self.basis.T + self.mean
+        return x.view(len(x), *self.shape)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
 class Encoder(nn.Module):
     """Patches + N learnable latent tokens → full self-attention → the latent outputs, B×N×d."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        self.patch_embed = PatchEmbed(cfg)
+        self.patch_embed = ConvTrunk(cfg) if cfg.trunk == "conv" else PatchEmbed(cfg)
         self.patch_pos = nn.Parameter(0.02 * torch.randn(1, cfg.grid**2, cfg.width))
         self.latents = nn.Parameter(0.02 * torch.randn(1, cfg.num_tokens, cfg.width))
         self.read_in = TokenMix(cfg.grid**2, cfg.num_tokens) if cfg.token_mixing else None
@@ -251,7 +366,7 @@ class Decoder(nn.Module):
             else self_attention_blocks(cfg.width, cfg.decoder_depth, cfg.num_heads, cfg.mlp_ratio)
         )
         self.norm = nn.LayerNorm(cfg.width)
-        self.head = PatchHead(cfg)
+        self.head = ConvHead(cfg) if cfg.trunk == "conv" else PatchHead(cfg)
 
     def forward(self, memory: torch.Tensor) -> torch.Tensor:
         tokens = self.from_tokens(memory)
@@ -312,11 +427,24 @@ class SelfBootTok(nn.Module):
             if c.local_2d
             else None
         )
-        make = lambda: SoftVQ(c.token_dim, c.codebook_size, c.tau, c.normalize_codes)  # noqa: E731
+        make = lambda: SoftVQ(c.token_dim, c.codebook_size, c.tau, c.normalize_codes, c.keep_norm)  # noqa: E731
         self.quantizers = nn.ModuleDict({"shared": make()} if c.shared_codebook else {g: make() for g in c.groups})
         self.fusion = Fusion(c)
         self.decoder = Decoder(c)
+        self.linear_path = LinearPath(c) if c.linear_path else None
         self.apply(init_weights)
+        if self.linear_path is not None:  # start as the linear path alone: the networks add to it from zero
+            for layer in (self.encoder.to_tokens, self.last_layer_module):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def fit_linear_path(self, images: torch.Tensor) -> "SelfBootTok":
+        """Set the linear path to the principal components of ``images`` (training images, B×3×S×S)."""
+        if self.linear_path is None:
+            raise ValueError("this tokenizer has no linear path (build it with linear_path=True)")
+        self.check_images(images)
+        self.linear_path.fit(images.to(self.linear_path.basis.device))
+        return self
 
     def quantizer(self, group: str) -> SoftVQ:
         """The codebook of ``group`` (the shared one when ``shared_codebook``)."""
@@ -342,6 +470,8 @@ class SelfBootTok(nn.Module):
         """Images → every group's tokens: global tokens from the encoder, local ones bootstrapped."""
         self.check_images(images)
         z_hat = self.encoder(images)
+        if self.linear_path is not None:
+            z_hat = z_hat + self.linear_path.encode(images)
         q: Quantized = self.quantizer("global")(z_hat)
         enc = self.bootstrap(q.z)
         enc.probs["global"], enc.unquantized["global"] = q.probs, z_hat
@@ -378,7 +508,10 @@ class SelfBootTok(nn.Module):
         if unknown:
             raise ValueError(f"unknown group(s) {unknown} in scales; this model has {list(self.cfg.groups)}")
         tokens = {g: tokens[g] * scales.get(g, 1.0) for g in self.cfg.groups}
-        return self.decoder(self.fusion.memory(tokens))
+        images = self.decoder(self.fusion.memory(tokens))
+        if self.linear_path is not None:
+            images = images + self.linear_path.decode(tokens["global"])
+        return images
 
     def decode_from_global(self, z_global: torch.Tensor) -> torch.Tensor:
         """The generator's path: bootstrap the local tokens from ``z_global`` and decode."""
@@ -393,11 +526,18 @@ class SelfBootTok(nn.Module):
         return self.reconstruct(images)
 
     @property
+    def last_layer_module(self) -> nn.Module:
+        """The decoder network's layer that outputs pixels."""
+        head = self.decoder.head
+        if isinstance(head, ConvHead):
+            return head.last
+        return head.refine[-1] if isinstance(head.refine, nn.Sequential) else head.to_pixels
+
+    @property
     def last_layer(self) -> torch.Tensor:
         """The weight of the layer that outputs the reconstruction (VQGAN's adaptive GAN weight
         balances gradients there)."""
-        head = self.decoder.head
-        return head.refine[-1].weight if isinstance(head.refine, nn.Sequential) else head.to_pixels.weight
+        return self.last_layer_module.weight
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part (parts that are switched off count 0)."""

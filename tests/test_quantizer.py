@@ -62,3 +62,17 @@ def test_bad_inputs_are_explained():
         SoftVQ(dim=4, tau=0)
     with pytest.raises(ValueError, match="dimension 4"):
         SoftVQ(dim=4)(torch.randn(2, 3, 5))
+
+
+def test_gain_shape_keeps_each_token_length_and_quantizes_its_direction():
+    torch.manual_seed(0)
+    z_hat = torch.randn(4, 3, 6) * 5
+    gain_shape = SoftVQ(dim=6, codebook_size=10, tau=0.07, keep_norm=True)
+    shape_only = SoftVQ(dim=6, codebook_size=10, tau=0.07)
+    shape_only.load_state_dict(gain_shape.state_dict())
+    q, unit = gain_shape(z_hat), shape_only(z_hat)
+    torch.testing.assert_close(q.z.norm(dim=-1), z_hat.norm(dim=-1))
+    torch.testing.assert_close(q.z, z_hat.norm(dim=-1, keepdim=True) * unit.z)
+    torch.testing.assert_close(q.probs, unit.probs)
+    with pytest.raises(ValueError, match="normalize"):
+        SoftVQ(dim=6, keep_norm=True, normalize=False)

@@ -16,7 +16,10 @@ VARIANTS = {
     "concat": {**FULL, "fusion": "concat"},
     "self-attention decoder": {**FULL, "decoder": "self"},
     "N_l != N": {**FULL, "num_local_tokens": 6},
+    "conv trunk": {**FULL, "trunk": "conv"},
+    "gain-shape SoftVQ": {**FULL, "keep_norm": True, "tau": 0.3},
 }
+RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
 
 
 def build(**kw) -> SelfBootTok:
@@ -158,6 +161,58 @@ def test_bottleneck_counts():
 def test_overrides_resolve_late():
     """num_local_tokens=None follows num_tokens even when num_tokens is overridden afterwards."""
     assert SelfBootTok(TokenizerConfig(), **TINY, **FULL).aligner_2d.cfg.num_local_tokens == TINY["num_tokens"]
+
+
+def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
+    """Low-frequency random images: a few principal components explain most of them."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=16, mode="bilinear", align_corners=False)
+
+
+def test_linear_path_is_the_principal_components_and_the_start():
+    from sklearn.decomposition import PCA as SkPCA
+
+    m = build(**FULL, **RECIPE).fit_linear_path(smooth_images(300))
+    x = smooth_images(5, seed=1)
+    lp = m.linear_path
+    k = m.cfg.token_values
+    sk = SkPCA(n_components=k, svd_solver="full").fit(smooth_images(300).flatten(1).double().numpy())
+    expected = torch.from_numpy(sk.inverse_transform(sk.transform(x.flatten(1).double().numpy()))).float()
+    torch.testing.assert_close(lp.decode(lp.encode(x)).flatten(1), expected, atol=1e-4, rtol=0)
+    coef = lp.encode(smooth_images(300)).flatten(1)
+    torch.testing.assert_close(coef.std(0), torch.ones(k), atol=1e-3, rtol=0)  # whitened
+    # at the start the networks add nothing: the image is the linear path's decoding of z_global
+    recon, enc = m.eval().reconstruct(x)
+    torch.testing.assert_close(recon, lp.decode(enc.z_global), atol=1e-6, rtol=0)
+    torch.testing.assert_close(enc.unquantized["global"], lp.encode(x), atol=1e-6, rtol=0)
+
+
+def test_linear_path_is_saved_and_every_network_trains_from_it():
+    m = build(**FULL, **RECIPE).fit_linear_path(smooth_images(300))
+    copy = build(**FULL, **RECIPE)
+    copy.load_state_dict(m.state_dict())
+    torch.testing.assert_close(copy.eval()(images())[0], m.eval()(images())[0])
+    assert not any("linear_path" in n for n, _ in m.named_parameters())  # fixed: buffers, not trained
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(2):  # the zero-initialised last layers let gradients through after one step
+        opt.zero_grad()
+        recon, enc = m.train()(images(2))
+        (recon - images(2)).square().mean().backward()
+        opt.step()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_conv_trunk_halves_down_to_the_grid():
+    m = build(trunk="conv")
+    assert m.encoder.patch_embed(images()).shape == (3, (16 // 4) ** 2, TINY["width"])
+    with pytest.raises(ValueError, match="power-of-two"):
+        TokenizerConfig(image_size=12, patch_size=3, trunk="conv")
+    with pytest.raises(ValueError, match="valid: .*conv"):
+        TokenizerConfig(trunk="unet")
+    with pytest.raises(ValueError, match="at most as many token values"):
+        TokenizerConfig(image_size=4, patch_size=4, num_tokens=64, token_dim=8, linear_path=True)
 
 
 def test_without_conv_stem_and_head():

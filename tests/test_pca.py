@@ -1,0 +1,34 @@
+import pytest
+import torch
+from sklearn.decomposition import PCA as SkPCA
+
+from sbt_lib.pca import PCA, pca_anchor
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 3, 3, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=8, mode="bilinear", align_corners=False) * 0.9
+
+
+def test_pca_matches_scikit_learn():
+    train, test = images(200), images(20, seed=1)
+    ours = PCA.fit(train, 12)
+    sk = SkPCA(n_components=12, svd_solver="full").fit(train.flatten(1).double().numpy())
+    torch.testing.assert_close(ours.std, torch.from_numpy(sk.explained_variance_).float().sqrt(), rtol=1e-4, atol=0)
+    expected = torch.from_numpy(sk.inverse_transform(sk.transform(test.flatten(1).double().numpy()))).float()
+    torch.testing.assert_close(ours.decode(ours.encode(test)).flatten(1), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.roundtrip(test), expected.clamp(-1, 1).view_as(test), atol=1e-5, rtol=0)
+
+
+def test_more_components_reconstruct_better_and_the_anchor_uses_values():
+    train, test = images(200), images(20, seed=1)
+    err = [(pca_anchor(train, test, k) - test).square().mean().item() for k in (2, 8, 27)]
+    assert err[0] > err[1] > err[2] and err[2] < 1e-8  # 27 = all the degrees of freedom of these images
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="B×C×H×W"):
+        PCA.fit(torch.zeros(10, 12), 2)
+    with pytest.raises(ValueError, match="k ≤"):
+        PCA.fit(images(5), 10)
