@@ -82,7 +82,7 @@ def vit_teacher(folder) -> str:
 
 def images_per_second(params, terms, train_set, steps, live_teachers=False) -> tuple[float, list[str]]:
     p = {**params, **terms}
-    model = ex.build_tokenizer(p)
+    model = ex.build_tokenizer(p, train_set)
     objective = ex.build_objective(p, model, train_set, progress=False)
     if live_teachers:
         objective = uncached(objective, p, train_set)

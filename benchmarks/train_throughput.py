@@ -17,9 +17,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sbt_lib.flops  # noqa: F401  (registers the FLOP formula of CPU attention)
 from sbt_lib.data import Batch
-from sbt_lib.experiments import build_tokenizer, train_config
+from sbt_lib.experiments import tokenizer_config, train_config
 from sbt_lib.losses import Objective
 from sbt_lib.scales import resolve
+from sbt_lib.tokenizer import SelfBootTok
 from sbt_lib.train import _optimizer, resolve_device
 
 
@@ -59,7 +60,8 @@ def main():
     args = ap.parse_args()
     params = resolve("01_decomposition", args.scale, batch_size=args.batch_size)
     device = resolve_device(args.device)
-    model = build_tokenizer(params).to(device)
+    torch.manual_seed(0)  # the linear path stays a random projection: its values do not change the step's cost
+    model = SelfBootTok(tokenizer_config(params)).to(device)
     cfg = train_config(params)
     opt, loss_fn = _optimizer([model], cfg), Objective()
     images = torch.rand(cfg.batch_size, 3, params["image_size"], params["image_size"], device=device) * 2 - 1

@@ -107,9 +107,10 @@ def summarize(rows: list[dict], metrics: tuple[str, ...] | None = None) -> dict[
     return out
 
 
-def markdown_table(summary: dict[str, dict], baseline: str | None = None) -> str:
+def markdown_table(summary: dict[str, dict], baseline: str | None = None, anchors: dict | None = None) -> str:
     """The summary as a markdown table (PSNR / SSIM / distribution distance, mean ± std; Δ PSNR
-    against ``baseline``)."""
+    against ``baseline``), with the rows of ``anchors`` (:func:`~sbt_lib.experiments.anchor_metrics`:
+    bicubic and PCA at the same number of values) below."""
     fd = feature_key(summary)
     fd_col = f" {FEATURE_LABELS[fd]} ↓ |" if fd else ""
     lines = [f"| variant | params | PSNR (dB) | SSIM |{fd_col} Δ PSNR |", "|---|---|---|---|" + "---|" * (1 + bool(fd))]
@@ -121,4 +122,8 @@ def markdown_table(summary: dict[str, dict], baseline: str | None = None) -> str
             f"| {name} | {s['params'] / 1e6:.2f} M | {s['test_psnr_mean']:.2f} ± {s['test_psnr_std']:.2f} "
             f"| {s['test_ssim_mean']:.3f} ± {s['test_ssim_std']:.3f} |{fd_cell} {delta} |"
         )
+    for name, a in (anchors or {}).items():
+        delta = f"{a['psnr'] - base:+.2f}" if base is not None else ""
+        lines.append(f"| *{name} at {a['values']} values (anchor)* | – | {a['psnr']:.2f} | {a['ssim']:.3f} |"
+                     f"{' |' if fd else ''} {delta} |")
     return "\n".join(lines)

@@ -37,17 +37,41 @@ def _pick(cls, params: dict) -> dict:
 
 
 def load_data(params: dict):
-    """(train, test) datasets of ``params['dataset']`` at ``params['image_size']``."""
+    """(train, test) datasets of ``params['dataset']`` at ``params['image_size']``.
+
+    ``auto`` is resolved here once (CIFAR-10 when it can be had, else the built-in photos): the
+    name actually used replaces it in ``params``, and ``params['dataset_note']`` says why when it
+    fell back, so the run's metrics record which data it trained on."""
+    from .data import resolve_dataset_name
+
+    name, note = resolve_dataset_name(params["dataset"])
+    params["dataset"], params["dataset_note"] = name, note
+    if note:
+        print(note)
     kw = dict(image_size=params["image_size"], seed=params.get("seed", 0))
-    train = load_dataset(params["dataset"], "train", size=params.get("train_size"), **kw)
-    test = load_dataset(params["dataset"], "test", size=params.get("test_size"), **kw)
+    train = load_dataset(name, "train", size=params.get("train_size"), **kw)
+    test = load_dataset(name, "test", size=params.get("test_size"), **kw)
     return train, test
 
 
-def build_tokenizer(params: dict) -> SelfBootTok:
-    """A tokenizer with the sizes in ``params``; the seed fixes its initial weights."""
+def tokenizer_config(params: dict) -> TokenizerConfig:
+    """The tokenizer's sizes and switches among ``params``."""
+    return TokenizerConfig.from_dict(_pick(TokenizerConfig, params))
+
+
+def build_tokenizer(params: dict, train_set=None) -> SelfBootTok:
+    """A tokenizer with the sizes in ``params``; the seed fixes its initial weights.  With a linear
+    path, ``train_set`` is needed: the path starts at its principal components (fitted on at most
+    10,000 evenly spaced training images)."""
     torch.manual_seed(params.get("seed", 0))
-    return SelfBootTok(TokenizerConfig.from_dict(_pick(TokenizerConfig, params)))
+    model = SelfBootTok(tokenizer_config(params))
+    if model.linear_path is not None:
+        if train_set is None:
+            raise ValueError("a tokenizer with linear_path=True starts at the training set's principal components: "
+                             "pass train_set to build_tokenizer")
+        n = len(train_set)
+        model.fit_linear_path(train_set.batch(torch.linspace(0, n - 1, min(n, 10_000)).round().long())[0])
+    return model
 
 
 def train_config(params: dict, **overrides) -> TrainConfig:
@@ -73,17 +97,35 @@ def reconstruct(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250)
     return reconstruct_with_codes(model, images, batch_size)[0]
 
 
+def held_out_images(dataset, limit: int | None = None) -> torch.Tensor:
+    """The images of ``dataset``, or ``limit`` of them evenly spaced (so class-sorted folders are covered)."""
+    n = min(limit or len(dataset), len(dataset))
+    return dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]
+
+
+def anchor_metrics(train_set, images: torch.Tensor, values: int) -> dict[str, dict[str, float]]:
+    """The two anchors every reconstruction table shows, at ``values`` numbers per image, on ``images``:
+    ``bicubic`` (down to the largest thumbnail of that many numbers and back up) and ``PCA`` (that many
+    principal components of ``train_set``, the best linear code).  PSNR, SSIM and the values used."""
+    from .pca import pca_anchor
+
+    recon = {"bicubic": bicubic_roundtrip(images, values),
+             "PCA": pca_anchor(held_out_images(train_set, 10_000), images, values)}
+    used = {"bicubic": 3 * bicubic_side(values) ** 2, "PCA": min(values, len(train_set) - 1)}
+    return {k: {"psnr": psnr(r, images).mean().item(), "ssim": ssim(r, images).mean().item(), "values": used[k]}
+            for k, r in recon.items()}
+
+
 def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, batch_size: int = 250,
-                       fd_size: int | None = None) -> dict:
-    """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor.
-    With ``limit``, an evenly spaced subset (so class-sorted folders are covered).
+                       fd_size: int | None = None, train_set=None) -> dict:
+    """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor
+    (and, given ``train_set``, the PCA anchor).  With ``limit``, an evenly spaced subset.
 
     With ``fd_size``, also the distribution distance between reconstructions and originals
     (rFID-style) from :func:`~sbt_lib.feature_metrics.feature_metrics`: ``fid``/``kid`` when the
     Inception weights resolve, else ``fd_effnet``/``kid_effnet`` with EfficientNet-Lite0 at
     ``fd_size`` px (its ``feature_space`` says which); and ``test_lpips`` when LPIPS resolves."""
-    n = min(limit or len(dataset), len(dataset))
-    images = dataset.batch(torch.linspace(0, len(dataset) - 1, n).round().long())[0]
+    images = held_out_images(dataset, limit)
     recon, probs = reconstruct_with_codes(model, images, batch_size)
     bicubic = bicubic_roundtrip(images, model.cfg.token_values)
     usage = codebook_usage(probs)
@@ -96,6 +138,9 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
         extra = {k: v for k, v in fm.items() if k not in ("num_real", "num_fake")}
         if lpips_available():
             extra["test_lpips"] = lpips_metric(recon, images).mean().item()
+    if train_set is not None:
+        pca = anchor_metrics(train_set, images, model.cfg.token_values)["PCA"]
+        extra.update(pca_psnr=pca["psnr"], pca_ssim=pca["ssim"], pca_values=pca["values"])
     return {**extra,
         "test_psnr": psnr(recon, images).mean().item(),
         "test_ssim": ssim(recon, images).mean().item(),
@@ -105,6 +150,7 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
         "bicubic_values": 3 * bicubic_side(model.cfg.token_values) ** 2,
         "codebook_perplexity": usage["perplexity"],
         "codebook_used_fraction": usage["used_fraction"],
+        "codebook_assignment_entropy": usage["assignment_entropy"],
         "codebook_size": model.cfg.codebook_size,
         "test_images": len(images),
     }
@@ -159,7 +205,7 @@ def train_tokenizer(params: dict, train_set, test_set, out_dir: Path, progress: 
     held-out PSNR on ``test_set`` is logged every ``eval_every`` steps and at the end
     (``evaluate=False``: never, for callers that evaluate themselves).  Checkpoints land in
     ``out_dir``; a rerun resumes from them."""
-    model = build_tokenizer(params)
+    model = build_tokenizer(params, train_set)
     objective = build_objective(params, model, train_set, progress)
     eval_size = params.get("eval_size")
 

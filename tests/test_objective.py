@@ -31,7 +31,7 @@ def _params(**kw):
 
 def _setup(data, **kw):
     params = _params(**kw)
-    model = ex.build_tokenizer(params)
+    model = ex.build_tokenizer(params, data)
     return model, ex.build_objective(params, model, data, progress=False)
 
 

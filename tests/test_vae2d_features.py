@@ -125,7 +125,7 @@ def test_projector_trains_and_survives_resume(tiny_config, tiny_shapes, tmp_path
 
 def test_experiments_build_the_ot_objective_from_parameters(cache, tiny_shapes):
     params = {**resolve("03_ot_alignment", "tiny"), "local_1d": True, "local_2d": "xs", "vae_steps": 3}
-    model = ex.build_tokenizer(params)
+    model = ex.build_tokenizer(params, tiny_shapes)
     objective = ex.build_objective(params, model, tiny_shapes, progress=False)
     assert objective.ot is not None and objective.cfg.ot_weight == params["ot_weight"]
     assert objective.latents_2d.shape == (64, params["vae_latent_channels"])  # (16/2)² positions

@@ -88,8 +88,10 @@ def test_reproduce_writes_notebooks_run_folders_and_summary(tiny_run):
 def test_notebook_01_metrics_and_figures(tiny_run):
     run = tiny_run / "01_decomposition"
     m = json.loads((run / "metrics.json").read_text())
-    for key in ("test_psnr", "test_ssim", "bicubic_psnr", "token_values", "pixel_values", "train_seconds"):
+    for key in ("test_psnr", "test_ssim", "bicubic_psnr", "pca_psnr", "token_values", "pixel_values",
+                "train_seconds", "codebook_assignment_entropy"):
         assert key in m, key
+    assert m["pca_values"] == m["token_values"] and m["dataset_note"] is None
     assert m["scale"] == "tiny" and m["dataset"] == "shapes"
     assert "fd_effnet" in m and "fid" not in m and m["feature_space"].startswith("FD-EffNetLite0")  # offline
     assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
@@ -130,6 +132,7 @@ def test_notebook_02_one_entry_per_variant(tiny_run):
     assert list(m["table2"]) == ["no local REPA", "REPA-local: hog"] and m["teachers_skipped"] == {}
     assert all("fd_effnet_mean" in v for v in {**m["variants"], **m["table2"]}.values())
     assert m["feature_space"].startswith("FD-EffNetLite0")
+    assert set(m["anchors"]) == {"bicubic", "PCA"} and m["anchors"]["PCA"]["values"] == 8 * 4
     assert len(m["runs"]) == (len(variants) + 2) * len(m["seeds"])  # + concat + REPA-local: hog
     for fig in ("table3_psnr.png", "table3_ssim.png", "decomposition_panel.png",
                 "decomposition_inside_full_model.png", "fusion_psnr.png", "table2_psnr.png"):
@@ -140,6 +143,7 @@ def test_notebook_03_ot_with_and_without(tiny_run):
     run = tiny_run / "03_ot_alignment"
     m = json.loads((run / "metrics.json").read_text())
     assert list(m["variants"]) == ["without L_OT", "with L_OT"]
+    assert set(m["anchors"]) == {"bicubic", "PCA"}
     for v in m["variants"].values():
         assert v["seeds"] == len(m["seeds"]) and 5 < v["test_psnr_mean"] < 60
     assert m["psnr_gain_with_ot"] == pytest.approx(m["psnr[with L_OT]"] - m["psnr[without L_OT]"])

@@ -1,0 +1,198 @@
+"""Held-out reconstruction quality of the tokenizer against wall-clock training time, with anchors.
+
+Trains the tokenizer of notebook 01 at a scale (default ``cpu``: the recipe the workbook uses)
+with reconstruction loss only, evaluates held-out PSNR/SSIM at fixed points during training,
+and measures in the same run the two anchors at the same number of values per image:
+
+- **bicubic**: down to the largest thumbnail holding that many numbers and back up;
+- **PCA**: that many principal components fitted on the training split (the best linear code).
+
+Prints one table per data set (PSNR/SSIM at every evaluation point, mean ± std over seeds, and
+the anchors) and saves the curves as a PNG.  ``--variant`` names other recipes to compare
+(``previous`` is the recipe before the conv trunk, gain-shape SoftVQ and the linear path).
+
+    python benchmarks/tokenizer_quality.py [--datasets cifar10 photos] [--seeds 0 1 2]
+        [--variants recipe previous] [--scale cpu] [--steps N] [--evals 8] [--out DIR]
+
+CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sbt_lib import experiments as ex
+from sbt_lib.data import load_dataset
+from sbt_lib.metrics import bicubic_roundtrip, psnr, ssim
+from sbt_lib.pca import pca_anchor
+from sbt_lib.scales import resolve
+from sbt_lib.train import train
+
+# Recipes to compare, as overrides of the notebook-01 parameters at the chosen scale.
+VARIANTS = {
+    "recipe": {},
+    # The cpu recipe before this benchmark existed: 3×3 conv stem + patchify, unit-norm SoftVQ at
+    # τ = 0.07, no linear path, batches of 16 at lr 2e-3 with β2 = 0.95.
+    "previous": dict(trunk="patch", linear_path=False, keep_norm=False, tau=0.07, batch_size=16, lr=2e-3,
+                     betas=(0.9, 0.95), warmup=100, ema=0.0),
+    "no linear path": dict(linear_path=False),
+    "no gain-shape": dict(keep_norm=False),
+    "patch trunk": dict(trunk="patch"),
+}
+
+
+def held_out(dataset, limit: int) -> torch.Tensor:
+    n = len(dataset)
+    return dataset.batch(torch.linspace(0, n - 1, min(n, limit)).round().long())[0]
+
+
+def run(params: dict, train_set, test_images: torch.Tensor, out: Path, evals: int) -> list[dict]:
+    """Train once; held-out PSNR/SSIM at ``evals`` evenly spaced steps (and at the start)."""
+    model = ex.build_tokenizer(params, train_set)
+
+    def eval_fn(m):
+        recon = ex.reconstruct(m, test_images)
+        return {"psnr": psnr(recon, test_images).mean().item(), "ssim": ssim(recon, test_images).mean().item()}
+
+    start = {"step": 0, "seconds": 0.0, **{f"eval_{k}": v for k, v in eval_fn(model.eval()).items()}}
+    cfg = ex.train_config(params, eval_every=max(1, params["steps"] // evals), ckpt_every=0, progress=True)
+    loss = lambda m, b: {"rec": F.mse_loss(m(b.images)[0], b.images)}  # noqa: E731
+    result = train(model, loss, train_set, cfg, out_dir=out, eval_fn=eval_fn, resume=False)
+    return [start] + [h for h in result.history if "eval_psnr" in h]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["cifar10", "photos"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--variants", nargs="+", default=["recipe"], choices=list(VARIANTS))
+    ap.add_argument("--scale", default="cpu")
+    ap.add_argument("--steps", type=int, help="training steps (default: the scale's)")
+    ap.add_argument("--evals", type=int, default=6, help="evaluation points during training")
+    ap.add_argument("--test-size", type=int, default=2000, help="held-out images of the test split (evenly spaced)")
+    ap.add_argument("--out", default="runs/benchmarks/tokenizer_quality")
+    ap.add_argument("--report-only", action="store_true",
+                    help="skip training: report on the runs saved in --out by an earlier call with the same arguments")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return report(args, out)
+    results = {}
+    for dataset in args.datasets:
+        base = resolve("01_decomposition", args.scale, dataset=dataset, steps=args.steps)
+        train_set, test_set = ex.load_data(base)
+        test_images = held_out(test_set, args.test_size)
+        values = base["num_tokens"] * base["token_dim"]
+        anchors = {"bicubic": bicubic_roundtrip(test_images, values),
+                   "PCA": pca_anchor(held_out(train_set, 10_000), test_images, values)}
+        anchors = {k: {"psnr": psnr(v, test_images).mean().item(), "ssim": ssim(v, test_images).mean().item()}
+                   for k, v in anchors.items()}
+        curves = {}
+        for variant in args.variants:
+            curves[variant] = [run({**base, **VARIANTS[variant], "seed": seed}, train_set, test_images,
+                                   out / dataset / variant.replace(" ", "_") / f"seed{seed}", args.evals)
+                               for seed in args.seeds]
+        results[dataset] = results_so_far = {"anchors": anchors, "values": values, "test_images": len(test_images),
+                            "train_images": len(train_set), "curves": curves}
+        print_table(dataset, results[dataset], args.seeds)
+        (out / f"results-{dataset}.json").write_text(json.dumps(results_so_far, indent=1))
+    plot(results, out / "tokenizer_quality.png")
+    print(f"\nsaved {out}/results-*.json and {out / 'tokenizer_quality.png'}")
+    report(args, out)
+
+
+def report(args, out: Path) -> None:
+    """The saved runs at their end: PSNR, SSIM, rFD-EffNet (or rFID) and the global codebook's perplexity
+    on each data set; then each data set's ``recipe`` models on every other data set's held-out images."""
+    data = {}
+    for name in args.datasets:
+        params = resolve("01_decomposition", args.scale, dataset=name)
+        train_set, test_set = ex.load_data(params)
+        data[name] = (train_set, held_out(test_set, args.test_size), params["num_tokens"] * params["token_dim"])
+        curves = json.loads((out / f"results-{name}.json").read_text())["curves"]
+        print(f"\n## {name}: the runs at their end ({len(data[name][1])} held-out images)\n")
+        print("| recipe | PSNR (dB) | SSIM | rFD-EffNet ↓ | global perplexity | seconds |\n|---|---|---|---|---|---|")
+        for variant in args.variants:
+            rows = [ex.evaluate_tokenizer(ex.load_tokenizer(out / name / variant.replace(" ", "_") / f"seed{s}"),
+                                          test_set, limit=args.test_size, fd_size=params["fd_size"])
+                    for s in args.seeds]
+            fd = "fid" if "fid" in rows[0] else "fd_effnet"
+            seconds = [run[-1]["seconds"] for run in curves[variant]]
+            print(f"| {variant} | {_mean_std([r['test_psnr'] for r in rows])} | "
+                  f"{_mean_std([r['test_ssim'] for r in rows], 3)} | {_mean_std([r[fd] for r in rows], 1)} | "
+                  f"{_mean_std([r['codebook_perplexity'] for r in rows], 0)} of {rows[0]['codebook_size']} | "
+                  f"{_mean_std(seconds, 0)} |")
+    if len(data) > 1 and "recipe" in args.variants:
+        transfer(data, args, out)
+
+
+def transfer(data: dict, args, out: Path) -> None:
+    """Each data set's ``recipe`` models tested on every other data set's held-out images, beside the
+    anchors there (PCA fitted on the data set the model was trained on, and on the target)."""
+    print("\n## Trained on one data set, tested on another (recipe, held-out PSNR in dB)\n")
+    print("| trained on | tested on | tokenizer | PCA fitted on the training data set | "
+          "PCA fitted on the test data set | bicubic |\n|---|---|---|---|---|---|")
+    for src, (src_train, _, values) in data.items():
+        for dst, (dst_train, images, _) in data.items():
+            if src == dst:
+                continue
+            runs = [out / src / "recipe" / f"seed{s}" for s in args.seeds]
+            scores = [psnr(ex.reconstruct(ex.load_tokenizer(r), images), images).mean().item() for r in runs]
+            pca_src = psnr(pca_anchor(held_out(src_train, 10_000), images, values), images).mean().item()
+            pca_dst = psnr(pca_anchor(held_out(dst_train, 10_000), images, values), images).mean().item()
+            bicubic = psnr(bicubic_roundtrip(images, values), images).mean().item()
+            print(f"| {src} | {dst} | {_mean_std(scores)} | {pca_src:.2f} | {pca_dst:.2f} | {bicubic:.2f} |")
+
+
+def _mean_std(values, digits: int = 2) -> str:
+    v = np.asarray(values)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
+
+
+def print_table(dataset: str, r: dict, seeds: list[int]) -> None:
+    print(f"\n## {dataset}: {r['values']} values per image, {r['test_images']} held-out images, "
+          f"{r['train_images']} training images, seeds {seeds}\n")
+    print("| recipe | step | seconds | PSNR (dB) | SSIM |\n|---|---|---|---|---|")
+    for variant, runs in r["curves"].items():
+        for i in range(len(runs[0])):
+            rows = [run[i] for run in runs]
+            print(f"| {variant} | {rows[0]['step']} | {np.mean([x['seconds'] for x in rows]):.1f} | "
+                  f"{_mean_std([x['eval_psnr'] for x in rows])} | "
+                  f"{_mean_std([x['eval_ssim'] for x in rows], 3)} |")
+    for name, a in r["anchors"].items():
+        print(f"| {name} (anchor) | – | – | {a['psnr']:.2f} | {a['ssim']:.3f} |")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, (dataset, r) in zip(axes[0], results.items()):
+        for variant, runs in r["curves"].items():
+            t = np.mean([[x["seconds"] for x in run] for run in runs], 0)
+            p = np.array([[x["eval_psnr"] for x in run] for run in runs])
+            line, = ax.plot(t, p.mean(0), marker="o", ms=3, label=f"{variant} ({len(runs)} seeds)")
+            if len(runs) > 1:
+                ax.fill_between(t, p.mean(0) - p.std(0, ddof=1), p.mean(0) + p.std(0, ddof=1),
+                                color=line.get_color(), alpha=0.2)
+        for (name, a), style in zip(r["anchors"].items(), ("--", ":")):
+            ax.axhline(a["psnr"], color="k", ls=style, lw=1, label=f"{name} at {r['values']} values")
+        ax.set(title=f"{dataset}: held-out PSNR", xlabel="training seconds (2-core CPU)", ylabel="PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
