@@ -29,9 +29,11 @@ import torch.nn.functional as F
 
 from sbt_lib import experiments as ex
 from sbt_lib.data import load_dataset
-from sbt_lib.metrics import bicubic_roundtrip, psnr, ssim
+from sbt_lib.metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
 from sbt_lib.pca import pca_anchor
 from sbt_lib.scales import resolve
+from sbt_lib.checkpoint import load_checkpoint, unprefixed
+from sbt_lib.tokenizer import SelfBootTok
 from sbt_lib.train import train
 
 # Recipes to compare, as overrides of the notebook-01 parameters at the chosen scale.
@@ -63,7 +65,8 @@ def run(params: dict, train_set, test_images: torch.Tensor, out: Path, evals: in
     start = {"step": 0, "seconds": 0.0, **{f"eval_{k}": v for k, v in eval_fn(model.eval()).items()}}
     cfg = ex.train_config(params, eval_every=max(1, params["steps"] // evals), ckpt_every=0, progress=True)
     loss = lambda m, b: {"rec": F.mse_loss(m(b.images)[0], b.images)}  # noqa: E731
-    result = train(model, loss, train_set, cfg, out_dir=out, eval_fn=eval_fn, resume=False)
+    result = train(model, loss, train_set, cfg, out_dir=out, eval_fn=eval_fn, resume=False,
+                   meta={"tokenizer": model.cfg.to_dict()})
     return [start] + [h for h in result.history if "eval_psnr" in h]
 
 
@@ -92,8 +95,9 @@ def main():
         values = base["num_tokens"] * base["token_dim"]
         anchors = {"bicubic": bicubic_roundtrip(test_images, values),
                    "PCA": pca_anchor(held_out(train_set, 10_000), test_images, values)}
-        anchors = {k: {"psnr": psnr(v, test_images).mean().item(), "ssim": ssim(v, test_images).mean().item()}
-                   for k, v in anchors.items()}
+        used = {"bicubic": 3 * bicubic_side(values) ** 2, "PCA": values}
+        anchors = {k: {"psnr": psnr(v, test_images).mean().item(), "ssim": ssim(v, test_images).mean().item(),
+                       "values": used[k]} for k, v in anchors.items()}
         curves = {}
         for variant in args.variants:
             curves[variant] = [run({**base, **VARIANTS[variant], "seed": seed}, train_set, test_images,
@@ -103,26 +107,34 @@ def main():
                             "train_images": len(train_set), "curves": curves}
         print_table(dataset, results[dataset], args.seeds)
         (out / f"results-{dataset}.json").write_text(json.dumps(results_so_far, indent=1))
-    plot(results, out / "tokenizer_quality.png")
-    print(f"\nsaved {out}/results-*.json and {out / 'tokenizer_quality.png'}")
     report(args, out)
+
+
+def load_run(params: dict, folder: Path) -> torch.nn.Module:
+    """The trained tokenizer saved in ``folder`` by :func:`run` with ``params``."""
+    model = SelfBootTok(ex.tokenizer_config(params))
+    model.load_state_dict(unprefixed("model", load_checkpoint(folder / "checkpoint")[0]))
+    return model.eval()
 
 
 def report(args, out: Path) -> None:
     """The saved runs at their end: PSNR, SSIM, rFD-EffNet (or rFID) and the global codebook's perplexity
     on each data set; then each data set's ``recipe`` models on every other data set's held-out images."""
+    results = {name: json.loads((out / f"results-{name}.json").read_text()) for name in args.datasets}
+    plot(results, out / "tokenizer_quality.png")
+    print(f"\nthe curves: {out / 'tokenizer_quality.png'}")
     data = {}
     for name in args.datasets:
         params = resolve("01_decomposition", args.scale, dataset=name)
         train_set, test_set = ex.load_data(params)
         data[name] = (train_set, held_out(test_set, args.test_size), params["num_tokens"] * params["token_dim"])
-        curves = json.loads((out / f"results-{name}.json").read_text())["curves"]
+        curves = results[name]["curves"]
         print(f"\n## {name}: the runs at their end ({len(data[name][1])} held-out images)\n")
         print("| recipe | PSNR (dB) | SSIM | rFD-EffNet ↓ | global perplexity | seconds |\n|---|---|---|---|---|---|")
         for variant in args.variants:
-            rows = [ex.evaluate_tokenizer(ex.load_tokenizer(out / name / variant.replace(" ", "_") / f"seed{s}"),
-                                          test_set, limit=args.test_size, fd_size=params["fd_size"])
-                    for s in args.seeds]
+            folder = out / name / variant.replace(" ", "_")
+            rows = [ex.evaluate_tokenizer(load_run({**params, **VARIANTS[variant]}, folder / f"seed{s}"), test_set,
+                                          limit=args.test_size, fd_size=params["fd_size"]) for s in args.seeds]
             fd = "fid" if "fid" in rows[0] else "fd_effnet"
             seconds = [run[-1]["seconds"] for run in curves[variant]]
             print(f"| {variant} | {_mean_std([r['test_psnr'] for r in rows])} | "
@@ -143,8 +155,9 @@ def transfer(data: dict, args, out: Path) -> None:
         for dst, (dst_train, images, _) in data.items():
             if src == dst:
                 continue
-            runs = [out / src / "recipe" / f"seed{s}" for s in args.seeds]
-            scores = [psnr(ex.reconstruct(ex.load_tokenizer(r), images), images).mean().item() for r in runs]
+            params = resolve("01_decomposition", args.scale, dataset=src)
+            models = [load_run(params, out / src / "recipe" / f"seed{s}") for s in args.seeds]
+            scores = [psnr(ex.reconstruct(m, images), images).mean().item() for m in models]
             pca_src = psnr(pca_anchor(held_out(src_train, 10_000), images, values), images).mean().item()
             pca_dst = psnr(pca_anchor(held_out(dst_train, 10_000), images, values), images).mean().item()
             bicubic = psnr(bicubic_roundtrip(images, values), images).mean().item()
@@ -178,15 +191,14 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, (dataset, r) in zip(axes[0], results.items()):
-        for variant, runs in r["curves"].items():
+        for variant, runs in r["curves"].items():  # the mean over seeds, and every seed as a thin line
             t = np.mean([[x["seconds"] for x in run] for run in runs], 0)
             p = np.array([[x["eval_psnr"] for x in run] for run in runs])
-            line, = ax.plot(t, p.mean(0), marker="o", ms=3, label=f"{variant} ({len(runs)} seeds)")
-            if len(runs) > 1:
-                ax.fill_between(t, p.mean(0) - p.std(0, ddof=1), p.mean(0) + p.std(0, ddof=1),
-                                color=line.get_color(), alpha=0.2)
+            line, = ax.plot(t, p.mean(0), marker="o", ms=3, lw=2, label=f"{variant} (mean of {len(runs)} seeds)")
+            for seed_curve in p if len(runs) > 1 else []:
+                ax.plot(t, seed_curve, color=line.get_color(), lw=0.7, alpha=0.5)
         for (name, a), style in zip(r["anchors"].items(), ("--", ":")):
-            ax.axhline(a["psnr"], color="k", ls=style, lw=1, label=f"{name} at {r['values']} values")
+            ax.axhline(a["psnr"], color="k", ls=style, lw=1, label=f"{name}, {a.get('values', r['values'])} values")
         ax.set(title=f"{dataset}: held-out PSNR", xlabel="training seconds (2-core CPU)", ylabel="PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -249,14 +249,24 @@ def decode_groups(model: SelfBootTok, images: torch.Tensor) -> dict[str, torch.T
     return {label: model.decode(enc, scales=sc).clamp(-1, 1) for label, sc in settings.items()}
 
 
-def probe_groups(model: SelfBootTok, train_set, test_set) -> dict[str, dict[str, float]]:
+def probe_groups(model: SelfBootTok, train_set, test_set, reference: bool = True) -> dict[str, dict[str, float]]:
     """Linear-probe accuracy from every token group to every ground-truth factor of ``train_set``
-    (``shapes``), fit on ``train_set`` and scored on ``test_set``; with the chance level per factor."""
+    (``shapes``), fit on ``train_set`` and scored on ``test_set``; with the chance level per factor.
+
+    ``reference`` adds the row ``pixels (PCA)``: the same probe on as many principal components of the
+    pixels as the tokenizer has values.  It is what a linear code of that size makes linearly readable,
+    the reference for tokens that start as such a code (the linear path)."""
+    from .pca import PCA
     from .probes import probe_table
 
     if train_set.factors is None or test_set.factors is None:
         raise ValueError(f"linear probes need ground-truth factors; dataset {train_set.name!r} has none (use 'shapes')")
-    feats = [encode_groups(model, d.batch(torch.arange(len(d)))[0]) for d in (train_set, test_set)]
+    images = [d.batch(torch.arange(len(d)))[0] for d in (train_set, test_set)]
+    feats = [encode_groups(model, x) for x in images]
+    if reference:
+        pca = PCA.fit(images[0], model.cfg.token_values)
+        for f, x in zip(feats, images):
+            f["pixels (PCA)"] = pca.encode(x)
     factors = [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.factors.items()}
                for d in (train_set, test_set)]
     return probe_table(feats[0], feats[1], factors[0], factors[1])

@@ -85,7 +85,7 @@ def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, 
     kind_of = {f: k for k, fs in (kinds or {}).items() for f in fs}
     ax.set_xticks(x, [f"{f}\n({kind_of[f]})" if f in kind_of else f for f in factors])
     ax.set(ylim=(0, 1.05), ylabel="held-out accuracy", title="linear probes: which tokens carry which factor")
-    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="lower right")
+    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -112,8 +112,9 @@ def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, re
         vals = summary[n].get("values", {}).get(metric, [])
         ax.plot([i] * len(vals), vals, "k.", ms=5)
     for i, (label, value) in enumerate((reference or {}).items()):
-        ax.axhline(value, ls="--", color="gray", label=label)
-    lo, hi = (means - stds).min(), (means + stds).max()
+        ax.axhline(value, ls=("--", ":")[i % 2], color="gray", label=label)
+    refs = list((reference or {}).values())
+    lo, hi = min([(means - stds).min(), *refs]), max([(means + stds).max(), *refs])
     pad = max(hi - lo, 1e-3) * 0.6
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xticks(x, names, rotation=20, ha="right")

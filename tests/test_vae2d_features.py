@@ -93,7 +93,7 @@ def test_ot_term_is_logged_and_trains_the_2d_aligner(tiny_config, tiny_shapes):
     terms["ot"].backward()
     assert model.aligner_2d.head.weight.grad.abs().sum() > 0  # L_OT reaches the 2D aligner …
     assert objective.ot.proj.weight.grad.abs().sum() > 0  # … and its projector
-    assert model.decoder.head.to_pixels.weight.grad is None  # but not the decoder
+    assert model.last_layer.grad is None  # but not the decoder
 
 
 def test_ot_term_needs_a_2d_aligner_and_latents(tiny_config, tiny_shapes):
