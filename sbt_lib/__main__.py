@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run the notebooks headlessly through papermill")
     rep.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
-    rep.add_argument("--dataset", help="photos, shapes, cifar10, or an ImageFolder path (default: the scale's)")
+    rep.add_argument("--dataset", help="auto, photos, shapes, cifar10, or an ImageFolder path (default: the scale's)")
     rep.add_argument("--only", help="comma-separated notebook prefixes, e.g. 01,02")
     rep.add_argument("--out", help="output folder (default: runs/<scale>)")
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",

@@ -12,9 +12,10 @@ SoftVQ-VAE reference, tokens and codewords are l2-normalised first (``normalize=
 ``keep_norm=True`` makes it *gain-shape* quantization (Sabin & Gray, 1984): the codebook
 quantizes each token's direction and the token's length (its gain) is multiplied back, so a token
 keeps all d of its degrees of freedom instead of d - 1.  Measured on the whitened principal
-components of CIFAR-10 (32 tokens × 8), quantizing directions with 1024 codewords at τ = 0.3
-keeps 25.3 dB of PCA's 26.4 dB; dropping the lengths (``keep_norm=False``) or quantizing in
-Euclidean space without normalisation (``normalize=False``) keeps under 20 dB.
+components of CIFAR-10 (32 tokens × 8, 2000 test images) before any training, with 1024 random
+codewords: gain-shape at τ = 0.3 keeps 25.0 dB of PCA's 26.4 dB (22.1 dB at τ = 0.07, 23.9 dB at
+τ = 1); dropping the lengths (``keep_norm=False``) keeps 16.3 dB, and Euclidean soft VQ
+(``normalize=False``, codewords drawn from the data) 16.7–19.4 dB for τ from 0.01 to 3.
 
 SelfBootTok gives every token group (global, local-1D, local-2D) its own codebook;
 :class:`SoftVQ` is one such codebook, and the tokenizer holds one per group.
