@@ -36,6 +36,15 @@ Two cheap additions make the 1D bottleneck train in minutes on a CPU (both switc
   stay 1D: the mix is dense over all patches, with no fixed token-to-region assignment.
 - **conv stem / head**: a 3×3 convolution before the patch embedding and two after the
   un-patchify, which see across patch borders and smooth patch seams.
+
+The workbook's recipe (``sbt_lib.scales``; measured in ``benchmarks/tokenizer_quality.py``) adds three more:
+
+- ``trunk="conv"``: residual conv stages halve the image down to the token grid and mirror it in the
+  decoder (GigaTok's hybrid CNN-transformer), in place of the 3×3 stem and patchify;
+- ``keep_norm=True``: gain-shape SoftVQ, which keeps each token's length (see :mod:`sbt_lib.quantizer`);
+- ``linear_path=True``: a fixed linear map pixels → ``z_global`` → pixels (:class:`LinearPath`), set to
+  the training set's principal components, beside the networks, whose last layers start at zero.  The
+  tokenizer starts as the best linear code at its number of values and learns the non-linear rest.
 """
 from __future__ import annotations
 
@@ -157,6 +166,25 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).flatten(2).transpose(1, 2)
+
+
+class PatchHead(nn.Module):
+    """B×L×width → image; the optional conv after un-patchifying smooths patch seams."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        c, p = cfg.conv_channels, cfg.patch_size
+        self.grid, self.p = cfg.grid, p
+        self.to_pixels = nn.Linear(cfg.width, p * p * (c or 3))
+        self.refine = (
+            nn.Sequential(nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 3, 3, padding=1))
+            if c
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.to_pixels(x).transpose(1, 2).reshape(len(x), -1, self.grid, self.grid)
+        return self.refine(nn.functional.pixel_shuffle(x, self.p))
 
 
 class ResBlock(nn.Module):
@@ -287,25 +315,6 @@ class Encoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- decoder
-
-
-class PatchHead(nn.Module):
-    """B×L×width → image; the optional conv after un-patchifying smooths patch seams."""
-
-    def __init__(self, cfg: TokenizerConfig):
-        super().__init__()
-        c, p = cfg.conv_channels, cfg.patch_size
-        self.grid, self.p = cfg.grid, p
-        self.to_pixels = nn.Linear(cfg.width, p * p * (c or 3))
-        self.refine = (
-            nn.Sequential(nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 3, 3, padding=1))
-            if c
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.to_pixels(x).transpose(1, 2).reshape(len(x), -1, self.grid, self.grid)
-        return self.refine(nn.functional.pixel_shuffle(x, self.p))
 
 
 class Fusion(nn.Module):
