@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from sbt_lib import experiments as ex
 from sbt_lib.data import load_dataset
-from sbt_lib.metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
-from sbt_lib.pca import pca_anchor
+from sbt_lib.metrics import psnr, ssim
 from sbt_lib.scales import resolve
 from sbt_lib.checkpoint import load_checkpoint, unprefixed
 from sbt_lib.tokenizer import SelfBootTok
@@ -93,11 +92,7 @@ def main():
         train_set, test_set = ex.load_data(base)
         test_images = held_out(test_set, args.test_size)
         values = base["num_tokens"] * base["token_dim"]
-        anchors = {"bicubic": bicubic_roundtrip(test_images, values),
-                   "PCA": pca_anchor(held_out(train_set, 10_000), test_images, values)}
-        used = {"bicubic": 3 * bicubic_side(values) ** 2, "PCA": values}
-        anchors = {k: {"psnr": psnr(v, test_images).mean().item(), "ssim": ssim(v, test_images).mean().item(),
-                       "values": used[k]} for k, v in anchors.items()}
+        anchors = ex.anchor_metrics(train_set, test_images, values)
         curves = {}
         for variant in args.variants:
             curves[variant] = [run({**base, **VARIANTS[variant], "seed": seed}, train_set, test_images,
@@ -158,10 +153,9 @@ def transfer(data: dict, args, out: Path) -> None:
             params = resolve("01_decomposition", args.scale, dataset=src)
             models = [load_run(params, out / src / "recipe" / f"seed{s}") for s in args.seeds]
             scores = [psnr(ex.reconstruct(m, images), images).mean().item() for m in models]
-            pca_src = psnr(pca_anchor(held_out(src_train, 10_000), images, values), images).mean().item()
-            pca_dst = psnr(pca_anchor(held_out(dst_train, 10_000), images, values), images).mean().item()
-            bicubic = psnr(bicubic_roundtrip(images, values), images).mean().item()
-            print(f"| {src} | {dst} | {_mean_std(scores)} | {pca_src:.2f} | {pca_dst:.2f} | {bicubic:.2f} |")
+            on_src, on_dst = (ex.anchor_metrics(t, images, values) for t in (src_train, dst_train))
+            print(f"| {src} | {dst} | {_mean_std(scores)} | {on_src['PCA']['psnr']:.2f} | "
+                  f"{on_dst['PCA']['psnr']:.2f} | {on_dst['bicubic']['psnr']:.2f} |")
 
 
 def _mean_std(values, digits: int = 2) -> str:

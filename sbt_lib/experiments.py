@@ -127,7 +127,6 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
     ``fd_size`` px (its ``feature_space`` says which); and ``test_lpips`` when LPIPS resolves."""
     images = held_out_images(dataset, limit)
     recon, probs = reconstruct_with_codes(model, images, batch_size)
-    bicubic = bicubic_roundtrip(images, model.cfg.token_values)
     usage = codebook_usage(probs)
     extra = {}
     if fd_size:
@@ -138,6 +137,7 @@ def evaluate_tokenizer(model: SelfBootTok, dataset, limit: int | None = None, ba
         extra = {k: v for k, v in fm.items() if k not in ("num_real", "num_fake")}
         if lpips_available():
             extra["test_lpips"] = lpips_metric(recon, images).mean().item()
+    bicubic = bicubic_roundtrip(images, model.cfg.token_values)
     if train_set is not None:
         pca = anchor_metrics(train_set, images, model.cfg.token_values)["PCA"]
         extra.update(pca_psnr=pca["psnr"], pca_ssim=pca["ssim"], pca_values=pca["values"])
