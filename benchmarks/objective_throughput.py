@@ -23,14 +23,15 @@ randomly initialised weight file of the same architecture (labelled; the compute
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
 import torch
 
-from sbt_lib import experiments as ex
-from sbt_lib.scales import resolve
 from sbt_lib.train import Trainer
+from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.params import Params, resolve
 
 WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl_weight=0.01)
 ALL_TERMS = dict(WITHOUT_TEACHERS, repa_global_weight=0.5, repa_local_weight=0.5)
@@ -44,18 +45,18 @@ class TeacherEveryStep:
 
     @torch.no_grad()
     def __getitem__(self, indices):
-        return self.encoder(self.dataset.batch(indices)[0].to(self.device)).float()
+        return self.encoder(self.dataset.images_at(indices).to(self.device)).float()
 
 
-def uncached(objective, params, train_set):
+def uncached(objective, P: Params, train_set):
     """The same objective with every teacher running on every batch."""
-    from sbt_lib.repa import teacher_tokens
-    from sbt_lib.teachers import load_teacher
+    from sbt_lib.models.teachers import load_teacher
+    from sbt_lib.objective.repa import teacher_tokens
     from sbt_lib.train import resolve_device
 
-    device = resolve_device(params["device"])
-    for which, name in (("global", params["repa_global_teacher"]), ("local", params["repa_local_teacher"])):
-        teacher = load_teacher(name, params["image_size"]).to(device)
+    device = resolve_device(P.training.device)
+    for which, name in (("global", P.objective.repa_global_teacher), ("local", P.objective.repa_local_teacher)):
+        teacher = load_teacher(name, P.tokenizer.image_size).to(device)
         # all patches, as a teacher gives them: the REPA term pools them to the tokens
         objective.teacher_features[which] = TeacherEveryStep(lambda im, t=teacher: teacher_tokens(t(im)), train_set,
                                                              device)
@@ -70,7 +71,7 @@ def vit_teacher(folder) -> str:
     import timm
     from safetensors.torch import save_file
 
-    from sbt_lib.teachers import VIT_TEACHERS, available_teachers
+    from sbt_lib.models.teachers import VIT_TEACHERS, available_teachers
 
     if available_teachers()["dinov2_s"]:
         return "DINOv2-S/14"
@@ -80,13 +81,13 @@ def vit_teacher(folder) -> str:
     return "DINOv2-S/14, random weights"
 
 
-def images_per_second(params, terms, train_set, steps, live_teachers=False) -> tuple[float, list[str]]:
-    p = {**params, **terms}
+def images_per_second(P: Params, terms, train_set, steps, live_teachers=False) -> tuple[float, list[str]]:
+    p = P.replace(**terms)
     model = ex.build_tokenizer(p, train_set)
     objective = ex.build_objective(p, model, train_set, progress=False)
     if live_teachers:
         objective = uncached(objective, p, train_set)
-    trainer = Trainer(model, objective, train_set, ex.train_config(p, progress=False))
+    trainer = Trainer(model, objective, train_set, dataclasses.replace(p.training, progress=False))
     times = []
     for _ in range(steps + 2):
         if trainer.device.type == "cuda":
@@ -97,7 +98,7 @@ def images_per_second(params, terms, train_set, steps, live_teachers=False) -> t
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     seconds = sorted(times[2:])[len(times[2:]) // 2]
-    return p["batch_size"] / seconds, [k for k in row if k not in ("loss", "grad_norm", "d_grad_norm", "lr")]
+    return p.training.batch_size / seconds, [k for k in row if k not in ("loss", "grad_norm", "d_grad_norm", "lr")]
 
 
 def main():
@@ -109,10 +110,10 @@ def main():
     ap.add_argument("--train-size", type=int, default=2048, help="training images (the teacher caches cover them)")
     ap.add_argument("--no-vit", action="store_true", help="skip the DINOv2 rows")
     args = ap.parse_args()
-    vae = {k: v for k, v in resolve("03_ot_alignment", args.scale).items() if k.startswith("vae_")}  # the OT term's VAE
-    params = {**vae, **resolve("01_decomposition", args.scale, dataset=args.dataset, train_size=args.train_size),
-              "device": args.device, "repa_global_teacher": "effnet_lite0", "repa_local_teacher": "hog"}
-    train_set, _ = ex.load_data(params)
+    P = resolve("01_decomposition", args.scale, dataset=args.dataset, train_size=args.train_size, device=args.device,
+                repa_global_teacher="effnet_lite0", repa_local_teacher="hog")
+    P.vae = resolve("03_ot_alignment", args.scale).vae  # the OT term's VAE
+    train_set, _ = ex.load_data(P)
     runs = {"reconstruction only": ({}, False), "without teachers": (WITHOUT_TEACHERS, False),
             "all terms, cached teachers": (ALL_TERMS, False), "all terms, teachers every step": (ALL_TERMS, True)}
     with tempfile.TemporaryDirectory() as folder:
@@ -122,10 +123,10 @@ def main():
             runs |= {f"all terms, {label} cached": (vit, False), f"all terms, {label} every step": (vit, True)}
         results = {}
         for name, (terms, live) in runs.items():
-            results[name] = images_per_second({**params, **terms}, terms, train_set, args.steps, live)
+            results[name] = images_per_second(P.replace(**terms), terms, train_set, args.steps, live)
     base = results["without teachers"][0]
     device = "cuda" if torch.cuda.is_available() and args.device == "auto" else args.device
-    print(f"scale {args.scale}: {params['dataset']}, batch {params['batch_size']}, device {device}, "
+    print(f"scale {args.scale}: {P.data.dataset}, batch {P.training.batch_size}, device {device}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.steps} steps\n")
     print("| objective | images/s | vs without teachers | vs reconstruction only | terms |")
     print("|---|---|---|---|---|")

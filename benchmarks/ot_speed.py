@@ -5,7 +5,7 @@
 
 Prints one table per device (CPU, and CUDA when present): median time, iterations, and the largest
 relative difference of the transport cost from a float64 reference (POT, tolerance 1e-10).  See
-:mod:`sbt_lib.ot_benchmark` for how the problems are made.
+:mod:`sbt_lib.workbook.ot_benchmark` for how the problems are made.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from sbt_lib.ot_benchmark import compare_solvers, markdown_table
+from sbt_lib.workbook.ot_benchmark import compare_solvers, solver_table
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
     for device in devices:
         rows = compare_solvers(args.batch, args.nx, args.nz, args.dim, args.eps, args.tol, device, args.repeats,
                                per_problem=True)
-        print(markdown_table(rows), "\n")
+        print(solver_table(rows), "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,13 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sbt_lib import experiments as ex
-from sbt_lib.data import load_dataset
-from sbt_lib.metrics import psnr, ssim
-from sbt_lib.scales import resolve
-from sbt_lib.checkpoint import load_checkpoint, unprefixed
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.eval.metrics import psnr, ssim
+from sbt_lib.eval.reconstruction import anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct
 from sbt_lib.train import train
+from sbt_lib.workbook.builders import build_tokenizer, load_data
+from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.runs import load_tokenizer
 
 # Recipes to compare, as overrides of the notebook-01 parameters at the chosen scale.
 VARIANTS = {
@@ -48,21 +48,16 @@ VARIANTS = {
 }
 
 
-def held_out(dataset, limit: int) -> torch.Tensor:
-    n = len(dataset)
-    return dataset.batch(torch.linspace(0, n - 1, min(n, limit)).round().long())[0]
-
-
-def run(params: dict, train_set, test_images: torch.Tensor, out: Path, evals: int) -> list[dict]:
+def run(P: Params, train_set, test_images: torch.Tensor, out: Path, evals: int) -> list[dict]:
     """Train once; held-out PSNR/SSIM at ``evals`` evenly spaced steps (and at the start)."""
-    model = ex.build_tokenizer(params, train_set)
+    model = build_tokenizer(P, train_set)
 
     def eval_fn(m):
-        recon = ex.reconstruct(m, test_images)
+        recon = reconstruct(m, test_images)
         return {"psnr": psnr(recon, test_images).mean().item(), "ssim": ssim(recon, test_images).mean().item()}
 
     start = {"step": 0, "seconds": 0.0, **{f"eval_{k}": v for k, v in eval_fn(model.eval()).items()}}
-    cfg = ex.train_config(params, eval_every=max(1, params["steps"] // evals), ckpt_every=0, progress=True)
+    cfg = dataclasses.replace(P.training, eval_every=max(1, P.training.steps // evals), ckpt_every=0, progress=True)
     loss = lambda m, b: {"rec": F.mse_loss(m(b.images)[0], b.images)}  # noqa: E731
     result = train(model, loss, train_set, cfg, out_dir=out, eval_fn=eval_fn, resume=False,
                    meta={"tokenizer": model.cfg.to_dict()})
@@ -89,13 +84,13 @@ def main():
     results = {}
     for dataset in args.datasets:
         base = resolve("01_decomposition", args.scale, dataset=dataset, steps=args.steps)
-        train_set, test_set = ex.load_data(base)
-        test_images = held_out(test_set, args.test_size)
-        values = base["num_tokens"] * base["token_dim"]
-        anchors = ex.anchor_metrics(train_set, test_images, values)
+        train_set, test_set = load_data(base)
+        test_images = held_out_images(test_set, args.test_size)
+        values = base.tokenizer.num_tokens * base.tokenizer.token_dim
+        anchors = anchor_metrics(train_set, test_images, values)
         curves = {}
         for variant in args.variants:
-            curves[variant] = [run({**base, **VARIANTS[variant], "seed": seed}, train_set, test_images,
+            curves[variant] = [run(base.replace(**VARIANTS[variant], seed=seed), train_set, test_images,
                                    out / dataset / variant.replace(" ", "_") / f"seed{seed}", args.evals)
                                for seed in args.seeds]
         results[dataset] = results_so_far = {"anchors": anchors, "values": values, "test_images": len(test_images),
@@ -105,11 +100,9 @@ def main():
     report(args, out)
 
 
-def load_run(params: dict, folder: Path) -> torch.nn.Module:
-    """The trained tokenizer saved in ``folder`` by :func:`run` with ``params``."""
-    model = SelfBootTok(ex.tokenizer_config(params))
-    model.load_state_dict(unprefixed("model", load_checkpoint(folder / "checkpoint")[0]))
-    return model.eval()
+def load_run(folder: Path) -> torch.nn.Module:
+    """The trained tokenizer saved in ``folder`` by :func:`run` (its trained weights, not their EMA)."""
+    return load_tokenizer(folder, ema=False)
 
 
 def report(args, out: Path) -> None:
@@ -120,16 +113,17 @@ def report(args, out: Path) -> None:
     print(f"\nthe curves: {out / 'tokenizer_quality.png'}")
     data = {}
     for name in args.datasets:
-        params = resolve("01_decomposition", args.scale, dataset=name)
-        train_set, test_set = ex.load_data(params)
-        data[name] = (train_set, held_out(test_set, args.test_size), params["num_tokens"] * params["token_dim"])
+        P = resolve("01_decomposition", args.scale, dataset=name)
+        train_set, test_set = load_data(P)
+        data[name] = (train_set, held_out_images(test_set, args.test_size),
+                      P.tokenizer.num_tokens * P.tokenizer.token_dim)
         curves = results[name]["curves"]
         print(f"\n## {name}: the runs at their end ({len(data[name][1])} held-out images)\n")
         print("| recipe | PSNR (dB) | SSIM | rFD-EffNet ↓ | global perplexity | seconds |\n|---|---|---|---|---|---|")
         for variant in args.variants:
             folder = out / name / variant.replace(" ", "_")
-            rows = [ex.evaluate_tokenizer(load_run({**params, **VARIANTS[variant]}, folder / f"seed{s}"), test_set,
-                                          limit=args.test_size, fd_size=params["fd_size"]) for s in args.seeds]
+            rows = [evaluate_tokenizer(load_run(folder / f"seed{s}"), test_set, limit=args.test_size,
+                                       fd_size=P.eval.fd_size) for s in args.seeds]
             fd = "fid" if "fid" in rows[0] else "fd_effnet"
             seconds = [run[-1]["seconds"] for run in curves[variant]]
             print(f"| {variant} | {_mean_std([r['test_psnr'] for r in rows])} | "
@@ -150,10 +144,9 @@ def transfer(data: dict, args, out: Path) -> None:
         for dst, (dst_train, images, _) in data.items():
             if src == dst:
                 continue
-            params = resolve("01_decomposition", args.scale, dataset=src)
-            models = [load_run(params, out / src / "recipe" / f"seed{s}") for s in args.seeds]
-            scores = [psnr(ex.reconstruct(m, images), images).mean().item() for m in models]
-            on_src, on_dst = (ex.anchor_metrics(t, images, values) for t in (src_train, dst_train))
+            models = [load_run(out / src / "recipe" / f"seed{s}") for s in args.seeds]
+            scores = [psnr(reconstruct(m, images), images).mean().item() for m in models]
+            on_src, on_dst = (anchor_metrics(t, images, values) for t in (src_train, dst_train))
             print(f"| {src} | {dst} | {_mean_std(scores)} | {on_src['PCA']['psnr']:.2f} | "
                   f"{on_dst['PCA']['psnr']:.2f} | {on_dst['bicubic']['psnr']:.2f} |")
 

@@ -10,18 +10,19 @@ training step gets).
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import sbt_lib.flops  # noqa: F401  (registers the FLOP formula of CPU attention)
-from sbt_lib.data import Batch
-from sbt_lib.experiments import tokenizer_config, train_config
-from sbt_lib.losses import Objective
-from sbt_lib.scales import resolve
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.batch import Batch
+from sbt_lib.models.tokenizer import SelfBootTok
+from sbt_lib.objective.objective import Objective
 from sbt_lib.train import _optimizer, resolve_device
+from sbt_lib.workbook.params import resolve
+
+importlib.import_module("sbt_lib.eval.flops")  # registers the FLOP formula of CPU attention (for FlopCounterMode)
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -58,13 +59,14 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    params = resolve("01_decomposition", args.scale, batch_size=args.batch_size)
+    P = resolve("01_decomposition", args.scale, batch_size=args.batch_size)
     device = resolve_device(args.device)
     torch.manual_seed(0)  # the linear path stays a random projection: its values do not change the step's cost
-    model = SelfBootTok(tokenizer_config(params)).to(device)
-    cfg = train_config(params)
+    model = SelfBootTok(P.tokenizer).to(device)
+    cfg = P.training
     opt, loss_fn = _optimizer([model], cfg), Objective()
-    images = torch.rand(cfg.batch_size, 3, params["image_size"], params["image_size"], device=device) * 2 - 1
+    size = P.tokenizer.image_size
+    images = torch.rand(cfg.batch_size, 3, size, size, device=device) * 2 - 1
     batch = Batch(images, torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))
 
     flops = step_flops(model, loss_fn, batch)

@@ -1,19 +1,38 @@
 """sbt_lib — the library behind the SelfBootTok workbook.
 
-One concept per module:
+Subpackages map onto the paper; dependencies point one way, down this list (``tests/test_layout.py``):
 
-- data and models: ``data`` (datasets, batches), ``quantizer`` (SoftVQ, its regularisers),
-  ``tokenizer`` (encoder, fusion, decoder, the SelfBootTok model), ``aligners`` (the local 1D MLP
-  and 2D causal aligners), ``blocks``, ``vae2d`` (the 2D VAE of the OT term), ``discriminator``;
-- the objective (Eq. 4-5): ``losses`` (the ``Objective``), ``perceptual``, ``adversarial`` (hinge,
-  LeCAM, DiffAugment, bCR, adaptive weight), ``repa`` (alignment to frozen teachers), ``ot``
-  (batched Sinkhorn and the OT alignment term), ``teachers`` (frozen pretrained encoders),
-  ``weights`` (the one weight resolver), ``features`` (per-image feature caches);
-- training and measuring: ``train`` (the training engine), ``checkpoint``, ``metrics`` (PSNR,
-  SSIM, bicubic), ``feature_metrics`` (FID/KID or FD-EffNet through torch-fidelity, LPIPS),
-  ``flops``, ``probes``, ``ot_benchmark``;
-- the workbook: ``scales`` (named parameter bundles), ``experiments`` (the steps notebooks share),
-  ``ablations`` (variants over seeds), ``viz`` and ``viz_ot`` (figures), ``reproduce`` (the papermill
-  runner behind ``python -m sbt_lib``).
+- top level: ``config`` (strict dataclass configs), ``files`` (the repository root, atomic writes,
+  content keys), ``batch`` (which images a training step draws), ``checkpoint``, ``weights`` (the one
+  resolver of pretrained weights), ``train`` (the training engine);
+- ``data``: the built-in sets, CIFAR-10 and image folders, and per-image feature caches;
+- ``models``: blocks, SoftVQ, the local aligners, the SelfBootTok tokenizer, PCA (the linear code it
+  starts from), the 2D VAE, the discriminator, frozen pretrained encoders (teachers, LPIPS);
+- ``objective``: the tokenizer loss (Eq. 4-5) and its terms — perceptual, adversarial, REPA, OT;
+- ``eval``: PSNR/SSIM and the anchors, FD/KID and LPIPS, linear probes, FLOPs, the reconstruction report;
+- ``workbook``: scales and typed parameters, builders, analysis, ablations, figures, the papermill runner.
+
+The names most code needs are re-exported here (imported on first use, so ``import sbt_lib`` stays light):
+``from sbt_lib import SelfBootTok, TokenizerConfig, Objective, ObjectiveConfig, TrainConfig``.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SelfBootTok": "models.tokenizer", "TokenizerConfig": "models.tokenizer", "SoftVQ": "models.quantizer",
+    "PCA": "models.pca", "Objective": "objective.objective", "ObjectiveConfig": "objective.objective",
+    "TrainConfig": "train", "load_dataset": "data.datasets", "psnr": "eval.metrics",
+    "ssim": "eval.metrics", "resolve": "workbook.params", "Params": "workbook.params",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sbt_lib' has no attribute {name!r}")

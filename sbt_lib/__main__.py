@@ -6,8 +6,8 @@ import argparse
 import ast
 import sys
 
-from .reproduce import NotebookFailed, reproduce
-from .scales import SCALE_NAMES
+from .workbook.runner import NotebookFailed, reproduce
+from .workbook.scales import SCALE_NAMES
 
 
 def _parse_param(text: str) -> tuple[str, object]:
@@ -18,7 +18,7 @@ def _parse_param(text: str) -> tuple[str, object]:
         value = ast.literal_eval(value)  # numbers, None, True, lists; anything else stays a string
     except (ValueError, SyntaxError):
         pass
-    return name.strip().upper(), value
+    return name.strip().lower(), value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--only", help="comma-separated notebook prefixes, e.g. 01,02")
     rep.add_argument("--out", help="output folder (default: runs/<scale>)")
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                     help="set a notebook parameter, e.g. -p STEPS=500 (repeatable)")
+                     help="set a notebook parameter, e.g. -p steps=500 (repeatable)")
     rep.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
     args = parser.parse_args(argv)
     only = [o.strip() for o in args.only.split(",")] if args.only else None

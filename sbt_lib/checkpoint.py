@@ -1,43 +1,20 @@
 """Checkpoints: tensors in safetensors, everything else in a small JSON beside them.
 
-A checkpoint is two files, ``<name>.safetensors`` and ``<name>.json``.  Each is written to a
-temporary file in the same folder and moved into place with ``os.replace``, which is atomic:
-a run killed mid-save leaves the previous checkpoint whole.  The JSON is written last and
-names the step; :func:`load_checkpoint` refuses a pair whose steps disagree.
+A checkpoint is two files, ``<name>.safetensors`` and ``<name>.json``.  Each is written with
+:func:`sbt_lib.files.atomic_write` (a temporary file in the same folder, moved into place with
+``os.replace``), so a run killed mid-save leaves the previous checkpoint whole.  The JSON is
+written last and names the step; :func:`load_checkpoint` refuses a pair whose steps disagree.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    atomic_write(Path(path), write)
+from .files import atomic_write, write_json  # noqa: F401  (re-exported: older importers)
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

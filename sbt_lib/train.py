@@ -5,9 +5,16 @@ AdamW with linear warm-up and cosine decay, gradient clipping, optional EMA (tim
 atomic safetensors checkpoints.
 
 Resume is exact: the batch of step ``t`` is a pure function of (seed, t) (see
-:func:`sbt_lib.data.batch_indices`), the learning rate is a function of ``t``, and the
-checkpoint holds the weights, the optimizer moments, the EMA and the RNG state.  So ``N`` steps,
-save, resume, ``N`` steps gives bit-identical weights to ``2N`` steps straight (on CPU).
+:func:`sbt_lib.batch.batch_indices`), the learning rate is a function of ``t``, and the
+checkpoint holds the weights, the optimizer moments, the EMA and the RNG state (the CPU's, and every
+CUDA device's when CUDA is available).  So ``N`` steps, save, resume, ``N`` steps gives bit-identical
+weights to ``2N`` steps straight (on CPU).
+
+Data parallelism: the engine reads its rank and world size from ``torch.distributed`` when a process
+group is initialised (else rank 0 of 1).  ``batch_size`` is the global batch; each rank trains on its
+own shard of it (:func:`~sbt_lib.batch.batch_indices`), so at world size 1 nothing changes.  Only the
+main rank (0) writes: checkpoints, the history JSON, anything under ``out_dir``; and only it shows a
+progress bar.  (Wrapping the model for DDP is not done here.)
 
 A non-finite loss stops training with :class:`NonFiniteLossError`, naming the step and the loss
 term; nothing is saved after it, so the last good checkpoint stays on disk untouched.
@@ -15,10 +22,10 @@ term; nothing is saved after it, so the last good checkpoint stays on disk untou
 A loss is a callable ``loss_fn(model, batch)`` returning a dict of already-weighted terms.  When it
 is an ``nn.Module`` with parameters of its own (alignment projectors, say), they train with the
 model in the same optimizer, and its state (parameters and buffers) is part of the checkpoint.
-A loss module with an ``adversarial`` part (:class:`~sbt_lib.adversarial.Adversarial`) is a GAN:
-its discriminator gets an optimizer of its own, and after every tokenizer step the engine takes a
-discriminator step on ``loss_fn.discriminator_terms(batch)`` (the images and the reconstructions
-of that same step); both optimizers' states are in the checkpoint.
+A loss module with a critic (a GAN's discriminator) says so through :class:`CriticLoss`: its
+``critic()`` module gets an optimizer of its own, and after every model step on which
+``critic_active(step)`` holds, the engine takes a critic step on ``critic_terms(batch)`` (the images
+and the outputs of that same step); both optimizers' states are in the checkpoint.
 """
 from __future__ import annotations
 
@@ -27,18 +34,30 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
+import torch.distributed
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
 from .config import Config
-from .data import Batch, batch_indices
+from .batch import Batch, batch_indices
 
 LossFn = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class CriticLoss(Protocol):
+    """What a loss module with a critic of its own (a GAN) offers the engine.  The engine knows
+    nothing else about it: the tokenizer objective implements it for its adversarial term."""
+
+    def critic(self) -> torch.nn.Module | None: ...  # trained by its own optimizer; None: no critic
+
+    def critic_active(self, step: int) -> bool: ...  # whether step ``step`` is followed by a critic step
+
+    def critic_terms(self, batch: Batch) -> dict[str, torch.Tensor]: ...  # the critic's weighted loss terms
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -133,6 +152,35 @@ def _check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int
     )
 
 
+def _rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group; (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _cuda_rng_tensors() -> dict[str, torch.Tensor]:
+    """The RNG state of every CUDA device (``rng.cuda.<device>``), beside ``rng.cpu``; none without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    return prefixed("rng.cuda", {str(i): state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+
+
+def _restore_cuda_rng(tensors: dict[str, torch.Tensor]) -> list[int]:
+    """Restore the CUDA RNG states a checkpoint holds to the devices present; returns those restored.
+
+    Older checkpoints hold none, a CPU-only machine restores none, and where the device count
+    differs the states of the devices present on both sides are restored."""
+    states = unprefixed("rng.cuda", tensors)
+    if not states or not torch.cuda.is_available():
+        return []
+    restored = sorted(int(i) for i in states if int(i) < torch.cuda.device_count())
+    for i in restored:
+        torch.cuda.set_rng_state(states[str(i)].cpu(), i)
+    return restored
+
+
 class Trainer:
     """Runs :func:`train`; kept as a class so that save/resume share one definition of 'state'."""
 
@@ -142,15 +190,21 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.loss_module = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else None
-        self.adversarial = getattr(self.loss_module, "adversarial", None)
-        disc = list(self.adversarial.parameters()) if self.adversarial is not None else []
+        self.critic = self.loss_module.critic() if hasattr(self.loss_module, "critic") else None
+        disc = list(self.critic.parameters()) if self.critic is not None else []
         self.opt = _optimizer([self.model] + ([self.loss_module] if self.loss_module is not None else []), cfg,
                               exclude=disc)
-        self.opt_d = _optimizer([self.adversarial], cfg) if self.adversarial is not None else None
+        self.opt_d = _optimizer([self.critic], cfg) if self.critic is not None else None
         self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
         self.step, self.seconds, self.history = 0, 0.0, []
+        self.rank, self.world_size = _rank_and_world_size()
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process is the main rank: the only one that writes (checkpoints, logs, out_dir)."""
+        return self.rank == 0
 
     # -------------------------------------------------------------------- checkpoints
     @property
@@ -158,10 +212,11 @@ class Trainer:
         return self.out_dir / "checkpoint" if self.out_dir is not None else None
 
     def save(self) -> None:
-        if self.ckpt_path is None:
+        """Write the checkpoint and the history into ``out_dir`` (on the main rank only)."""
+        if self.ckpt_path is None or not self.is_main:
             return
         tensors = {**prefixed("model", self.model.state_dict()), **prefixed("optim", _optimizer_tensors(self.opt)),
-                   "rng.cpu": torch.get_rng_state()}
+                   "rng.cpu": torch.get_rng_state(), **_cuda_rng_tensors()}
         if self.ema is not None:
             tensors.update(prefixed("ema", self.ema.module.state_dict()))
         if self.loss_module is not None:
@@ -187,6 +242,7 @@ class Trainer:
         if self.opt_d is not None:
             _load_optimizer(self.opt_d, unprefixed("optim_d", tensors))
         torch.set_rng_state(tensors["rng.cpu"].cpu())
+        _restore_cuda_rng(tensors)
         self.step, self.seconds = meta["step"], meta["seconds"]
         history = self.out_dir / "history.json"
         self.history = [r for r in _read_json(history) if r["step"] <= self.step] if history.exists() else []
@@ -213,7 +269,8 @@ class Trainer:
         for opt in [o for o in (self.opt, self.opt_d) if o is not None]:
             for g in opt.param_groups:
                 g["lr"] = lr
-        batch = self.data.get_batch(batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed), self.step)
+        indices = batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed, self.rank, self.world_size)
+        batch = self.data.get_batch(indices, self.step)
         batch = batch.to(self.device)
         self.model.train()
         if self.loss_module is not None:
@@ -226,8 +283,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
         row = {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm, "lr": lr}
-        if self.adversarial is not None and self.adversarial.active(self.step):
-            row.update(self._discriminator_step(batch))
+        if self.critic is not None and self.loss_module.critic_active(self.step):
+            row.update(self._critic_step(batch))
         self.step += 1
         return row
 
@@ -240,11 +297,11 @@ class Trainer:
         opt.step()
         return grad_norm
 
-    def _discriminator_step(self, batch) -> dict[str, torch.Tensor]:
-        """One step of the discriminator on this step's images and (detached) reconstructions."""
+    def _critic_step(self, batch) -> dict[str, torch.Tensor]:
+        """One step of the critic on this step's images and (detached) reconstructions."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.bf16 and self.device.type == "cuda"):
-            terms = self.loss_module.discriminator_terms(batch)
+            terms = self.loss_module.critic_terms(batch)
         total = sum(terms.values())
         _check_finite(terms, total, self.step)
         grad_norm = self._step(self.opt_d, total)
@@ -261,8 +318,8 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         # A slow refresh: on 2 cores, frequent progress messages from a notebook kernel slow the steps.
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True,
-                   mininterval=1.0)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="train",
+                   dynamic_ncols=True, mininterval=1.0)
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -303,9 +360,9 @@ def _fingerprint(train_cfg: dict, meta: dict) -> dict:
 
 def train(model: torch.nn.Module, loss_fn: LossFn, data, cfg: TrainConfig | None = None, *, out_dir=None,
           eval_fn: EvalFn | None = None, resume: bool = True, meta: dict | None = None) -> TrainResult:
-    """Train ``model`` on ``data`` (an :class:`~sbt_lib.data.ImageDataset`) for ``cfg.steps`` steps.
+    """Train ``model`` on ``data`` (an :class:`~sbt_lib.data.datasets.ImageDataset`) for ``cfg.steps`` steps.
 
-    ``loss_fn(model, batch)`` (a :class:`~sbt_lib.data.Batch`) returns a dict of (already weighted)
+    ``loss_fn(model, batch)`` (a :class:`~sbt_lib.batch.Batch`) returns a dict of (already weighted)
     loss terms; their sum is minimised and each is logged.  ``eval_fn(model)`` returns held-out metrics (run under
     ``no_grad`` on the EMA model when EMA is on).  With ``out_dir`` the run checkpoints there and,
     when ``resume`` is true and a checkpoint exists, continues from it.  ``meta`` is stored in

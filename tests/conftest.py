@@ -2,16 +2,18 @@
 import pytest
 import torch
 
-from sbt_lib.data import load_dataset
-from sbt_lib.scales import resolve
-from sbt_lib.tokenizer import SelfBootTok, TokenizerConfig
+import copy
+
+from sbt_lib.data.datasets import load_dataset
+from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
+from sbt_lib.workbook.params import resolve
 
 TINY = resolve("01_decomposition", "tiny")
 
 
 @pytest.fixture
 def tiny_config() -> TokenizerConfig:
-    return TokenizerConfig.from_dict({k: TINY[k] for k in TokenizerConfig().to_dict() if k in TINY})
+    return copy.deepcopy(TINY.tokenizer)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from sbt_lib.adversarial import (
+from sbt_lib.objective.adversarial import (
+    ADVERSARIAL_DEFAULTS,
     Adversarial,
     LeCAM,
     adaptive_weight,
@@ -15,7 +16,7 @@ from sbt_lib.adversarial import (
     hinge_d_loss,
     hinge_g_loss,
 )
-from sbt_lib.discriminator import Discriminator, MinibatchStd
+from sbt_lib.models.discriminator import Discriminator, MinibatchStd
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -139,8 +140,8 @@ def test_discriminator_training_separates_real_from_noise(tiny_shapes):
     torch.manual_seed(0)
     adv = Adversarial(16, adaptive=False)
     opt = torch.optim.AdamW(adv.discriminator.parameters(), lr=2e-3, betas=(0.9, 0.95))
-    real_train, _ = tiny_shapes.batch(torch.arange(96))
-    real_test, _ = tiny_shapes.batch(torch.arange(96, 128))
+    real_train = tiny_shapes.images_at(torch.arange(96))
+    real_test = tiny_shapes.images_at(torch.arange(96, 128))
     def noise(n, seed):
         return torch.rand(n, 3, 16, 16, generator=seeded(seed)) * 2 - 1
 
@@ -227,3 +228,15 @@ def test_discriminator_loss_detaches_fakes_and_is_reproducible():
     repeat = again.discriminator_loss(real, fake, step=3)
     for name in terms:
         torch.testing.assert_close(repeat[name], terms[name], rtol=0, atol=0)
+
+
+def test_defaults_come_from_the_shared_table():
+    """The settings shared with ObjectiveConfig default to ADVERSARIAL_DEFAULTS (tests/test_objective.py
+    checks the config side)."""
+    adv = Adversarial(16)
+    d = ADVERSARIAL_DEFAULTS
+    assert (adv.start_step, adv.adaptive, adv.lecam_weight, adv.consistency_weight) == \
+        (d.start_step, d.adaptive, d.lecam_weight, d.consistency_weight)
+    assert adv.discriminator.from_rgb.out_channels == d.channels
+    with pytest.raises(AttributeError):
+        d.lecam_weight = 0.5  # frozen: one value for every run

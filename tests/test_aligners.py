@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sbt_lib.aligners import (
+from sbt_lib.models.aligners import (
     ALIGNER_2D_PRESETS,
     Aligner2DConfig,
     LocalAligner1D,

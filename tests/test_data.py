@@ -1,4 +1,4 @@
-"""Tests for sbt_lib.data: value ranges, determinism, split hygiene, caching, errors."""
+"""Tests for sbt_lib.data.datasets: value ranges, determinism, split hygiene, caching, errors."""
 
 import re
 from pathlib import Path
@@ -8,14 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sbt_lib import data, weights
-from sbt_lib.data import (
+from sbt_lib.data import datasets as data
+from sbt_lib import weights
+from sbt_lib import batch as batches
+from sbt_lib.batch import batch_indices
+from sbt_lib.data.datasets import (
     DATASETS,
     FACTOR_CLASSES,
     PHOTO_FILES,
     PHOTOS,
     SHAPE_FACTORS,
-    batch_indices,
+
     load_dataset,
     photo_path,
     photo_regions,
@@ -29,7 +32,6 @@ from sbt_lib.data import (
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
-
 @pytest.fixture(autouse=True)
 def tmp_cache(tmp_path, monkeypatch):
     """Every test caches into its own temporary folder, never into the repo."""
@@ -37,9 +39,9 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SBT_CACHE", str(cache))
     return cache
 
-
 def check_images(ds, n, size):
-    images, targets = ds.batch(torch.arange(len(ds)))
+    batch = ds.get_batch(torch.arange(len(ds)))
+    images, targets = batch.images, batch.targets
     assert ds.images.dtype == torch.uint8 and ds.images.shape == (n, 3, size, size)
     assert images.dtype == torch.float32 and images.shape == (n, 3, size, size)
     assert images.min() >= -1 and images.max() <= 1
@@ -47,7 +49,6 @@ def check_images(ds, n, size):
     assert targets.dtype == torch.int64 and targets.shape == (n,)
     image, target = ds[3]
     assert torch.equal(image, images[3]) and target == targets[3]
-
 
 def make_folder(root, sizes=((8, 8),) * 3, classes=("a", "b"), split="train", mode="RGB"):
     """A tiny ImageFolder <root>/<split>/<class>/<i>.png; returns the file paths."""
@@ -62,7 +63,6 @@ def make_folder(root, sizes=((8, 8),) * 3, classes=("a", "b"), split="train", mo
             paths.append(path)
     return paths
 
-
 # ----------------------------------------------------------------------------- conversions
 
 def test_to_float_and_to_uint8_round_trip():
@@ -71,7 +71,6 @@ def test_to_float_and_to_uint8_round_trip():
     assert f.dtype == torch.float32 and f[0] == -1 and f[-1] == 1
     assert torch.equal(to_uint8(f), u)
     assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0, 0.0])), torch.tensor([0, 255, 128]))
-
 
 # ----------------------------------------------------------------------------- photos
 
@@ -91,7 +90,6 @@ def test_photos_are_distinct_colour_photos_shipped_in_packages():
         seen.add((image.shape, int(image.sum())))
     assert len(seen) == len(PHOTOS)  # no photo twice
 
-
 def test_photo_path_explains_a_missing_file(monkeypatch):
     monkeypatch.setitem(PHOTO_FILES, "astronaut", ("skimage", "data/no_such_photo.png"))
     with pytest.raises(FileNotFoundError, match=r"'astronaut'.*no_such_photo\.png"):
@@ -99,7 +97,6 @@ def test_photo_path_explains_a_missing_file(monkeypatch):
     monkeypatch.setitem(PHOTO_FILES, "astronaut", ("no_such_package_sbt", "a.png"))
     with pytest.raises(FileNotFoundError, match=r"'no_such_package_sbt'.*not installed"):
         photo_path("astronaut")
-
 
 def test_photos_range_shape_balance_and_determinism():
     n = 20 * len(PHOTOS)
@@ -112,7 +109,6 @@ def test_photos_range_shape_balance_and_determinism():
     assert torch.equal(ds.images, again.images) and torch.equal(ds.boxes, again.boxes)
     assert not torch.equal(ds.images, other.images)
     assert load_dataset("photos", image_size=48, size=8).images.shape == (8, 3, 48, 48)
-
 
 def test_photos_test_crops_never_touch_train_pixels():
     train, test = photo_regions("train"), photo_regions("test")
@@ -127,7 +123,6 @@ def test_photos_test_crops_never_touch_train_pixels():
     for name in PHOTOS:  # the regions split each photo along its longer axis, 75/25
         (_, _, ah, aw), (_, _, bh, bw) = train[name], test[name]
         assert (ah * aw) / (ah * aw + bh * bw) == pytest.approx(0.75, abs=0.01)
-
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -144,13 +139,11 @@ def test_shapes_factors_classes_and_balance():
     assert ds.classes == FACTOR_CLASSES["shape"]
     assert len(FACTOR_CLASSES["shape"]) == 4 and len(FACTOR_CLASSES["position"]) == 9
 
-
 def test_shapes_determinism_and_splits():
     a = load_dataset("shapes", size=50, seed=3)
     assert torch.equal(a.images, load_dataset("shapes", size=50, seed=3).images)
     assert not torch.equal(a.images, load_dataset("shapes", size=50, seed=4).images)
     assert not torch.equal(a.images, load_dataset("shapes", "test", size=50, seed=3).images)
-
 
 @pytest.mark.parametrize("factor", list(FACTOR_CLASSES))
 def test_every_shapes_factor_changes_the_image(factor):
@@ -163,7 +156,6 @@ def test_every_shapes_factor_changes_the_image(factor):
     diff = np.abs(before.astype(int) - after.astype(int)).reshape(24, -1)
     assert (diff.max(axis=1) > 20).all(), factor  # every image visibly changed
 
-
 def test_shapes_colour_change_only_touches_the_shape():
     factors = sample_shape_factors(8, 0)
     changed = dict(factors, colour=(factors["colour"] + 3) % 6)
@@ -171,11 +163,9 @@ def test_shapes_colour_change_only_touches_the_shape():
     touched = (before != after).any(axis=1).mean(axis=(1, 2))
     assert (touched > 0.005).all() and (touched < 0.4).all()  # the shape, not the background
 
-
 @pytest.mark.parametrize("size", [16, 64])
 def test_shapes_other_sizes(size):
     check_images(load_dataset("shapes", image_size=size, size=40), 40, size)
-
 
 # ----------------------------------------------------------------------------- folders
 
@@ -203,7 +193,6 @@ def test_folder_loads_caches_and_invalidates(tmp_path, tmp_cache, monkeypatch):
     assert len(load_dataset(str(tmp_path / "ds"), image_size=8)) == 7
     assert len(list(tmp_cache.glob("*train*.npz"))) == 2
 
-
 def test_folder_grey_and_rgba_become_rgb(tmp_path):
     make_folder(tmp_path, classes=("grey",), mode="L")
     make_folder(tmp_path, classes=("rgba",), mode="RGBA")
@@ -211,7 +200,6 @@ def test_folder_grey_and_rgba_become_rgb(tmp_path):
     assert ds.images.shape == (6, 3, 8, 8)
     grey = ds.images[ds.targets == 0]
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
-
 
 def test_folder_wrong_size_and_resize(tmp_path):
     make_folder(tmp_path, sizes=((8, 8), (20, 12)))
@@ -221,13 +209,11 @@ def test_folder_wrong_size_and_resize(tmp_path):
     assert ds.images.shape == (4, 3, 8, 8)
     assert load_dataset(str(tmp_path), image_size=16, resize=True).images.shape == (4, 3, 16, 16)
 
-
 def test_folder_corrupt_image(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "train" / "b" / "bad.png").write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
         load_dataset(str(tmp_path), image_size=8)
-
 
 def test_folder_layout_errors(tmp_path):
     make_folder(tmp_path / "flat", split=".")  # class folders with no train/test level
@@ -240,7 +226,6 @@ def test_folder_layout_errors(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)no folder at .*nowhere.*\{train,test\}/<class>"):
         load_dataset(str(tmp_path / "nowhere"))
 
-
 def test_bad_names_and_splits():
     with pytest.raises(ValueError) as error:
         load_dataset("imagenet")
@@ -250,7 +235,6 @@ def test_bad_names_and_splits():
         load_dataset("shapes", "val")
     with pytest.raises(ValueError, match="resize=True"):
         load_dataset("cifar10", image_size=64)
-
 
 # ----------------------------------------------------------------------------- cifar10
 
@@ -269,7 +253,6 @@ def test_cifar10_from_shared_folder(monkeypatch):
     auto = load_dataset("auto", "test", image_size=16, size=10)  # resizes without being asked
     assert auto.name == "cifar10" and torch.equal(auto.images, resized.images)
 
-
 def test_cifar10_missing_and_no_network(tmp_path, monkeypatch):
     import torchvision.datasets
 
@@ -281,7 +264,6 @@ def test_cifar10_missing_and_no_network(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)" + re.escape(str(tmp_path / "cifar10")) + r".*SBT_DATA.*"
                                            r"cifar10/\{train,test\}/<class>.*network"):
         load_dataset("cifar10")
-
 
 # ----------------------------------------------------------------------------- auto
 
@@ -303,11 +285,9 @@ def fake_torchvision_cifar10(monkeypatch, download_error=None):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar10)
     return calls
 
-
 def test_auto_passes_other_names_through():
     for name in ("photos", "shapes", "cifar10", "/some/folder"):
         assert resolve_dataset_name(name) == (name, None)
-
 
 def test_auto_uses_a_cifar10_folder_and_resizes_it(tmp_path, tmp_cache, monkeypatch):
     for split in ("train", "test"):
@@ -325,7 +305,6 @@ def test_auto_uses_a_cifar10_folder_and_resizes_it(tmp_path, tmp_cache, monkeypa
         load_dataset("cifar10", image_size=16)
     small = load_dataset("auto", "test", image_size=16)  # auto resizes without being asked
     assert small.name == "cifar10" and small.images.shape == (4, 3, 16, 16)
-
 
 def test_auto_falls_back_to_photos_offline_without_probing(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
@@ -349,7 +328,6 @@ def test_auto_falls_back_to_photos_offline_without_probing(tmp_path, monkeypatch
     assert ds.name == "photos" and ds.classes == list(PHOTOS) and ds.images.shape == (n, 3, 16, 16)
     assert torch.equal(ds.images, load_dataset("photos", "test", image_size=16, size=n, seed=3).images)
 
-
 @pytest.mark.parametrize("case", ["unreachable", "download fails", "download works"])
 def test_auto_online_tries_torchvision_only_when_the_host_answers(case, tmp_path, monkeypatch):
     import socket
@@ -372,7 +350,6 @@ def test_auto_online_tries_torchvision_only_when_the_host_answers(case, tmp_path
     assert calls == ([False, True] if reachable else [False])
     assert socket.getdefaulttimeout() == timeout  # restored after the download
 
-
 # ----------------------------------------------------------------------------- batches
 
 def test_batch_indices_deterministic_and_full():
@@ -385,7 +362,6 @@ def test_batch_indices_deterministic_and_full():
     assert not torch.equal(batch_indices(n, bs, 0, 0), batch_indices(n, bs, 0, 1))
     assert len(batch_indices(5, 12, 3, 0)) == 12  # batch bigger than the dataset
 
-
 def test_batch_indices_epochs_cover_every_index_once():
     n, bs, steps = 50, 7, 50  # 350 positions = 7 whole epochs
     stream = torch.cat([batch_indices(n, bs, s, seed=2) for s in range(steps)])
@@ -394,19 +370,18 @@ def test_batch_indices_epochs_cover_every_index_once():
         assert sorted(epoch.tolist()) == list(range(n))
     assert not torch.equal(epochs[0], epochs[1])  # a fresh permutation each epoch
 
-
 def test_batch_indices_resume_matches_straight_run():
     straight = [batch_indices(41, 8, s, seed=9) for s in range(30)]
-    data._epoch_permutation.cache_clear()  # a resumed process starts with a cold cache
+    batches._epoch_permutation.cache_clear()  # a resumed process starts with a cold cache
     for k in (0, 5, 17, 29):
         assert torch.equal(batch_indices(41, 8, k, seed=9), straight[k])
     batch = batch_indices(41, 8, 3, seed=9)
     batch[:] = -1  # callers may modify their copy without corrupting the cache
     assert torch.equal(batch_indices(41, 8, 3, seed=9), straight[3])
 
-
 def test_dataset_batch_matches_items():
     ds = load_dataset("shapes", size=20)
-    images, targets = ds.batch(torch.tensor([4, 0, 4]))
+    batch = ds.get_batch(torch.tensor([4, 0, 4]))
+    images, targets = batch.images, batch.targets
     assert torch.equal(images[0], ds[4][0]) and torch.equal(images[1], ds[0][0])
     assert targets.tolist() == [ds[4][1], ds[0][1], ds[4][1]]

@@ -3,9 +3,10 @@ import pytest
 import torch
 import torchvision
 
-from sbt_lib import feature_metrics as fm
-from sbt_lib.data import load_dataset, to_uint8
-from sbt_lib.feature_metrics import as_uint8, feature_metrics, lpips_available, lpips_metric
+from sbt_lib.eval import fidelity as fm
+from sbt_lib.data.datasets import load_dataset, to_uint8
+from sbt_lib.eval.fidelity import as_uint8, feature_metrics, lpips_metric
+from sbt_lib.models.lpips_net import lpips_available
 from sbt_lib.weights import MissingWeightsError
 
 SIZE = 64  # EfficientNet input size for these tests: cheap on CPU (the default is 224)

@@ -2,8 +2,8 @@ import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from sbt_lib.flops import flops_by_module, num_params
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.eval.flops import flops_by_module, num_params
+from sbt_lib.models.tokenizer import SelfBootTok
 
 
 class Wrap(nn.Module):

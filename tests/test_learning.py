@@ -15,9 +15,10 @@ patches, and the controls below check that it still does.
 import pytest
 import torch
 
-from sbt_lib import experiments as ex
-from sbt_lib.metrics import psnr
-from sbt_lib.scales import resolve
+from sbt_lib.eval.metrics import psnr
+from sbt_lib.eval.reconstruction import evaluate_tokenizer, held_out_images
+from sbt_lib.workbook import builders
+from sbt_lib.workbook.params import resolve
 
 MARGIN_DB = 1.5
 
@@ -25,7 +26,7 @@ MARGIN_DB = 1.5
 @pytest.fixture(scope="module")
 def tiny_data():
     params = resolve("01_decomposition", "tiny")
-    return params, *ex.load_data(dict(params))
+    return params, *builders.load_data(params)
 
 
 def mean_colour_psnr(images: torch.Tensor) -> float:
@@ -34,14 +35,14 @@ def mean_colour_psnr(images: torch.Tensor) -> float:
 
 def trained_psnr(params, train_set, test_set, out) -> tuple[float, float]:
     """Held-out PSNR of the tokenizer of ``params`` before and after its training run."""
-    start = ex.evaluate_tokenizer(ex.build_tokenizer(params, train_set), test_set)["test_psnr"]
-    result = ex.train_tokenizer(params, train_set, test_set, out, progress=False, evaluate=False)
-    return start, ex.evaluate_tokenizer(result.model, test_set)["test_psnr"]
+    start = evaluate_tokenizer(builders.build_tokenizer(params, train_set), test_set)["test_psnr"]
+    result = builders.train_tokenizer(params, train_set, test_set, out, progress=False, evaluate=False)
+    return start, evaluate_tokenizer(result.model, test_set)["test_psnr"]
 
 
 def test_the_tiny_tokenizer_learns_more_than_the_mean_colour(tiny_data, tmp_path):
     params, train_set, test_set = tiny_data
-    floor = mean_colour_psnr(ex.held_out_images(test_set))
+    floor = mean_colour_psnr(held_out_images(test_set))
     start, trained = trained_psnr(params, train_set, test_set, tmp_path)
     assert trained > floor + MARGIN_DB, f"{trained:.2f} dB vs mean colour {floor:.2f} dB"
     assert trained > start + 0.05, f"training did not improve on its start: {start:.2f} → {trained:.2f} dB"
@@ -53,6 +54,6 @@ def test_the_tiny_tokenizer_learns_more_than_the_mean_colour(tiny_data, tmp_path
 ])
 def test_the_guard_fails_a_tokenizer_that_learns_flat_colour(tiny_data, tmp_path, broken):
     params, train_set, test_set = tiny_data
-    floor = mean_colour_psnr(ex.held_out_images(test_set))
-    _, trained = trained_psnr({**params, **broken}, train_set, test_set, tmp_path)
+    floor = mean_colour_psnr(held_out_images(test_set))
+    _, trained = trained_psnr(params.replace(**broken), train_set, test_set, tmp_path)
     assert trained < floor + MARGIN_DB

@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sbt_lib.metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
+from sbt_lib.eval.metrics import bicubic_roundtrip, bicubic_side, psnr, ssim
 
 
 @pytest.fixture

@@ -1,18 +1,20 @@
 """The full objective (Eq. 4-5): every term on, logged by name; the GAN step in the training engine;
 REPA and its token↔patch correspondence; the KL term; teacher features served from the cache."""
+import inspect
 import math
 
 import pytest
 import torch
 
-from sbt_lib import experiments as ex
+from sbt_lib.workbook import builders as ex
 from sbt_lib.checkpoint import load_checkpoint
-from sbt_lib.features import FeatureCache
-from sbt_lib.losses import Objective
-from sbt_lib.quantizer import kl_to_uniform
-from sbt_lib.repa import REPAlignment, patches_to_tokens, teacher_tokens
-from sbt_lib.scales import resolve
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.data.cache import FeatureCache
+from sbt_lib.objective.adversarial import ADVERSARIAL_DEFAULTS, Adversarial
+from sbt_lib.objective.objective import Objective, ObjectiveConfig
+from sbt_lib.models.quantizer import kl_to_uniform
+from sbt_lib.objective.repa import REPAlignment, patches_to_tokens, teacher_tokens
+from sbt_lib.workbook.params import resolve
+from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 
 ALL_TERMS = dict(perceptual_weight=0.1, adv_weight=0.1, kl_weight=0.01, entropy_weight=0.01, repa_global_weight=0.5,
@@ -26,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _params(**kw):
-    return {**resolve("03_ot_alignment", "tiny"), "local_1d": True, "local_2d": "xs", "vae_steps": 3, **ALL_TERMS, **kw}
+    return resolve("03_ot_alignment", "tiny", **{"local_1d": True, "local_2d": "xs", "vae_steps": 3, **ALL_TERMS, **kw})
 
 
 def _setup(data, **kw):
@@ -40,7 +42,7 @@ def test_every_term_is_on_and_named(cache, tiny_shapes):
     terms = objective(model, tiny_shapes.get_batch(torch.arange(8), step=0))
     assert set(terms) == {"rec", "perceptual_effnet", "entropy", "kl", "repa_global", "repa_local", "ot", "adv_g"}
     assert all(torch.isfinite(v) for v in terms.values())
-    d_terms = objective.discriminator_terms(tiny_shapes.get_batch(torch.arange(8), step=0))
+    d_terms = objective.critic_terms(tiny_shapes.get_batch(torch.arange(8), step=0))
     assert set(d_terms) == {"d_hinge", "d_lecam", "d_consistency"}
     # the frozen networks are not part of the objective's state (checkpoints stay small)
     assert not any(k.startswith("_frozen") or "teacher" in k for k in objective.state_dict())
@@ -93,7 +95,7 @@ def test_gan_state_survives_resume_exactly(cache, tiny_shapes, tmp_path):
 
 def test_teachers_do_not_run_during_training(cache, tiny_shapes, monkeypatch):
     model, objective = _setup(tiny_shapes, adv_weight=0.0, perceptual_weight=0.0)
-    from sbt_lib import teachers
+    from sbt_lib.models import teachers
 
     def boom(*a, **k):
         raise AssertionError("a teacher ran during training")
@@ -104,7 +106,7 @@ def test_teachers_do_not_run_during_training(cache, tiny_shapes, monkeypatch):
     monkeypatch.undo()
     hog = teachers.load_teacher("hog", 16)
     idx = torch.tensor([5, 0])
-    expected = patches_to_tokens(teacher_tokens(hog(tiny_shapes.batch(idx)[0])), model.cfg.num_tokens)
+    expected = patches_to_tokens(teacher_tokens(hog(tiny_shapes.images_at(idx))), model.cfg.num_tokens)
     assert torch.allclose(objective.teacher_features["local"][idx], expected, atol=1e-2)
 
 
@@ -158,3 +160,23 @@ def test_terms_without_their_inputs_are_clear_errors(tiny_config, tiny_shapes):
         Objective(tokenizer_cfg=cfg, repa_local_group="global")
     with pytest.raises(TypeError, match="unknown ObjectiveConfig parameter"):
         Objective(tokenizer_cfg=cfg, repa_weight=0.5)
+
+
+# ObjectiveConfig field -> Adversarial argument: the settings the two share
+SHARED_ADVERSARIAL = {"disc_channels": "channels", "adv_start": "start_step", "adv_adaptive": "adaptive",
+                      "lecam_weight": "lecam_weight", "consistency_weight": "consistency_weight"}
+
+
+def test_adversarial_defaults_have_one_source(tiny_config):
+    """ObjectiveConfig's adversarial defaults are Adversarial's (ADVERSARIAL_DEFAULTS), and keep the values
+    every notebook run used (width 8, start 0, adaptive, LeCAM 0.001, bCR 4.0)."""
+    cfg, signature = ObjectiveConfig(), inspect.signature(Adversarial).parameters
+    for field, arg in SHARED_ADVERSARIAL.items():
+        assert getattr(cfg, field) == signature[arg].default == getattr(ADVERSARIAL_DEFAULTS, arg), field
+    assert (cfg.disc_channels, cfg.adv_start, cfg.adv_adaptive, cfg.lecam_weight, cfg.consistency_weight) == \
+        (8, 0, True, 0.001, 4.0)
+    assert cfg.adv_weight == 0.0  # λ2 is not shared: 0 means no adversarial term at all
+    # and the objective hands its settings on to the term it builds
+    adv = Objective(tokenizer_cfg=SelfBootTok(tiny_config).cfg, adv_weight=0.3, lecam_weight=0.01).adversarial
+    assert (adv.weight, adv.lecam_weight, adv.consistency_weight, adv.start_step, adv.adaptive) == \
+        (0.3, 0.01, 4.0, 0, True)

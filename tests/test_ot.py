@@ -3,9 +3,9 @@ import ot
 import pytest
 import torch
 
-import sbt_lib.ot as sot
-from sbt_lib.ot import OTAlignment, ot_loss, sinkhorn, squared_euclidean
-from sbt_lib.ot_benchmark import random_problems
+import sbt_lib.objective.ot as sot
+from sbt_lib.objective.ot import OTAlignment, SinkhornResult, ot_loss, sinkhorn, squared_euclidean
+from sbt_lib.workbook.ot_benchmark import random_problems
 
 
 def _rel(a, b):
@@ -29,6 +29,12 @@ def test_plan_and_cost_match_pot_per_problem(problems):
         value = ot.sinkhorn2(a, b, cost, 0.05, method="sinkhorn_log", stopThr=1e-12, numItermax=100_000)
         assert _rel(res.plan[i], plan) < 1e-5
         assert abs(res.cost[i].item() - value.item()) / value.item() < 1e-5
+
+
+def test_the_solver_result_is_named_sinkhorn_result(problems):
+    """``Transport`` is the generator's flow-matching transport; the solver's result must not take the name."""
+    assert isinstance(sinkhorn(problems[:1], eps=0.5), SinkhornResult)
+    assert not hasattr(sot, "Transport")
 
 
 def test_matches_pot_batched_solver_in_float32(problems):
@@ -120,10 +126,11 @@ def test_loss_gradient_is_the_plan():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 10, 4, generator=g, requires_grad=True)
     z = torch.randn(3, 5, 4, generator=g, requires_grad=True)
-    loss, transport = ot_loss(x, z, eps=0.5)
+    loss, solution = ot_loss(x, z, eps=0.5)
+    assert isinstance(solution, SinkhornResult)
     loss.backward()
     # d⟨P, C⟩/dz_j = Σ_i P_ij · 2 (z_j − x_i), averaged over the batch
-    expected = 2 * (transport.plan.sum(1).unsqueeze(-1) * z - transport.plan.transpose(1, 2) @ x) / 3
+    expected = 2 * (solution.plan.sum(1).unsqueeze(-1) * z - solution.plan.transpose(1, 2) @ x) / 3
     assert torch.allclose(z.grad, expected.detach(), atol=1e-5)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA as SkPCA
 
-from sbt_lib.pca import PCA, pca_anchor
+from sbt_lib.models.pca import PCA, pca_anchor
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
-from sbt_lib.data import load_dataset
-from sbt_lib.perceptual import PerceptualLoss
+from sbt_lib.data.datasets import load_dataset
+from sbt_lib.objective.perceptual import PerceptualLoss
 from sbt_lib.weights import MissingWeightsError
 
 
@@ -15,7 +15,7 @@ def loss():
 
 @pytest.fixture(scope="module")
 def images():
-    return load_dataset("photos", "test", image_size=32, size=4, seed=0).batch(torch.arange(4))[0]
+    return load_dataset("photos", "test", image_size=32, size=4, seed=0).images_at(torch.arange(4))
 
 
 def test_auto_falls_back_to_effnet_offline(offline):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbt_lib.probes import chance_level, probe_accuracy, probe_table
+from sbt_lib.eval.probes import chance_level, probe_accuracy, probe_table
 
 
 def _data(n, seed):

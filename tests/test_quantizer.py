@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sbt_lib.quantizer import SoftVQ, codebook_usage, entropy_loss
+from sbt_lib.models.quantizer import SoftVQ, codebook_usage, entropy_loss
 
 
 def test_soft_assignment_is_a_distribution_and_z_is_its_codebook_mix():

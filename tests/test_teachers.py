@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage import color, data, feature
 
-from sbt_lib import teachers
-from sbt_lib.teachers import VIT_TEACHERS, available_teachers, hog, load_teacher, load_zipped_state
+from sbt_lib.models import teachers
+from sbt_lib.models.teachers import VIT_TEACHERS, available_teachers, hog, load_teacher, load_zipped_state
 from sbt_lib.weights import MissingWeightsError
 
 

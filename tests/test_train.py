@@ -3,10 +3,12 @@ import json
 import pytest
 import torch
 
+import sbt_lib.train as engine
+from sbt_lib.batch import batch_indices
 from sbt_lib.checkpoint import load_checkpoint, save_checkpoint
-from sbt_lib.data import load_dataset
-from sbt_lib.losses import Objective
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.data.datasets import load_dataset
+from sbt_lib.objective.objective import Objective
+from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import NonFiniteLossError, TrainConfig, Trainer, train
 
 
@@ -121,3 +123,120 @@ def test_checkpoint_pair_must_agree(tmp_path):
 def test_unknown_training_parameter():
     with pytest.raises(TypeError, match="valid"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+# ----------------------------------------------------------------------------- data parallel seams
+
+
+class _Recording:
+    """A data set that records the indices of every batch drawn from it."""
+
+    def __init__(self, data):
+        self.data, self.drawn = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def get_batch(self, indices, step):
+        self.drawn.append(indices.clone())
+        return self.data.get_batch(indices, step)
+
+
+def _pretend_rank(monkeypatch, rank: int, world_size: int) -> None:
+    """An initialised process group in which this process is ``rank`` of ``world_size``."""
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world_size)
+
+
+def _trainer_as(monkeypatch, rank, world_size, *args, **kw):
+    """A Trainer built while torch.distributed says rank of world_size (only the engine's lookup sees it)."""
+    with monkeypatch.context() as m:
+        _pretend_rank(m, rank, world_size)
+        return Trainer(*args, **kw)
+
+
+def test_without_a_process_group_the_trainer_is_rank_0_of_1(tiny_config, tiny_shapes):
+    t = Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg())
+    assert (t.rank, t.world_size, t.is_main) == (0, 1, True)
+
+
+def test_each_rank_draws_its_shard_of_the_global_batch(tiny_config, tiny_shapes, monkeypatch):
+    single, second = _Recording(tiny_shapes), _Recording(tiny_shapes)
+    alone = Trainer(_model(tiny_config), Objective(), single, _cfg())
+    rank1 = _trainer_as(monkeypatch, 1, 2, _model(tiny_config), Objective(), second, _cfg())
+    assert (rank1.rank, rank1.world_size, rank1.is_main) == (1, 2, False)
+    for _ in range(3):
+        alone.train_step()
+        rank1.train_step()
+    for step, (full, shard) in enumerate(zip(single.drawn, second.drawn)):
+        assert len(full) == 8 and torch.equal(full, batch_indices(len(tiny_shapes), 8, step, 0))  # as before
+        assert torch.equal(shard, full[4:]), step  # rank 1 of 2: the second half of the global batch
+
+
+def test_only_the_main_rank_writes(tiny_config, tiny_shapes, tmp_path, monkeypatch):
+    bars = []
+    real_tqdm = engine.tqdm
+    monkeypatch.setattr(engine, "tqdm", lambda *a, **kw: bars.append(kw["disable"]) or real_tqdm(*a, **kw))
+    out = tmp_path / "run"
+    cfg = _cfg(steps=3, ckpt_every=1, progress=True)
+    t = _trainer_as(monkeypatch, 1, 2, _model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=out)
+    result = t.run()
+    assert result.step == 3 and result.history  # rank 1 trains (and keeps its history in memory) ...
+    assert not out.exists() or not any(out.iterdir())  # ... but writes nothing
+    assert bars == [True]  # and shows no progress bar
+    main = _trainer_as(monkeypatch, 0, 2, _model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=out)
+    main.run()
+    assert (out / "checkpoint.safetensors").exists() and (out / "history.json").exists()
+    assert bars == [True, False]
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's RNG functions: ``saved`` devices' states to save, ``present`` devices."""
+
+    def __init__(self, monkeypatch, saved: int, present: int):
+        self.set = {}
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: present)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                            lambda: [torch.full((16,), 10 + i, dtype=torch.uint8) for i in range(saved)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: self.set.__setitem__(device, state))
+
+
+def test_checkpoint_keeps_cuda_rng_beside_cpu_and_restores_what_fits(tiny_config, tiny_shapes, tmp_path,
+                                                                     monkeypatch):
+    cfg = _cfg(steps=4, device="cpu")
+    t = Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path)
+    t.train_step()  # outside the fake: the optimizer would look for the (absent) accelerator
+    with monkeypatch.context() as m:  # saved on a machine with two devices
+        _FakeCuda(m, saved=2, present=2)
+        t.save()
+    tensors, _ = load_checkpoint(tmp_path / "checkpoint")
+    assert "rng.cpu" in tensors and torch.equal(tensors["rng.cuda.1"], torch.full((16,), 11, dtype=torch.uint8))
+    with monkeypatch.context() as m:  # resumed on a machine with one device: device 0's state is restored
+        cuda = _FakeCuda(m, saved=1, present=1)
+        assert Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path).resume()
+    assert list(cuda.set) == [0] and torch.equal(cuda.set[0], torch.full((16,), 10, dtype=torch.uint8))
+    # on a CPU-only machine the CUDA states are ignored
+    assert Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path).resume()
+
+
+def test_checkpoint_without_cuda_rng_still_resumes(tiny_config, tiny_shapes, tmp_path, monkeypatch):
+    """Older checkpoints hold only ``rng.cpu``: they resume, exactly, even where CUDA is available."""
+    cfg = _cfg(steps=6, device="cpu")
+    straight = train(_model(tiny_config), Objective(), tiny_shapes, cfg)
+    t = Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path)
+    for _ in range(3):
+        t.train_step()
+    t.save()
+    tensors, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert not any(k.startswith("rng.cuda") for k in tensors)  # CPU only: as an older checkpoint
+    with monkeypatch.context() as m:
+        cuda = _FakeCuda(m, saved=1, present=1)
+        resumed = Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path)
+        assert resumed.resume() and resumed.step == 3
+    assert cuda.set == {}
+    result = resumed.run()
+    for a, b in zip(straight.model.state_dict().values(), result.model.state_dict().values()):
+        assert torch.equal(a, b)

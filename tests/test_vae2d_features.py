@@ -2,15 +2,16 @@
 import pytest
 import torch
 
-from sbt_lib import experiments as ex
+from sbt_lib.workbook import builders as ex
 from sbt_lib.checkpoint import load_checkpoint
-from sbt_lib.data import load_dataset
-from sbt_lib.features import FeatureCache
-from sbt_lib.losses import Objective
-from sbt_lib.scales import resolve
-from sbt_lib.tokenizer import SelfBootTok
+from sbt_lib.data.datasets import load_dataset
+from sbt_lib.data.cache import FeatureCache
+from sbt_lib.objective.objective import Objective
+from sbt_lib.workbook.params import resolve
+from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
-from sbt_lib.vae2d import VAE2D, VAE2DConfig, as_2d_encoder, train_vae2d
+from sbt_lib.models.vae2d import VAE2D, VAE2DConfig, as_2d_encoder
+from sbt_lib.objective.vae_latents import train_vae2d
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_vae_latents_are_raster_order_tokens():
 def test_vae_trains_once_and_is_cached(cache, tiny_shapes):
     cfg = VAE2DConfig(image_size=16, channels=8)
     vae = train_vae2d(tiny_shapes, cfg, steps=30, batch_size=16, progress=False)
-    images = tiny_shapes.batch(torch.arange(32))[0]
+    images = tiny_shapes.images_at(torch.arange(32))
     with torch.no_grad():
         err_trained = (vae.decode(vae.posterior(images)[0]) - images).square().mean()
         err_init = (VAE2D(cfg).decode(VAE2D(cfg).posterior(images)[0]) - images).square().mean()
@@ -63,7 +64,7 @@ def test_feature_cache_computes_once_and_reloads(cache, tiny_shapes):
     second = FeatureCache(encoder, tiny_shapes, "mean-rgb", batch_size=50, progress=False)
     assert calls == [50, 50, 28]  # loaded from disk
     idx = torch.tensor([3, 100, 3])
-    expected = tiny_shapes.batch(idx)[0].mean((2, 3))
+    expected = tiny_shapes.images_at(idx).mean((2, 3))
     assert torch.allclose(second[idx], expected, atol=1e-2)  # float16 storage
     assert second[idx].dtype == torch.float32
     FeatureCache(encoder, tiny_shapes, "another-encoder", batch_size=128, progress=False)
@@ -123,10 +124,10 @@ def test_projector_trains_and_survives_resume(tiny_config, tiny_shapes, tmp_path
         assert torch.equal(a, b)
 
 
-def test_experiments_build_the_ot_objective_from_parameters(cache, tiny_shapes):
-    params = {**resolve("03_ot_alignment", "tiny"), "local_1d": True, "local_2d": "xs", "vae_steps": 3}
+def test_builders_make_the_ot_objective_from_parameters(cache, tiny_shapes):
+    params = resolve("03_ot_alignment", "tiny", local_1d=True, local_2d="xs", vae_steps=3)
     model = ex.build_tokenizer(params, tiny_shapes)
     objective = ex.build_objective(params, model, tiny_shapes, progress=False)
-    assert objective.ot is not None and objective.cfg.ot_weight == params["ot_weight"]
-    assert objective.latents_2d.shape == (64, params["vae_latent_channels"])  # (16/2)² positions
-    assert ex.build_objective({**params, "ot_weight": 0.0}, model, tiny_shapes).ot is None
+    assert objective.ot is not None and objective.cfg.ot_weight == params.objective.ot_weight
+    assert objective.latents_2d.shape == (64, params.vae.latent_channels)  # (16/2)² positions
+    assert ex.build_objective(params.replace(ot_weight=0.0), model, tiny_shapes).ot is None

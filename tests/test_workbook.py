@@ -1,4 +1,5 @@
 """The workbook end to end: scales, the reproduce runner, and every notebook headless at ``tiny``."""
+import ast
 import json
 import os
 import subprocess
@@ -8,25 +9,54 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sbt_lib import reproduce as rp
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
+
 from sbt_lib.__main__ import main
-from sbt_lib.scales import NOTEBOOKS, resolve
+from sbt_lib.models.tokenizer import TokenizerConfig
+from sbt_lib.objective.objective import ObjectiveConfig
+from sbt_lib.train import TrainConfig
+from sbt_lib.workbook import runner as rp
+from sbt_lib.workbook.params import FLAT_NAMES, RUN_NAMES, notebook_params, resolve
+from sbt_lib.workbook.runs import headline, write_metrics
+from sbt_lib.workbook.scales import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_resolve_overrides_one_value_and_rejects_unknown_names():
     p = resolve("01_decomposition", "cpu", STEPS=7, width=None)
-    assert p["steps"] == 7 and p["width"] == NOTEBOOKS["01_decomposition"]["cpu"]["width"]
+    assert p.training.steps == 7 and p.tokenizer.width == NOTEBOOKS["01_decomposition"]["cpu"]["width"]
     with pytest.raises(TypeError, match="valid: .*steps"):
         resolve("01_decomposition", "cpu", stepz=3)
     with pytest.raises(ValueError, match="valid"):
         resolve("01_decomposition", "huge")
 
 
+def test_parameters_are_typed_sections_with_prefixed_names_for_side_models():
+    p = resolve("03_ot_alignment", "tiny", vae_steps=5, steps=9, ot_weight=0.3)
+    assert isinstance(p.tokenizer, TokenizerConfig) and isinstance(p.training, TrainConfig)
+    assert isinstance(p.objective, ObjectiveConfig)
+    assert (p.vae.steps, p.training.steps, p.objective.ot_weight) == (5, 9, 0.3)
+    q = p.replace(local_2d="s", seed=3)
+    assert (q.tokenizer.local_2d, q.seed, q.vae.steps) == ("s", 3, 5)
+    assert p.tokenizer.local_2d != "s" and p.seed == 0  # replace copies
+    assert FLAT_NAMES["probe_steps"] == ("probe", "steps") and FLAT_NAMES["steps"] == ("training", "steps")
+    assert p.flat()["vae_steps"] == 5
+    with pytest.raises(TypeError, match="valid"):
+        p.replace(vae_stepz=1)
+
+
 def test_cpu_scale_is_a_real_bottleneck():
     p = resolve("01_decomposition", "cpu")
-    assert p["num_tokens"] * p["token_dim"] * 8 <= 3 * p["image_size"] ** 2
+    assert p.tokenizer.token_values * 8 <= 3 * p.tokenizer.image_size ** 2
+
+
+def cell_names(path: Path) -> list[str]:
+    """The names assigned in a notebook's parameters cell, in order, repeats included."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
 
 
 def test_notebooks_are_committed_clean_and_parameterized():
@@ -36,29 +66,75 @@ def test_notebooks_are_committed_clean_and_parameterized():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-        params = rp.notebook_parameters(path)
-        assert {"SCALE", "DATASET", "SEED", "OUT_DIR"} <= set(params)
+        names = cell_names(path)
+        assert len(names) == len(set(names)), f"{path.name} names a parameter twice"
+        assert {"scale", "dataset", "seed", "out_dir"} <= set(names)
+        unknown = set(names) - set(FLAT_NAMES) - set(RUN_NAMES)
+        assert not unknown, f"{path.name}: {unknown} are not config field names"
+        assert 'notebook_params("' + path.stem + '", globals())' in "".join(c.source for c in code)
+
+
+@pytest.mark.parametrize("notebook", [p.stem for p in rp.notebooks()])
+def test_a_papermill_override_reaches_the_typed_parameters(notebook):
+    """Papermill's own injection of ``-p name=value`` for every name of the cell, read back by the
+    notebook's one line: each value lands in its section's field."""
+    path = rp.NOTEBOOK_DIR / f"{notebook}.ipynb"
+    bundle = resolve(notebook, "tiny").flat()
+    overrides = {n: (bundle[n] + 1 if isinstance(bundle.get(n), int) and not isinstance(bundle[n], bool)
+                     else bundle.get(n)) for n in cell_names(path) if n not in RUN_NAMES}
+    overrides = {**{k: v for k, v in overrides.items() if v is not None}, "scale": "tiny"}
+    nb = parameterize_notebook(load_notebook_node(str(path)), overrides)
+    namespace = {}
+    for cell in nb.cells[:3]:
+        if {"parameters", "injected-parameters"} & set(cell.metadata.get("tags", [])):
+            exec(cell.source, namespace)
+    P = notebook_params(notebook, namespace)
+    assert P.scale == "tiny"
+    flat = P.flat()
+    for name, value in overrides.items():
+        if name != "scale":
+            assert flat[name] == value, name
+
+
+@pytest.mark.parametrize("notebook", [p.stem for p in rp.notebooks()])
+def test_every_notebook_refuses_an_unknown_parameter(notebook):
+    with pytest.raises(ValueError, match="stepz.*valid: .*steps"):
+        rp._check_parameters(rp.NOTEBOOK_DIR / f"{notebook}.ipynb", {"stepz": 3})
 
 
 def test_unknown_parameter_lists_the_valid_ones(tmp_path, capsys):
     code = main(["reproduce", "--scale", "tiny", "--out", str(tmp_path), "-p", "STEPZ=3"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "STEPZ" in err and "STEPS" in err and "valid" in err
+    assert "stepz" in err and "steps" in err and "valid" in err
     assert not list(tmp_path.glob("*.ipynb"))  # checked before anything ran
 
 
-def test_summary_keeps_the_results_of_notebooks_not_rerun(tmp_path):
-    """A run of ``--only 02`` into a folder that holds 01's results summarises both."""
+def test_a_relative_dataset_path_is_the_callers(tmp_path, monkeypatch):
+    """``--dataset mydata`` means ./mydata of the caller, though the kernels run in notebooks/."""
+    seen = []
+    monkeypatch.setattr(rp, "run_notebook", lambda path, out, params, log_output=False: seen.append(params))
+    for cwd in (tmp_path, tmp_path / "deeper"):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.chdir(cwd)
+        rp.reproduce("tiny", dataset="mydata", only=["01"], out=tmp_path / "out")
+        assert seen[-1]["dataset"] == str(cwd / "mydata")
+    assert rp.resolve_dataset_arg("cifar10") == "cifar10" and rp.resolve_dataset_arg(None) is None
+
+
+def test_summary_shows_headlines_and_keeps_notebooks_not_rerun(tmp_path):
+    """A run of ``--only 02`` into a folder that holds 01's results summarises both, by their headlines."""
     first, second = [p.stem for p in rp.notebooks()][:2]
     for name, value in ((first, 1.5), (second, 2.5)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "metrics.json").write_text(json.dumps({"test_psnr": value, "runs": [1, 2]}))
+        write_metrics(tmp_path / name, {"test_psnr": value, "kid_effnet_std": 0.1, "runs": [1, 2]},
+                      headlines=[headline("held-out PSNR (dB)", value, "PCA 26.45", "3 seeds")])
     (tmp_path / "wall_seconds.json").write_text(json.dumps({second: 12.0}))
     summary = rp.write_summary(tmp_path, "cpu").read_text()
-    assert f"| {first} | test_psnr | 1.5 |" in summary and f"| {second} | test_psnr | 2.5 |" in summary
-    assert f"| {second} | wall seconds | 12 |" in summary and f"| {first} | wall seconds" not in summary
-    assert "runs" not in summary  # only scalars
+    assert "| held-out PSNR (dB) | 1.5 | PCA 26.45 | 3 seeds |" in summary
+    assert "| held-out PSNR (dB) | 2.5 |" in summary and f"({first}/metrics.json)" in summary
+    assert summary.count("| wall time | 12 s |") == 1
+    assert "kid_effnet_std" not in summary and "runs" not in summary  # headlines only
 
 
 def test_unknown_notebook_prefix():
@@ -82,7 +158,7 @@ def test_reproduce_writes_notebooks_run_folders_and_summary(tiny_run):
     for path in rp.notebooks():
         assert (tiny_run / path.name).exists()
         assert (tiny_run / path.stem / "metrics.json").exists()
-        assert f"| {path.stem} |" in summary
+        assert f"## {path.stem}" in summary
 
 
 def test_notebook_01_metrics_and_figures(tiny_run):
@@ -154,7 +230,7 @@ def test_notebook_03_ot_with_and_without(tiny_run):
     sweep = {float(k): v for k, v in m["eps_sweep"].items()}
     its = [sweep[e]["iterations"] for e in sorted(sweep)]
     assert its == sorted(its, reverse=True)  # smaller ε, more iterations
-    assert {r["solver"] for r in m["solvers"]} == {"sbt_lib.ot.sinkhorn", "ot.batch.solve_batch",
+    assert {r["solver"] for r in m["solvers"]} == {"sbt_lib.objective.ot.sinkhorn", "ot.batch.solve_batch",
                                                    "ot.sinkhorn2 (loop)"}
     assert all(r["max_rel_cost_diff"] < 1e-4 for r in m["solvers"])
     for fig in ("sinkhorn_points.png", "vae_reconstructions.png", "ot_psnr.png", "transport_plans.png",
@@ -164,7 +240,7 @@ def test_notebook_03_ot_with_and_without(tiny_run):
 
 def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('SCALE = "cpu"\nDATASET = None\nSEED = 0\nOUT_DIR = None')
+    params = nbformat.v4.new_code_cell('scale = "cpu"\ndataset = None\nseed = 0\nout_dir = None')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -11,6 +11,10 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
+from ..models.blocks import num_params
+
+__all__ = ["flops_by_module", "num_params"]  # num_params is re-exported: counts sit beside FLOPs
+
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -45,7 +49,3 @@ def _count(counts: dict, fqn: str) -> int:
         return int(sum(counts[fqn].values()))
     children = [k for k in counts if k.startswith(fqn + ".") and "." not in k[len(fqn) + 1 :]]
     return sum(_count(counts, k) for k in children)
-
-
-def num_params(module: nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0

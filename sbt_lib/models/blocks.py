@@ -12,6 +12,11 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 
+def num_params(module: nn.Module | None) -> int:
+    """The number of parameters of ``module`` (0 for ``None``, a part that is switched off)."""
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
 def init_weights(m: nn.Module) -> None:
     """ViT initialisation: truncated-normal linear weights (std 0.02), zero biases."""
     if isinstance(m, nn.Linear):

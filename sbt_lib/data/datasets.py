@@ -27,13 +27,11 @@ the test split draws from a different stream than the train split.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 import socket
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +41,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import weights
+from .. import weights
+from ..batch import Batch
+from ..files import REPO, atomic_write, content_key
 
 DATASETS = ("photos", "shapes", "cifar10", "auto")
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # photos and shapes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-REPO = Path(__file__).resolve().parents[1]
 FOLDER_LAYOUT = "<folder>/{train,test}/<class>/*.png (or .jpg, .jpeg, .bmp, .webp)"
 
 
@@ -65,27 +64,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-@dataclass
-class Batch:
-    """One training batch: images B×3×H×W in [-1, 1], their targets, their indices in the data set
-    (what per-image caches, such as teacher features or 2D latents, are looked up by), and the
-    training step that drew it (what step-dependent terms, such as a GAN's start step, read)."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    step: int = 0
-
-    def to(self, device) -> "Batch":
-        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device, non_blocking=True),
-                     self.indices, self.step)
-
-
 def dataset_fingerprint(dataset: "ImageDataset") -> dict:
     """What identifies a data set's contents: its name, split, size and a hash of its pixels.
 
     Caches keyed by it (features, trained 2D VAEs) are recomputed when the images change."""
-    digest = hashlib.sha1(dataset.images.numpy().tobytes()).hexdigest()[:16]
+    digest = content_key(dataset.images)
     return {"name": dataset.name, "split": dataset.split, "n": len(dataset),
             "shape": list(dataset.images.shape[1:]), "sha1": digest}
 
@@ -115,15 +98,15 @@ class ImageDataset(Dataset):
         """(float image 3xHxW in [-1, 1], int target)."""
         return to_float(self.images[i]), int(self.targets[i])
 
-    def batch(self, indices: torch.Tensor):
-        """Vectorised gather: (float images Bx3xHxW in [-1, 1], int64 targets B)."""
-        indices = torch.as_tensor(indices, dtype=torch.int64)
-        return to_float(self.images[indices]), self.targets[indices]
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices`` as floats B×3×H×W in [-1, 1] (a vectorised gather)."""
+        return to_float(self.images[torch.as_tensor(indices, dtype=torch.int64)])
 
     def get_batch(self, indices: torch.Tensor, step: int = 0) -> Batch:
-        """The images at ``indices`` with their targets, as a :class:`Batch` of training step ``step``."""
+        """The images at ``indices`` with their targets and indices, as the :class:`Batch` of training
+        step ``step`` (what the training engine and the objective read)."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
-        return Batch(*self.batch(indices), indices, step)
+        return Batch(self.images_at(indices), self.targets[indices], indices, step)
 
     def __repr__(self) -> str:
         n, _, h, w = self.images.shape
@@ -572,7 +555,7 @@ def _cache_name(folder: Path, split: str, image_size: int, resize: bool, files) 
     """Cache file name; the hash covers the source path, split, size and file list."""
     key = "\n".join([str(folder.resolve()), split, str(image_size), str(resize),
                      str(len(files))] + [str(p.relative_to(folder)) for p in files])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    digest = content_key(key)
     return f"{folder.resolve().name}-{split}-{image_size}px-{len(files)}-{digest}.npz"
 
 
@@ -607,16 +590,16 @@ def _decode(path: Path, image_size: int, resize: bool) -> np.ndarray:
 
 
 def _save_atomic(path: Path, **arrays) -> None:
-    """Write an .npz via a temporary file and ``os.replace``; warn if it cannot."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: atomic replace
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+    """Write an .npz atomically (:func:`sbt_lib.files.atomic_write`); warn if it cannot."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
             np.savez(f, **arrays)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as e:
         warnings.warn(f"could not write cache {path}: {e}")
-        tmp.unlink(missing_ok=True)
 
 
 def _resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -636,30 +619,3 @@ def _balanced_subset(targets: np.ndarray, size: int, rng: np.random.Generator) -
     for c in np.unique(labels):
         rank[labels == c] = np.arange(np.sum(labels == c))
     return np.sort(order[np.lexsort((labels, rank))[:size]])
-
-
-# ----------------------------------------------------------------------------- batches
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.LongTensor:
-    """Indices of the batch at training ``step`` (0-based): a pure function of its args.
-
-    Each epoch is a seeded permutation of range(n) and consecutive batches walk
-    through it; a batch crossing the end of an epoch continues into the next one's
-    permutation, so every batch is full and every epoch shows each index once.
-    """
-    if n < 1 or batch_size < 1 or step < 0:
-        raise ValueError(f"need n >= 1, batch_size >= 1, step >= 0; got {n}, {batch_size}, {step}")
-    epoch, offset = divmod(step * batch_size, n)
-    parts, missing = [], batch_size
-    while missing > 0:
-        part = _epoch_permutation(n, seed, epoch)[offset:offset + missing]
-        parts.append(part)
-        missing -= len(part)
-        epoch, offset = epoch + 1, 0
-    return torch.cat(parts)  # a copy: the cached permutation stays untouched

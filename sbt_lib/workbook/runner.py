@@ -4,22 +4,37 @@
 
 - ``NN_name.ipynb``: each executed notebook (kept, with its traceback, when a cell fails);
 - ``NN_name/``: that notebook's run folder, with ``metrics.json`` and its figures;
-- ``summary.md``: one table of every notebook's scalar metrics.
+- ``summary.md``: per notebook its headline rows (the result, its anchor, the seed spread, the wall
+  time), chosen by the notebook when it writes ``metrics.json``, with a link to the full file.
+
+The kernels talk to the runner over local IPC sockets where the OS has them (no TCP port, so no
+"running over TCP without encryption" warning from the kernel).
 
 A failing notebook stops the run with its name and the failing cell.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import papermill as pm
+from jupyter_client.manager import AsyncKernelManager
 
-from .checkpoint import write_json
+from ..data.datasets import DATASETS
+from ..files import REPO, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel listens on IPC sockets: the kernel is local to the runner, so it
+    needs no TCP port (and ipykernel has nothing to warn about)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.transport = "ipc"
 
 
 class NotebookFailed(RuntimeError):
@@ -50,14 +65,24 @@ def _check_parameters(path: Path, params: dict) -> None:
         raise ValueError(f"{path.stem} has no parameter(s) {unknown}; valid: {sorted(valid)}")
 
 
+def resolve_dataset_arg(dataset: str | None) -> str | None:
+    """A ``--dataset`` value as the notebooks need it: a data set name stays as it is; anything else is
+    a folder, resolved against the caller's working directory (the kernels run in ``notebooks/``)."""
+    if dataset is None or dataset in DATASETS:
+        return dataset
+    return str(Path(dataset).expanduser().resolve())
+
+
 def run_notebook(path: Path, out: Path, params: dict, log_output: bool = False) -> dict:
     """Execute one notebook into ``out``; returns its metrics.json (empty dict if none)."""
     _check_parameters(path, params)
     run_dir = out / path.stem
     executed = out / path.name
     try:
-        pm.execute_notebook(str(path), str(executed), parameters={**params, "OUT_DIR": str(run_dir)},
-                            cwd=str(path.parent), kernel_name="python3", progress_bar=True, log_output=log_output)
+        extra = {"kernel_manager_class": LocalKernelManager} if os.name == "posix" else {}
+        pm.execute_notebook(str(path), str(executed), parameters={**params, "out_dir": str(run_dir)},
+                            cwd=str(path.parent), kernel_name="python3", progress_bar=True, log_output=log_output,
+                            **extra)
     except pm.PapermillExecutionError as e:
         first_line = (e.source or "").strip().splitlines()[0] if (e.source or "").strip() else ""
         raise NotebookFailed(
@@ -68,29 +93,31 @@ def run_notebook(path: Path, out: Path, params: dict, log_output: bool = False) 
     return json.loads(metrics.read_text()) if metrics.exists() else {}
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else "–" if v is None else str(v)
 
 
 def write_summary(out: Path, scale: str) -> Path:
-    """``summary.md``: every notebook with results in ``out`` (from this run or an earlier one, so a
-    run of ``--only 02`` keeps 01's results), its last wall time and every scalar in its metrics.json."""
+    """``summary.md``: for every notebook with results in ``out`` (from this run or an earlier one, so a
+    run of ``--only 02`` keeps 01's results), its headline rows and last wall time, linking its metrics.json."""
     timings = out / "wall_seconds.json"
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
-    lines = [f"# SelfBootTok workbook — scale `{scale}`", "",
-             "| notebook | metric | value |", "|---|---|---|"]
+    lines = [f"# SelfBootTok workbook — scale `{scale}`", ""]
     for path in notebooks():
         name, file = path.stem, out / path.stem / "metrics.json"
         if not file.exists():
             continue
         metrics = json.loads(file.read_text())
+        lines += [f"## {name}", "", f"Dataset `{metrics.get('dataset', '?')}`; all numbers in "
+                  f"[`{name}/metrics.json`]({name}/metrics.json), the executed notebook in [`{path.name}`]({path.name}).", "",
+                  "| result | value | read against | note |", "|---|---|---|---|"]
+        lines += [f"| {h['label']} | {_cell(h['value'])} | {_cell(h.get('anchor'))} | {h.get('note', '')} |"
+                  for h in metrics.get("headlines", [])]
         if name in seconds:
-            lines.append(f"| {name} | wall seconds | {seconds[name]:.0f} |")
-        for k, v in metrics.items():
-            if isinstance(v, (int, float, str, bool)) and k != "written_at":
-                lines.append(f"| {name} | {k} | {_fmt(v)} |")
+            lines.append(f"| wall time | {seconds[name]:.0f} s | | |")
+        lines.append("")
     path = out / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines))
     return path
 
 
@@ -98,12 +125,15 @@ def reproduce(scale: str = "cpu", dataset: str | None = None, only: list[str] | 
               out: str | Path | None = None, params: dict | None = None, log_output: bool = False) -> Path:
     """Run the notebooks (all, or ``only``) at ``scale``; returns the path of ``summary.md``.
 
-    ``dataset`` sets ``DATASET`` in every notebook; ``params`` sets further parameters by their
-    notebook names (upper case), checked against each notebook's ``parameters`` cell.
+    ``dataset`` sets ``dataset`` in every notebook (a folder relative to the caller's working
+    directory); ``params`` sets further parameters by name (case-insensitive), checked against each
+    notebook's ``parameters`` cell before anything runs.
     """
     out = Path(out or REPO / "runs" / scale).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base = {"SCALE": scale, **({"DATASET": dataset} if dataset else {}), **(params or {})}
+    dataset = resolve_dataset_arg(dataset)
+    base = {"scale": scale, **({"dataset": dataset} if dataset else {}),
+            **{k.lower(): v for k, v in (params or {}).items()}}
     paths = notebooks(only)
     for path in paths:  # check every notebook's parameters before spending time on the first
         _check_parameters(path, base)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 
-def _save(fig, path: str | Path | None):
+def save_figure(fig, path: str | Path | None):
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
@@ -37,7 +37,7 @@ def plot_training(history: list[dict], path=None, metric: str = "eval_psnr", ref
     ax2.set(xlabel="step", ylabel=name.upper() + (" (dB)" if name == "psnr" else ""), title=f"held-out {name.upper()}")
     ax2.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_rows(rows: dict[str, torch.Tensor], n: int = 8, path=None, scale: float = 1.2):
@@ -52,7 +52,7 @@ def image_rows(rows: dict[str, torch.Tensor], n: int = 8, path=None, scale: floa
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_codebook_usage(probs: torch.Tensor | dict[str, torch.Tensor], path=None, title: str = "codebook usage"):
@@ -67,12 +67,12 @@ def plot_codebook_usage(probs: torch.Tensor | dict[str, torch.Tensor], path=None
     ax.set(xlabel="codeword rank", ylabel="mean assignment", yscale="log", title=title)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, list[str]] | None = None):
     """Linear-probe accuracy per factor (x) and token group (bars), chance level as a black tick.
-    ``table`` is the output of :func:`sbt_lib.probes.probe_table`; ``kinds`` (e.g. ``{"global":
+    ``table`` is the output of :func:`sbt_lib.eval.probes.probe_table`; ``kinds`` (e.g. ``{"global":
     [...], "local": [...]}``) labels the factors by kind."""
     factors = list(table)
     groups = [g for g in table[factors[0]] if g != "chance"]
@@ -87,7 +87,7 @@ def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, 
     ax.set(ylim=(0, 1.05), ylabel="held-out accuracy", title="linear probes: which tokens carry which factor")
     ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def difference_map(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
@@ -99,7 +99,7 @@ def difference_map(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> torch
 
 def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, reference: dict | None = None,
               ylabel: str | None = None, title: str | None = None):
-    """Mean ± std per variant (the output of :func:`sbt_lib.ablations.summarize`), with every seed
+    """Mean ± std per variant (the output of :func:`sbt_lib.workbook.ablations.summarize`), with every seed
     drawn as a dot when ``summary`` entries carry ``values``; ``reference`` lines as in
     :func:`plot_training`."""
     names = list(summary)
@@ -122,7 +122,7 @@ def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, re
     if reference:
         ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def group_explorer(model, images: torch.Tensor):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .feature_metrics import load_lpips
-from .teachers import EffNetTeacher
-from .weights import MissingWeightsError
+from ..models.lpips_net import load_lpips
+from ..models.teachers import EffNetTeacher
+from ..weights import MissingWeightsError
 
 KINDS = ("auto", "lpips", "effnet")
 

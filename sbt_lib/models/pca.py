@@ -6,14 +6,14 @@ therefore the anchor a learned tokenizer with ``k`` values must beat, beside bic
 interpolation (the classical one): on CIFAR-10, 256 components reach about 26.4 dB held-out PSNR
 where bicubic at 243 values reaches 21.9 dB.
 
-The tokenizer's *linear path* (:class:`sbt_lib.tokenizer.LinearPath`) starts as this code, so
+The tokenizer's *linear path* (:class:`sbt_lib.models.tokenizer.LinearPath`) starts as this code, so
 training begins where PCA ends and learns the non-linear rest.
 """
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from ..files import content_key
 
 _CACHE: dict[tuple[str, int], "PCA"] = {}  # the last few fits, by (hash of the images, k)
 
@@ -30,7 +30,7 @@ class PCA:
         """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64; exact SVD, seconds for 10,000 images of 32×32.
         The last few fits are remembered by a hash of the images, so an ablation that builds many
         tokenizers on one training set fits once."""
-        key = (hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest(), k)
+        key = (content_key(images, length=None), k)
         if key not in _CACHE:
             if len(_CACHE) >= 4:
                 _CACHE.pop(next(iter(_CACHE)))

@@ -15,7 +15,7 @@ coarse spatial layout, which the linear probes and decompositions of notebook 01
 
 The global tokens are aligned to a semantic teacher (μ1), the local tokens to a local teacher
 (μ2; Table 2 compares local teachers).  Teacher features of the training set are computed once
-and cached (:class:`~sbt_lib.features.FeatureCache` over :func:`teacher_tokens`).
+and cached (:class:`~sbt_lib.data.cache.FeatureCache` over :func:`teacher_tokens`).
 """
 from __future__ import annotations
 

@@ -24,22 +24,21 @@ the VGG16 / AlexNet backbone is torchvision's ImageNet file, resolved like every
 """
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+
 import torch.nn.functional as F
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .data import to_uint8
-from .teachers import IMAGENET_MEAN, IMAGENET_STD, build_effnet_lite0, resolve_effnet_weights
-from .weights import MissingWeightsError, resolve_weights
+from ..data.datasets import to_uint8
+from ..models.teachers import IMAGENET_MEAN, IMAGENET_STD, build_effnet_lite0, resolve_effnet_weights
+from ..models.lpips_net import lpips_network
+from ..weights import MissingWeightsError, resolve_weights
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
@@ -51,7 +50,6 @@ FEATURE_SPACES = {
     EFFNET_EXTRACTOR: ("fd_effnet", "kid_effnet", "kid_effnet_std",
                        "FD-EffNetLite0 (ImageNet, 1280-d pooled, {size} px)"),
 }
-
 
 # ----------------------------------------------------------------------------- the EffNet feature space
 
@@ -95,17 +93,14 @@ class EffNetLite0Extractor(FeatureExtractorBase):
             features["logits"] = self.net.classifier(pooled)
         return tuple(features[name] for name in self.features_list)
 
-
 def _register_effnet() -> None:
     if EFFNET_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(EFFNET_EXTRACTOR, EffNetLite0Extractor)
-
 
 def resolve_inception_weights(download: bool | None = None) -> Path:
     """torch-fidelity's FID Inception-v3 weights (explicit → $SBT_WEIGHTS → torch hub cache → download)."""
     return resolve_weights(INCEPTION_FILE, url=INCEPTION_URL, download=download,
                            what="Inception-v3 weights for FID/KID (torch-fidelity)")
-
 
 def choose_feature_space(feature_extractor: str = "auto", download: bool | None = None) -> tuple[str, Path]:
     """(torch-fidelity extractor name, weight path) for ``'inception'``, ``'effnet'`` or ``'auto'``
@@ -120,7 +115,6 @@ def choose_feature_space(feature_extractor: str = "auto", download: bool | None 
                 raise
     return EFFNET_EXTRACTOR, resolve_effnet_weights(download=download)
 
-
 # ----------------------------------------------------------------------------- inputs
 
 class _Images(Dataset):
@@ -134,7 +128,6 @@ class _Images(Dataset):
 
     def __getitem__(self, i):
         return self.images[i]
-
 
 def as_uint8(images, what: str = "images") -> torch.Tensor:
     """uint8 N×3×H×W (CPU) from a uint8 or [-1, 1] float tensor, or from a callable / iterable
@@ -153,7 +146,6 @@ def as_uint8(images, what: str = "images") -> torch.Tensor:
         raise ValueError(f"{what}: expected images N×3×H×W, got shape {tuple(images.shape)}")
     images = images.detach().cpu()
     return images if images.dtype == torch.uint8 else to_uint8(images)
-
 
 # ----------------------------------------------------------------------------- FID / KID
 
@@ -184,7 +176,7 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
     _register_effnet()
     caching = {}
     if real_cache_name:  # the extractor's name, not its input size, is in torch-fidelity's key: add both
-        from .data import cache_dir
+        from ..data.datasets import cache_dir
 
         caching = dict(cache=True, cache_root=str(cache_dir() / "fidelity"),
                        input2_cache_name=f"{real_cache_name}-{extractor}-{effnet_size}px-{Path(path).stem}")
@@ -199,53 +191,7 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
             kid_std_key: raw[torch_fidelity.KEY_METRIC_KID_STD], "feature_space": label.format(size=effnet_size),
             "num_real": n_real, "num_fake": n_fake, "kid_subset_size": subset}
 
-
 # ----------------------------------------------------------------------------- LPIPS
-
-LPIPS_BACKBONES = {
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
-    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-}
-_LPIPS: dict[tuple[str, str], nn.Module] = {}
-
-
-def resolve_lpips_weights(net: str = "vgg", weights=None, download: bool | None = None) -> Path:
-    """torchvision's ImageNet backbone file for LPIPS-``net`` ('vgg' or 'alex')."""
-    if net not in LPIPS_BACKBONES:
-        raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
-    filename, url = LPIPS_BACKBONES[net]
-    return resolve_weights(filename, weights, url=url, download=download,
-                           what=f"torchvision {net} ImageNet backbone of LPIPS")
-
-
-def lpips_available(net: str = "vgg", download: bool = False) -> bool:
-    """Whether LPIPS-``net`` can be built (by default: from local files only, no download)."""
-    try:
-        resolve_lpips_weights(net, download=download)
-        return True
-    except MissingWeightsError:
-        return False
-
-
-def load_lpips(net: str = "vgg", weights=None, download: bool | None = None) -> nn.Module:
-    """A frozen ``lpips.LPIPS(net=net)``: the package's own linear layers, the torchvision backbone
-    loaded from the resolved file (``features.<i>`` → LPIPS's ``slice<k>.<i>``)."""
-    import lpips
-
-    path = resolve_lpips_weights(net, weights, download)
-    with warnings.catch_warnings():  # lpips calls torchvision with the deprecated `pretrained=`
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    state = {}
-    for key in model.net.state_dict():
-        index, kind = re.fullmatch(r"slice\d+\.(\d+)\.(weight|bias)", key).groups()
-        if f"features.{index}.{kind}" not in source:
-            raise RuntimeError(f"{path} has no 'features.{index}.{kind}': not torchvision's {net} ImageNet weights")
-        state[key] = source[f"features.{index}.{kind}"]
-    model.net.load_state_dict(state, strict=True)
-    return model.requires_grad_(False).eval()
-
 
 @torch.no_grad()
 def lpips_metric(a: torch.Tensor, b: torch.Tensor, net: str = "vgg", batch_size: int = 64) -> torch.Tensor:
@@ -254,11 +200,7 @@ def lpips_metric(a: torch.Tensor, b: torch.Tensor, net: str = "vgg", batch_size:
     if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
         raise ValueError(f"LPIPS needs two image batches of the same shape N×3×H×W, "
                          f"got {tuple(a.shape)} and {tuple(b.shape)}")
-    path = resolve_lpips_weights(net)
-    key = (net, str(path))
-    if key not in _LPIPS:
-        _LPIPS[key] = load_lpips(net, path)
-    model = _LPIPS[key].to(a.device)
+    model = lpips_network(net).to(a.device)
     out = [model(a[i:i + batch_size].float(), b[i:i + batch_size].float()).flatten()
            for i in range(0, len(a), batch_size)]
     return torch.cat(out)

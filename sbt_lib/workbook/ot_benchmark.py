@@ -1,8 +1,8 @@
-"""Speed and accuracy of :func:`sbt_lib.ot.sinkhorn` against POT, on one batch of problems.
+"""Speed and accuracy of :func:`sbt_lib.objective.ot.sinkhorn` against POT, on one batch of problems.
 
 Shared by ``benchmarks/ot_speed.py`` (the full table) and notebook 03 (a small one).  The problems
 are the OT term's: B pairs of point sets of unit vectors (random directions in d dimensions, as
-the l2-normalised features of :class:`~sbt_lib.ot.OTAlignment`), squared-Euclidean cost,
+the l2-normalised features of :class:`~sbt_lib.objective.ot.OTAlignment`), squared-Euclidean cost,
 uniform marginals.  Every solver gets the same ε, the same tolerance and the same float32 costs;
 the reference for accuracy is POT's per-problem log-domain Sinkhorn in float64 at tolerance 1e-10.
 """
@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from .ot import sinkhorn, squared_euclidean
+from ..objective.ot import sinkhorn, squared_euclidean
+from .tables import markdown_table
 
 
 def random_problems(batch: int, nx: int, nz: int, dim: int, seed: int = 0, device="cpu") -> torch.Tensor:
@@ -72,7 +73,7 @@ def compare_solvers(batch: int = 64, nx: int = 256, nz: int = 64, dim: int = 32,
         costs = [ot.sinkhorn2(a, b, m, eps, method="sinkhorn_log", stopThr=tol, numItermax=100_000) for m in cost]
         return torch.stack(costs), None
 
-    solvers = {"sbt_lib.ot.sinkhorn": ours, "ot.batch.solve_batch": pot_batch}
+    solvers = {"sbt_lib.objective.ot.sinkhorn": ours, "ot.batch.solve_batch": pot_batch}
     if per_problem:
         solvers["ot.sinkhorn2 (loop)"] = pot_loop
     rows = []
@@ -87,12 +88,9 @@ def compare_solvers(batch: int = 64, nx: int = 256, nz: int = 64, dim: int = 32,
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
+def solver_table(rows: list[dict]) -> str:
     """The rows of :func:`compare_solvers` as a markdown table."""
-    lines = ["| solver | device | time (ms) | iterations | max rel. cost diff | speed-up vs POT batched |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        it = "—" if r["iterations"] is None else str(r["iterations"])
-        lines.append(f"| {r['solver']} | {r['device']} | {r['ms']:.1f} | {it} | {r['max_rel_cost_diff']:.1e} "
-                     f"| {r['speedup']:.1f}× |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["solver", "device", "time (ms)", "iterations", "max rel. cost diff", "speed-up vs POT batched"],
+        [[r["solver"], r["device"], f"{r['ms']:.1f}", "—" if r["iterations"] is None else r["iterations"],
+          f"{r['max_rel_cost_diff']:.1e}", f"{r['speedup']:.1f}×"] for r in rows])

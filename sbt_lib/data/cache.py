@@ -5,14 +5,13 @@ training images again and again; their outputs never change.  :class:`FeatureCac
 encoder over the whole data set once (batched, with a progress bar), keeps the result in memory,
 and stores it on disk as safetensors, keyed by the encoder's name and a hash of the images, so a
 second run, or a second notebook, loads it instantly.  A training step then looks its batch up by
-:attr:`~sbt_lib.data.Batch.indices` instead of running the encoder.
+:attr:`~sbt_lib.batch.Batch.indices` instead of running the encoder.
 
 Features are stored in float16 by default (half the memory; the alignment losses normalise them
 anyway) and returned as float32.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -21,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
-from .data import cache_dir, dataset_fingerprint
+from ..files import atomic_write, content_key
+from .datasets import cache_dir, dataset_fingerprint
 
 
 class FeatureCache:
@@ -38,7 +37,7 @@ class FeatureCache:
                  device: str | torch.device = "cpu", progress: bool = True):
         self.name, self.dataset = name, dataset
         spec = json.dumps({"encoder": name, "data": dataset_fingerprint(dataset), "dtype": str(dtype)}, sort_keys=True)
-        key = hashlib.sha1(spec.encode()).hexdigest()[:16]
+        key = content_key(spec)
         folder = None if folder is False else Path(folder or cache_dir() / "features")
         self.path = folder / f"{_safe(name)}-{key}.safetensors" if folder is not None else None
         if self.path is not None and self.path.exists():
@@ -55,7 +54,7 @@ class FeatureCache:
         chunks = []
         for start in tqdm(range(0, n, batch_size), desc=f"features {self.name}", disable=not progress,
                           mininterval=1.0):
-            images = self.dataset.batch(torch.arange(start, min(start + batch_size, n)))[0].to(device)
+            images = self.dataset.images_at(torch.arange(start, min(start + batch_size, n))).to(device)
             chunks.append(encoder(images).to("cpu", dtype))
         return torch.cat(chunks).contiguous()
 

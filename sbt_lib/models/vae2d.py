@@ -15,18 +15,15 @@ for it: see :func:`as_2d_encoder`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
+from ..config import Config
+from ..files import content_key
 
 
 @dataclass
@@ -109,19 +106,7 @@ class VAE2D(nn.Module):
 
     def fingerprint(self) -> str:
         """A short hash of the weights, naming this encoder in feature caches."""
-        h = hashlib.sha1()
-        for k, v in self.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:12]
-
-
-class VAELoss:
-    """The training loss of the 2D VAE: mean squared error + ``kl_weight`` × KL per pixel."""
-
-    def __call__(self, model: VAE2D, batch) -> dict[str, torch.Tensor]:
-        recon, kl = model(batch.images)
-        return {"rec": F.mse_loss(recon, batch.images), "kl": model.cfg.kl_weight * kl.mean() / batch.images[0].numel()}
+        return content_key(*[x for k, v in self.state_dict().items() for x in (k, v)], length=12)
 
 
 def as_2d_encoder(encoder: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -138,25 +123,3 @@ def as_2d_encoder(encoder: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[
         raise ValueError(f"a 2D encoder must return B×c×h×w maps or B×N×c tokens, got shape {tuple(out.shape)}")
 
     return encode
-
-
-def train_vae2d(train_set, cfg: VAE2DConfig | None = None, *, steps: int = 600, batch_size: int = 64,
-                lr: float = 2e-3, seed: int = 0, cache: str | Path | None = None, progress: bool = True) -> VAE2D:
-    """Train the 2D VAE on ``train_set`` once and cache it.
-
-    The run folder is ``<cache>/vae2d/<key>``, where the key hashes the data set's images and every
-    setting, so the same call returns the cached model at once; an interrupted run resumes.
-    Trains on the default device (CUDA when present); returns the model on the CPU, frozen."""
-    from .data import cache_dir, dataset_fingerprint
-    from .train import TrainConfig, train
-
-    cfg = cfg or VAE2DConfig(image_size=train_set.images.shape[-1])
-    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10), seed=seed,
-                            weight_decay=0.0, progress=progress, log_every=max(1, steps // 20))
-    spec = {"vae": cfg.to_dict(), "train": train_cfg.to_dict(), "data": dataset_fingerprint(train_set)}
-    key = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    folder = Path(cache or cache_dir()) / "vae2d" / f"{train_set.name}-{key}"
-    torch.manual_seed(seed)
-    model = VAE2D(cfg)
-    result = train(model, VAELoss(), train_set, train_cfg, out_dir=folder, meta={"vae": cfg.to_dict()})
-    return result.model.cpu().eval().requires_grad_(False)

@@ -1,8 +1,10 @@
 """Named bundles of defaults — the workbook's only 'configuration'.
 
-Each notebook has a ``parameters`` cell with ``SCALE`` and a few named parameters that default to
-``None``.  :func:`resolve` starts from the bundle of that notebook at that scale and overrides
-every parameter that was set, so any single value can be changed without touching the rest.
+A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.params` says how a name maps
+onto its typed section).  Each notebook has a ``parameters`` cell with ``scale`` and the parameters it
+exposes, all ``None`` by default; :func:`~sbt_lib.workbook.params.resolve` starts from the notebook's
+bundle at that scale and overrides every parameter that was set, so any single value can be changed
+without touching the rest.
 
 - ``tiny``: for the tests; each notebook in seconds, numbers meaningless.
 - ``cpu`` (default): minutes on a 2-core laptop; big enough that the effects are visible.
@@ -70,9 +72,9 @@ _SELFBOOTTOK = {
 # Notebook 02, Table 2: local REPA (weight μ2) to each local teacher; the ViT teachers run only
 # where their weights resolve (and their features of the training set are cached once).
 _TABLE2 = {
-    "tiny": dict(local_teachers=["hog"], table2_repa_weight=0.1),
-    "cpu": dict(local_teachers=["hog", "effnet_lite0"], table2_repa_weight=0.1),
-    "gpu": dict(local_teachers=["hog", "effnet_lite0", "dinov2_s", "siglip2", "ijepa"], table2_repa_weight=0.1),
+    "tiny": dict(local_teachers=["hog"], local_teacher_weight=0.1),
+    "cpu": dict(local_teachers=["hog", "effnet_lite0"], local_teacher_weight=0.1),
+    "gpu": dict(local_teachers=["hog", "effnet_lite0", "dinov2_s", "siglip2", "ijepa"], local_teacher_weight=0.1),
 }
 
 # Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
@@ -102,33 +104,13 @@ NOTEBOOKS = {
         for s in SCALE_NAMES
     },
     "02_bootstrapping": {
-        s: {**_BOOTSTRAP[s], **_TABLE2[s], "seeds": 3 if s != "tiny" else 2, "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
+        s: {**_BOOTSTRAP[s], **_TABLE2[s], "seeds": 3 if s != "tiny" else 2, "local_2d": _SELFBOOTTOK[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
     "03_ot_alignment": {
-        s: {**_BOOTSTRAP[s], **_VAE[s], **_OT[s], "aligner_2d": _SELFBOOTTOK[s]["local_2d"],
+        s: {**_BOOTSTRAP[s], **_VAE[s], **_OT[s], "local_2d": _SELFBOOTTOK[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
 }
-
-
-def resolve(notebook: str, scale: str, **overrides) -> dict:
-    """The parameters of ``notebook`` at ``scale``, with every non-``None`` override applied.
-
-    Override names are case-insensitive (the notebooks use upper case).  An unknown scale or
-    parameter name is an error that lists the valid ones.
-    """
-    if notebook not in NOTEBOOKS:
-        raise KeyError(f"unknown notebook {notebook!r}; known: {sorted(NOTEBOOKS)}")
-    if scale not in NOTEBOOKS[notebook]:
-        raise ValueError(f"unknown SCALE {scale!r}; valid: {list(NOTEBOOKS[notebook])}")
-    params = dict(NOTEBOOKS[notebook][scale])
-    given = {k.lower(): v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - set(params))
-    if unknown:
-        raise TypeError(f"unknown parameter(s) {unknown} for {notebook}; valid: {sorted(params)}")
-    params.update(given)
-    params["scale"] = scale
-    return params

@@ -1,20 +1,23 @@
 """Ablations in miniature: train tokenizer variants over seeds, evaluate, summarise (paper Table 3).
 
-A *variant* is a name and a dict of :class:`~sbt_lib.tokenizer.TokenizerConfig` switches laid
-over a notebook's parameters.  :func:`run_variants` trains every (variant, seed) pair into its own
+A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid
+over a notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair into its own
 run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained
 — and returns one row of held-out metrics per run; :func:`summarize` turns the rows into
 mean ± standard deviation per variant.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import experiments as ex
+from ..eval.reconstruction import evaluate_tokenizer
+from .builders import train_tokenizer
+from .params import Params
+from .runs import variant_run
+from .tables import markdown_table, mean_std
 
 FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
 FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}
@@ -48,28 +51,24 @@ def fusion_variants(aligner_2d: str) -> dict[str, dict]:
     return {"soft residual": {**full, "fusion": "residual"}, "concat": {**full, "fusion": "concat"}}
 
 
-def slug(name: str) -> str:
-    """A folder name for a variant: ``G+L1+L2 (shared codebook)`` → ``G+L1+L2_shared_codebook``."""
-    return re.sub(r"[^A-Za-z0-9+.-]+", "_", name).strip("_")
-
-
-def run_variants(params: dict, variants: dict[str, dict], seeds: list[int], train_set, test_set, out: Path,
+def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out: Path,
                  progress: bool = True) -> list[dict]:
-    """Train and evaluate every variant with every seed; one row of metrics per run.
+    """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run.
 
-    Runs land in ``out/<variant>/seed<k>``; each resumes from its checkpoint, and a finished run
-    is only re-evaluated.  The seed fixes the initial weights and the batch order.  ``progress``
-    shows one bar over the runs (one per training step would slow a 2-core notebook kernel)."""
-    runs = [(name, seed) for name in variants for seed in seeds]
+    Runs land in :func:`~sbt_lib.workbook.runs.variant_run` ``(out, variant, seed)``; each resumes from
+    its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
+    batch order.  ``progress`` shows one bar over the runs (one per training step would slow a 2-core
+    notebook kernel)."""
+    runs = [(name, seed) for name in variants for seed in P.seeds]
     rows = []
     bar = tqdm(runs, desc="runs", disable=not progress, mininterval=1.0)
     for name, seed in bar:
         bar.set_postfix_str(f"{name}, seed {seed}")
-        run = Path(out) / slug(name) / f"seed{seed}"
-        p = {**params, **variants[name], "seed": seed}
-        result = ex.train_tokenizer(p, train_set, test_set, run, progress=False, evaluate=False)
+        run = variant_run(out, name, seed)
+        result = train_tokenizer(P.replace(**variants[name], seed=seed), train_set, test_set, run, progress=False,
+                                 evaluate=False)
         model = result.best_model
-        metrics = ex.evaluate_tokenizer(model, test_set, fd_size=params.get("fd_size"))
+        metrics = evaluate_tokenizer(model, test_set, fd_size=P.eval.fd_size)
         rows.append({
             "variant": name, "seed": seed, "run": str(run),
             "test_psnr": metrics["test_psnr"], "test_ssim": metrics["test_ssim"],
@@ -107,23 +106,40 @@ def summarize(rows: list[dict], metrics: tuple[str, ...] | None = None) -> dict[
     return out
 
 
-def markdown_table(summary: dict[str, dict], baseline: str | None = None, anchors: dict | None = None) -> str:
+def summary_table(summary: dict[str, dict], baseline: str | None = None, anchors: dict | None = None) -> str:
     """The summary as a markdown table (PSNR / SSIM / distribution distance, mean ± std; Δ PSNR
-    against ``baseline``), with the rows of ``anchors`` (:func:`~sbt_lib.experiments.anchor_metrics`:
+    against ``baseline``), with the rows of ``anchors`` (:func:`~sbt_lib.eval.reconstruction.anchor_metrics`:
     bicubic and PCA at the same number of values) below."""
     fd = feature_key(summary)
-    fd_col = f" {FEATURE_LABELS[fd]} ↓ |" if fd else ""
-    lines = [f"| variant | params | PSNR (dB) | SSIM |{fd_col} Δ PSNR |", "|---|---|---|---|" + "---|" * (1 + bool(fd))]
+    header = ["variant", "params", "PSNR (dB)", "SSIM"] + ([f"{FEATURE_LABELS[fd]} ↓"] if fd else []) + ["Δ PSNR"]
     base = summary[baseline]["test_psnr_mean"] if baseline in summary else None
-    for name, s in summary.items():
-        delta = f"{s['test_psnr_mean'] - base:+.2f}" if base is not None else ""
-        fd_cell = f" {s[f'{fd}_mean']:.2f} ± {s[f'{fd}_std']:.2f} |" if fd else ""
-        lines.append(
-            f"| {name} | {s['params'] / 1e6:.2f} M | {s['test_psnr_mean']:.2f} ± {s['test_psnr_std']:.2f} "
-            f"| {s['test_ssim_mean']:.3f} ± {s['test_ssim_std']:.3f} |{fd_cell} {delta} |"
-        )
-    for name, a in (anchors or {}).items():
-        delta = f"{a['psnr'] - base:+.2f}" if base is not None else ""
-        lines.append(f"| *{name} at {a['values']} values (anchor)* | – | {a['psnr']:.2f} | {a['ssim']:.3f} |"
-                     f"{' |' if fd else ''} {delta} |")
-    return "\n".join(lines)
+    delta = (lambda v: f"{v - base:+.2f}") if base is not None else (lambda v: "")
+    rows = [[name, f"{s['params'] / 1e6:.2f} M", mean_std(s["test_psnr_mean"], s["test_psnr_std"]),
+             mean_std(s["test_ssim_mean"], s["test_ssim_std"], 3)]
+            + ([mean_std(s[f"{fd}_mean"], s[f"{fd}_std"])] if fd else []) + [delta(s["test_psnr_mean"])]
+            for name, s in summary.items()]
+    rows += [[f"*{name} at {a['values']} values (anchor)*", "–", f"{a['psnr']:.2f}", f"{a['ssim']:.3f}"]
+             + ([""] if fd else []) + [delta(a["psnr"])] for name, a in (anchors or {}).items()]
+    return markdown_table(header, rows)
+
+
+def verdict(summary: dict[str, dict], a: str, b: str) -> str:
+    """One line reading variant ``a`` against ``b``: the PSNR difference, the larger seed std, and
+    whether the difference is clear (more than twice that std) or within the seed-to-seed spread."""
+    sa, sb = summary[a], summary[b]
+    d = sa["test_psnr_mean"] - sb["test_psnr_mean"]
+    spread = max(sa["test_psnr_std"], sb["test_psnr_std"])
+    call = ("clearly better than" if d > 2 * spread else "clearly worse than" if d < -2 * spread
+            else "within the seed-to-seed spread of")
+    return f"- **{a}** vs **{b}**: {d:+.2f} dB (largest seed std {spread:.2f} dB) — {call} {b}."
+
+
+def seed_spread(summary: dict[str, dict]) -> str:
+    """One line on whether a table separates its variants: the range of seed stds against the span of means."""
+    stds = [s["test_psnr_std"] for s in summary.values()]
+    means = [s["test_psnr_mean"] for s in summary.values()]
+    span = max(means) - min(means)
+    return (f"- **Seed spread**: the seed std of held-out PSNR is {min(stds):.3f}–{max(stds):.3f} dB across variants; "
+            f"the variants' means span {span:.2f} dB, "
+            + ("more than every variant's seed std." if span > max(stds)
+               else "**not more** than the largest seed std: at this budget the table does not separate them."))

@@ -36,8 +36,9 @@ import torch
 
 
 @dataclass
-class Transport:
-    """The solution of a batch of entropic OT problems."""
+class SinkhornResult:
+    """What :func:`sinkhorn` returns: the solution of a batch of entropic OT problems.  (Not called
+    ``Transport``: that name belongs to the generator's flow-matching transport.)"""
 
     plan: torch.Tensor  # B×Nx×Nz, P*
     cost: torch.Tensor  # B, ⟨P*, C⟩ (the transport cost, without the entropy term)
@@ -110,7 +111,7 @@ def _log_block(cost, f, g, log_a, log_b, eps, n_iter):
 
 @torch.no_grad()
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None, *,
-             eps: float = 0.05, tol: float = 1e-6, max_iter: int = 1000, check_every: int = 10) -> Transport:
+             eps: float = 0.05, tol: float = 1e-6, max_iter: int = 1000, check_every: int = 10) -> SinkhornResult:
     """Solve B entropic OT problems at once (see the module docstring).
 
     ``cost`` B×Nx×Nz; ``a`` B×Nx or Nx and ``b`` B×Nz or Nz, positive and summing to 1 (uniform
@@ -144,21 +145,21 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     # End on a column update, as Sinkhorn does: the column marginals are then exact even where
     # recomputing the kernel from the potentials rounded (it does, in float32, for ε ≪ the cost).
     plan = kernel * (b / kernel.sum(1)).unsqueeze(1)
-    return Transport(plan=plan, cost=(plan * cost).sum((1, 2)), iterations=iterations, error=errors[-1],
+    return SinkhornResult(plan=plan, cost=(plan * cost).sum((1, 2)), iterations=iterations, error=errors[-1],
                      errors=errors, log_domain_blocks=fallbacks)
 
 
 def ot_loss(x: torch.Tensor, z: torch.Tensor, *, eps: float = 0.05, tol: float = 1e-6, max_iter: int = 1000,
-            a: torch.Tensor | None = None, b: torch.Tensor | None = None) -> tuple[torch.Tensor, Transport]:
+            a: torch.Tensor | None = None, b: torch.Tensor | None = None) -> tuple[torch.Tensor, SinkhornResult]:
     """Eq. 13: the mean over the batch of ⟨P*, C⟩ with C = ‖x_i − z_j‖² (Eq. 12), differentiable
     in ``x`` and ``z`` through C only (P* is a constant: ∂loss/∂C = P*/B).  Computed in fp32.
 
-    ``x``: B×Nx×d (the 2D latents), ``z``: B×Nz×d (the 1D tokens).  Returns (loss, transport)."""
+    ``x``: B×Nx×d (the 2D latents), ``z``: B×Nz×d (the 1D tokens).  Returns (loss, the solver's :class:`SinkhornResult`)."""
     with torch.autocast(x.device.type, enabled=False):
         cost = squared_euclidean(x.float(), z.float())
-        transport = sinkhorn(cost.detach(), a, b, eps=eps, tol=tol, max_iter=max_iter)
-        loss = (transport.plan * cost).sum((1, 2)).mean()
-    return loss, transport
+        solution = sinkhorn(cost.detach(), a, b, eps=eps, tol=tol, max_iter=max_iter)
+        loss = (solution.plan * cost).sum((1, 2)).mean()
+    return loss, solution
 
 
 class OTAlignment(torch.nn.Module):
@@ -188,8 +189,8 @@ class OTAlignment(torch.nn.Module):
             z = torch.nn.functional.normalize(self.proj(tokens.float()), dim=-1)
         return x, z
 
-    def forward(self, latents_2d: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, Transport]:
-        """(loss, transport) for 2D latents B×N_x×c and 1D tokens B×N_z×d."""
+    def forward(self, latents_2d: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, SinkhornResult]:
+        """(loss, :class:`SinkhornResult`) for 2D latents B×N_x×c and 1D tokens B×N_z×d."""
         x, z = self.embed(latents_2d, tokens)
         return ot_loss(x, z, eps=self.eps, tol=self.tol, max_iter=self.max_iter)
 

@@ -29,8 +29,8 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .blocks import init_weights
-from .config import Config
+from .blocks import init_weights, num_params
+from ..config import Config
 
 # Sizes of the 2D aligner, smallest to largest (≈ 36k → 1.8M parameters at token_dim 8 and
 # 32 global + 32 local tokens; see :func:`aligner_2d_param_counts`).  CPU-feasible on purpose:
@@ -193,7 +193,7 @@ class LocalAligner2D(nn.Module):
         return self.head(self.norm(x[:, c.num_global_tokens :]))
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_params(self)  # the module-level counter of .blocks (a method name is not in scope here)
 
 
 def aligner_2d_param_counts(token_dim: int = 8, num_local_tokens: int = 32) -> dict[str, int]:

@@ -17,7 +17,7 @@ strategies such as LeCAM and consistency regularization".  The pieces, each usab
 - :func:`adaptive_weight` — VQGAN's balance of the GAN gradient against the reconstruction
   gradient at the decoder's last layer (Esser et al. 2021, Eq. 7).
 
-:class:`Adversarial` bundles them with a :class:`~sbt_lib.discriminator.Discriminator` for a
+:class:`Adversarial` bundles them with a :class:`~sbt_lib.models.discriminator.Discriminator` for a
 two-optimizer training loop (see its docstring).  Every random draw (augmentations) comes from a
 ``torch.Generator`` seeded from ``(seed, step)``, so a step's losses are a pure function of the
 weights, the images and the step — which keeps resume exact.
@@ -25,12 +25,13 @@ weights, the images and the step — which keeps resume exact.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .discriminator import Discriminator
+from ..models.discriminator import Discriminator
 
 DIFF_AUGMENTS = ("color", "translation", "cutout")
 # The two strengths of DiffAugment in SoftVQ's loss: what the discriminator is shown in the hinge
@@ -221,6 +222,23 @@ def frozen(module: nn.Module):
 # ----------------------------------------------------------------------------- the bundle
 
 
+@dataclass(frozen=True)
+class AdversarialDefaults:
+    """The defaults of the adversarial settings that :class:`Adversarial` and
+    :class:`~sbt_lib.objective.objective.ObjectiveConfig` share, in one place so that they cannot
+    drift: both read :data:`ADVERSARIAL_DEFAULTS` (ObjectiveConfig names them ``disc_channels``,
+    ``adv_start``, ``adv_adaptive``, ``lecam_weight``, ``consistency_weight``)."""
+
+    channels: int = 8  # discriminator width at the input resolution
+    start_step: int = 0  # the step at which the discriminator and L_adv start
+    adaptive: bool = True  # VQGAN's adaptive weight at the decoder's last layer
+    lecam_weight: float = 0.001  # LeCAM
+    consistency_weight: float = 4.0  # bCR with DiffAugment
+
+
+ADVERSARIAL_DEFAULTS = AdversarialDefaults()
+
+
 class Adversarial(nn.Module):
     """The discriminator, its regularisers and the two losses of a GAN-trained tokenizer.
 
@@ -246,13 +264,18 @@ class Adversarial(nn.Module):
       ``lecam_weight`` (LeCAM) weight the regularisers of the discriminator step.  A weight of 0
       turns its term off (and drops it from the dict).  The defaults (weight 0.4, adaptive,
       LeCAM 0.001, bCR 4.0, augment) are those of the MAETok configuration in SoftVQ's code base
-      (continuous_tokenizer).
+      (continuous_tokenizer).  Those shared with the tokenizer objective's configuration (width,
+      start step, adaptive, LeCAM and bCR weights) come from :data:`ADVERSARIAL_DEFAULTS`; ``weight``
+      is not shared: the objective's ``adv_weight`` defaults to 0, which means "no adversarial term",
+      and always passes its λ2 here.
     - The discriminator's own weights get no gradient from :meth:`generator_loss`.
     """
 
-    def __init__(self, image_size: int = 32, *, channels: int = 8, max_channels: int = 128, weight: float = 0.4,
-                 start_step: int = 0, adaptive: bool = True, max_weight: float = 1e4, lecam_weight: float = 0.001,
-                 lecam_decay: float = 0.999, consistency_weight: float = 4.0, augment: bool = True,
+    def __init__(self, image_size: int = 32, *, channels: int = ADVERSARIAL_DEFAULTS.channels,
+                 max_channels: int = 128, weight: float = 0.4, start_step: int = ADVERSARIAL_DEFAULTS.start_step,
+                 adaptive: bool = ADVERSARIAL_DEFAULTS.adaptive, max_weight: float = 1e4,
+                 lecam_weight: float = ADVERSARIAL_DEFAULTS.lecam_weight, lecam_decay: float = 0.999,
+                 consistency_weight: float = ADVERSARIAL_DEFAULTS.consistency_weight, augment: bool = True,
                  policy: str = "color,translation,cutout", seed: int = 0):
         super().__init__()
         diff_augment(torch.zeros(1, 3, 8, 8), policy)  # an unknown policy fails here, not mid-training

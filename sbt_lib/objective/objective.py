@@ -6,21 +6,22 @@
 | term | weight | key in the logs | what |
 |---|---|---|---|
 | L_rec | 1 | ``rec`` | mean squared error in [-1, 1] |
-| L_percep | λ1 ``perceptual_weight`` | ``lpips_vgg`` or ``perceptual_effnet`` | :mod:`sbt_lib.perceptual` |
-| L_adv | λ2 ``adv_weight`` | ``adv_g`` (and ``d_*`` for the discriminator) | :mod:`sbt_lib.adversarial` |
-| L_repa_global | λ3 μ1 | ``repa_global`` | global tokens vs a semantic teacher (:mod:`sbt_lib.repa`) |
+| L_percep | λ1 ``perceptual_weight`` | ``lpips_vgg`` or ``perceptual_effnet`` | :mod:`sbt_lib.objective.perceptual` |
+| L_adv | λ2 ``adv_weight`` | ``adv_g`` (and ``d_*`` for the discriminator) | :mod:`sbt_lib.objective.adversarial` |
+| L_repa_global | λ3 μ1 | ``repa_global`` | global tokens vs a semantic teacher (:mod:`sbt_lib.objective.repa`) |
 | L_repa_local | λ3 μ2 | ``repa_local`` | local tokens (``repa_local_group``) vs a local teacher |
-| L_OT | λ3 μ3 | ``ot`` | ``z_local_2d`` vs the 2D VAE latents (:mod:`sbt_lib.ot`) |
-| L_KL | λ4 ``kl_weight`` | ``kl`` | :func:`~sbt_lib.quantizer.kl_to_uniform`, summed over groups |
-| (SoftVQ regulariser) | ``entropy_weight`` | ``entropy`` | :func:`~sbt_lib.quantizer.entropy_loss` |
+| L_OT | λ3 μ3 | ``ot`` | ``z_local_2d`` vs the 2D VAE latents (:mod:`sbt_lib.objective.ot`) |
+| L_KL | λ4 ``kl_weight`` | ``kl`` | :func:`~sbt_lib.models.quantizer.kl_to_uniform`, summed over groups |
+| (SoftVQ regulariser) | ``entropy_weight`` | ``entropy`` | :func:`~sbt_lib.models.quantizer.entropy_loss` |
 
-:class:`Objective` is called as ``objective(model, batch)`` (a :class:`~sbt_lib.data.Batch`) and
+:class:`Objective` is called as ``objective(model, batch)`` (a :class:`~sbt_lib.batch.Batch`) and
 returns the dict of already-weighted terms, the shape the training engine expects.  It is an
 ``nn.Module``: its learnable parts (REPA and OT projectors, the discriminator with its LeCAM
 buffers) train with the tokenizer and are saved in its checkpoints; the training engine gives the
-discriminator its own optimizer and calls :meth:`Objective.discriminator_terms` after every step.
+discriminator its own optimizer and calls :meth:`Objective.critic_terms` after every step (the engine's
+:class:`~sbt_lib.train.CriticLoss` protocol).
 Frozen networks are kept out of the checkpoints: teacher features and 2D latents of the training
-images are looked up in :class:`~sbt_lib.features.FeatureCache` by the batch's indices (so no
+images are looked up in :class:`~sbt_lib.data.cache.FeatureCache` by the batch's indices (so no
 teacher runs during training), and the perceptual network is held aside.  A term whose weight is
 0 costs nothing and is not logged.
 """
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
-from .features import FeatureCache
+from ..config import Config
+from ..data.cache import FeatureCache
+from ..models.quantizer import kl_to_uniform
+from .adversarial import ADVERSARIAL_DEFAULTS, Adversarial
 from .ot import OTAlignment
-from .quantizer import kl_to_uniform
 from .repa import REPAlignment
 
 REPA_GROUPS = ("local_1d", "local_2d")
@@ -49,11 +51,12 @@ class ObjectiveConfig(Config):
     perceptual_weight: float = 0.0  # λ1
     perceptual: str = "auto"  # lpips (when its weights resolve) | effnet | auto
     adv_weight: float = 0.0  # λ2, the generator's hinge loss (× the adaptive weight when adv_adaptive)
-    adv_start: int = 0  # the step at which the discriminator and L_adv start
-    adv_adaptive: bool = True  # VQGAN's adaptive weight at the decoder's last layer
-    lecam_weight: float = 0.001
-    consistency_weight: float = 4.0  # bCR with DiffAugment
-    disc_channels: int = 8  # discriminator width at the input resolution
+    # The adversarial term's settings: their defaults are Adversarial's own (one source, ADVERSARIAL_DEFAULTS).
+    adv_start: int = ADVERSARIAL_DEFAULTS.start_step  # the step at which the discriminator and L_adv start
+    adv_adaptive: bool = ADVERSARIAL_DEFAULTS.adaptive  # VQGAN's adaptive weight at the decoder's last layer
+    lecam_weight: float = ADVERSARIAL_DEFAULTS.lecam_weight  # LeCAM
+    consistency_weight: float = ADVERSARIAL_DEFAULTS.consistency_weight  # bCR with DiffAugment
+    disc_channels: int = ADVERSARIAL_DEFAULTS.channels  # discriminator width at the input resolution
     align_weight: float = 1.0  # λ3, multiplies every alignment term
     repa_global_weight: float = 0.0  # μ1
     repa_global_teacher: str = "effnet_lite0"
@@ -77,7 +80,7 @@ class Objective(nn.Module):
 
     The frozen inputs of the terms that are on: ``latents_2d`` (OT), a :class:`FeatureCache` of the
     training images' 2D latents (N_x×c each); ``teacher_features`` (REPA), ``{"global": cache,
-    "local": cache}`` of teacher patch features (P×C each, raster order; see :mod:`sbt_lib.repa`).
+    "local": cache}`` of teacher patch features (P×C each, raster order; see :mod:`sbt_lib.objective.repa`).
     """
 
     def __init__(self, cfg: ObjectiveConfig | None = None, tokenizer_cfg=None, *,
@@ -111,20 +114,18 @@ class Objective(nn.Module):
         cache = self.teacher_features.get(which)
         if not isinstance(cache, FeatureCache):
             raise ValueError(f"repa_{which}_weight > 0 needs teacher_features[{which!r}]: a FeatureCache of the "
-                             f"training images' teacher features (see sbt_lib.experiments.teacher_cache)")
+                             f"training images' teacher features (see sbt_lib.workbook.builders.teacher_cache)")
         return REPAlignment(tokenizer_cfg.token_dim, cache.shape[-1])
 
     def _ot(self, tokenizer_cfg) -> OTAlignment:
         self._needs(tokenizer_cfg, "local_2d", "OT")
         if not isinstance(self.latents_2d, FeatureCache):
             raise ValueError("ot_weight > 0 needs latents_2d: a FeatureCache of the training set's 2D latents "
-                             "(see sbt_lib.experiments.latents_2d_cache)")
+                             "(see sbt_lib.workbook.builders.latents_2d_cache)")
         return OTAlignment(tokenizer_cfg.token_dim, self.latents_2d.shape[-1], eps=self.cfg.ot_eps,
                            tol=self.cfg.ot_tol)
 
-    def _adversarial(self, tokenizer_cfg):
-        from .adversarial import Adversarial
-
+    def _adversarial(self, tokenizer_cfg) -> Adversarial:
         c = self.cfg
         if tokenizer_cfg is None:
             raise ValueError("the adversarial term needs tokenizer_cfg (its image size sizes the discriminator)")
@@ -170,9 +171,17 @@ class Objective(nn.Module):
             self._fake = recon.detach()
         return terms
 
-    def discriminator_terms(self, batch) -> dict[str, torch.Tensor]:
+    # ---------------------------------------------------------------- the engine's CriticLoss protocol
+    def critic(self) -> nn.Module | None:
+        """The adversarial term (its discriminator and LeCAM state): trained by its own optimizer."""
+        return self.adversarial
+
+    def critic_active(self, step: int) -> bool:
+        return self.adversarial is not None and self.adversarial.active(step)
+
+    def critic_terms(self, batch) -> dict[str, torch.Tensor]:
         """The discriminator's loss terms for this step: real images against the reconstructions of
         the last :meth:`forward` (detached)."""
         if self.adversarial is None or self._fake is None:
-            raise RuntimeError("discriminator_terms needs an adversarial term and a forward pass first")
+            raise RuntimeError("critic_terms needs an adversarial term and a forward pass first")
         return self.adversarial.discriminator_loss(batch.images, self._fake, batch.step)

@@ -9,14 +9,14 @@
   self-attention and keeps only the latent outputs: the **global tokens** (B×N×d, Eq. 1).
 - The **local tokens** are *bootstrapped* from the soft-quantized global tokens alone — the local
   1D aligner (an MLP, same N tokens) and the local 2D aligner (causal transformer, N_l tokens),
-  both in :mod:`sbt_lib.aligners`.  A generator therefore only ever produces ``z_global``;
+  both in :mod:`sbt_lib.models.aligners`.  A generator therefore only ever produces ``z_global``;
   :meth:`SelfBootTok.decode_from_global` does the rest.
 - Every group is soft-quantized (Eq. 2-3) with **its own codebook**, or one shared codebook
   (``shared_codebook=True``, the ablation).
 - **Fusion** (Eq. 11), ``fusion="residual"``: ``α z_G + β z_L1 + (1-α-β) z_L2`` with (α, β,
   1-α-β) = softmax of three learned logits (so they stay positive and sum to one; they start
   equal).  Token counts are matched along the token axis: z_L1 has N tokens by construction, and
-  when N_l ≠ N a learned linear token-axis map (:class:`~sbt_lib.blocks.TokenMix`) takes z_L2
+  when N_l ≠ N a learned linear token-axis map (:class:`~sbt_lib.models.blocks.TokenMix`) takes z_L2
   from N_l to N tokens (identity when N_l = N, the default).  ``fusion="concat"``:
   ``[z_G; z_L1; z_L2]``, N + N + N_l tokens.
 - The **decoder** (Eq. 10), ``decoder="cross"``: one query per output patch; every block has
@@ -37,11 +37,11 @@ Two cheap additions make the 1D bottleneck train in minutes on a CPU (both switc
 - **conv stem / head**: a 3×3 convolution before the patch embedding and two after the
   un-patchify, which see across patch borders and smooth patch seams.
 
-The workbook's recipe (``sbt_lib.scales``; measured in ``benchmarks/tokenizer_quality.py``) adds three more:
+The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tokenizer_quality.py``) adds three more:
 
 - ``trunk="conv"``: residual conv stages halve the image down to the token grid and mirror it in the
   decoder (GigaTok's hybrid CNN-transformer), in place of the 3×3 stem and patchify;
-- ``keep_norm=True``: gain-shape SoftVQ, which keeps each token's length (see :mod:`sbt_lib.quantizer`);
+- ``keep_norm=True``: gain-shape SoftVQ, which keeps each token's length (see :mod:`sbt_lib.models.quantizer`);
 - ``linear_path=True``: a fixed linear map pixels → ``z_global`` → pixels (:class:`LinearPath`), set to
   the training set's principal components, beside the networks, whose last layers start at zero.  The
   tokenizer starts as the best linear code at its number of values and learns the non-linear rest.
@@ -54,8 +54,8 @@ import torch
 from torch import nn
 
 from .aligners import ALIGNER_2D_PRESETS, LocalAligner1D, LocalAligner2D
-from .blocks import CrossAttentionBlock, TokenMix, init_weights, self_attention_blocks
-from .config import Config
+from .blocks import CrossAttentionBlock, TokenMix, init_weights, num_params, self_attention_blocks
+from ..config import Config
 from .quantizer import Quantized, SoftVQ
 
 GROUPS = ("global", "local_1d", "local_2d")
@@ -550,6 +550,5 @@ class SelfBootTok(nn.Module):
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part (parts that are switched off count 0)."""
-        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "decoder")
-        return {**{p: count(getattr(self, p)) for p in parts}, "total": count(self)}
+        return {**{p: num_params(getattr(self, p)) for p in parts}, "total": num_params(self)}

@@ -3,7 +3,7 @@ from on the image, the effect of ε, convergence, and an ipywidgets slider for �
 
 A plan P is N_x × N_z: row i is a 2D latent position (raster order on a ``grid`` × ``grid``
 latent map), column j a 1D token; P_ij is the mass moved from position i to token j.  Like
-:mod:`sbt_lib.viz`, each function draws one figure, saves it when given a path, and returns it.
+:mod:`sbt_lib.workbook.viz`, each function draws one figure, saves it when given a path, and returns it.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ot import sinkhorn
-from .viz import _save, to_numpy_image
+from ..objective.ot import sinkhorn
+from .viz import save_figure, to_numpy_image
 
 
 def plot_point_transport(x: torch.Tensor, z: torch.Tensor, plan: torch.Tensor, path=None, title: str = ""):
@@ -28,7 +28,7 @@ def plot_point_transport(x: torch.Tensor, z: torch.Tensor, plan: torch.Tensor, p
     ax.set(aspect="equal", title=title or "entropic OT plan")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_plans(plans: dict[str, torch.Tensor], path=None, title: str = "transport plans (N_x × N_z)"):
@@ -41,7 +41,7 @@ def plot_plans(plans: dict[str, torch.Tensor], path=None, title: str = "transpor
         fig.colorbar(im, ax=ax, fraction=0.05, label="P_ij · N_x" if ax is axes[0, -1] else None)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def source_map(plan: torch.Tensor, token: int, grid: int, image_size: int) -> torch.Tensor:
@@ -74,7 +74,7 @@ def plot_token_sources(images: torch.Tensor, plans: torch.Tensor, tokens: list[i
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle("where each 1D token receives its mass from (2D latent positions)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plan_entropy(plan: torch.Tensor) -> float:
@@ -110,7 +110,7 @@ def plot_convergence(sweep: dict, tol: float, check_every: int = 10, path=None):
            title="convergence of Sinkhorn")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def epsilon_explorer(cost: torch.Tensor, image: torch.Tensor, grid: int, tokens: list[int]):
