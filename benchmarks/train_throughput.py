@@ -10,19 +10,17 @@ training step gets).
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from sbt_lib.batch import Batch
+from sbt_lib.eval.flops import training_step_flops
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.objective import Objective
 from sbt_lib.train import _optimizer, resolve_device
 from sbt_lib.workbook.params import resolve
 
-importlib.import_module("sbt_lib.eval.flops")  # registers the FLOP formula of CPU attention (for FlopCounterMode)
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -45,13 +43,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def step_flops(model, loss_fn, batch) -> int:
-    with FlopCounterMode(display=False) as counter:
-        sum(loss_fn(model, batch).values()).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", default="cpu")
@@ -69,7 +60,7 @@ def main():
     images = torch.rand(cfg.batch_size, 3, size, size, device=device) * 2 - 1
     batch = Batch(images, torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))
 
-    flops = step_flops(model, loss_fn, batch)
+    flops = training_step_flops(model, loss_fn, batch)
     times = []
     for _ in range(args.steps + 2):  # the first two are warm-up
         _sync(device)

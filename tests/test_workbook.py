@@ -150,6 +150,7 @@ def tiny_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "sbt_lib", "reproduce", "--scale", "tiny", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "without encryption" not in proc.stdout + proc.stderr  # local kernels talk over IPC
     return out
 
 

@@ -13,7 +13,7 @@ from torch.utils import flop_counter
 
 from ..models.blocks import num_params
 
-__all__ = ["flops_by_module", "num_params"]  # num_params is re-exported: counts sit beside FLOPs
+__all__ = ["flops_by_module", "num_params", "training_step_flops"]  # num_params is re-exported: counts sit beside FLOPs
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -49,3 +49,13 @@ def _count(counts: dict, fqn: str) -> int:
         return int(sum(counts[fqn].values()))
     children = [k for k in counts if k.startswith(fqn + ".") and "." not in k[len(fqn) + 1 :]]
     return sum(_count(counts, k) for k in children)
+
+
+def training_step_flops(model: nn.Module, loss_fn, batch) -> int:
+    """FLOPs of one training step's forward and backward of ``loss_fn(model, batch)`` (the optimizer
+    update is not counted); gradients are cleared afterwards.  Frozen parts cost their forward only,
+    which is how stage 2 is cheaper than stage 1 at the same aligner."""
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        sum(loss_fn(model, batch).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()

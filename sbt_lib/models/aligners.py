@@ -36,11 +36,18 @@ from ..config import Config
 # 32 global + 32 local tokens; see :func:`aligner_2d_param_counts`).  CPU-feasible on purpose:
 # they are the scaling axis of the aligner-scaling notebook (paper Fig. 6, 10M → 600M).
 ALIGNER_2D_PRESETS: dict[str, dict] = {
+    # the workbook's sizes: 34K to 1.8M parameters at 32 tokens × 8 (53×), for the cpu scale
     "xs": dict(width=48, depth=1, num_heads=2),
     "s": dict(width=64, depth=2, num_heads=4),
     "m": dict(width=96, depth=3, num_heads=4),
     "l": dict(width=128, depth=4, num_heads=4),
     "xl": dict(width=192, depth=4, num_heads=6),
+    # the paper's scaling axis (Fig. 6, 10M → 600M), named by their size (≈ 12 · depth · width²)
+    "10M": dict(width=384, depth=6, num_heads=6),
+    "50M": dict(width=640, depth=10, num_heads=10),
+    "150M": dict(width=1024, depth=12, num_heads=16),
+    "300M": dict(width=1024, depth=24, num_heads=16),
+    "600M": dict(width=1280, depth=30, num_heads=20),
 }
 
 

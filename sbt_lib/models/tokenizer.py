@@ -475,13 +475,21 @@ class SelfBootTok(nn.Module):
             got = tuple(z_global.shape) if isinstance(z_global, torch.Tensor) else type(z_global).__name__
             raise ValueError(f"expected global tokens of shape B×{n}×{d}, got {got}")
 
-    def encode(self, images: torch.Tensor) -> Encoding:
-        """Images → every group's tokens: global tokens from the encoder, local ones bootstrapped."""
+    def _encode_global(self, images: torch.Tensor) -> tuple[torch.Tensor, Quantized]:
         self.check_images(images)
         z_hat = self.encoder(images)
         if self.linear_path is not None:
             z_hat = z_hat + self.linear_path.encode(images)
-        q: Quantized = self.quantizer("global")(z_hat)
+        return z_hat, self.quantizer("global")(z_hat)
+
+    def encode_global(self, images: torch.Tensor) -> torch.Tensor:
+        """Images → ``z_global`` (soft-quantized), the only tokens a generator produces: the encoder and
+        the global codebook alone, so it is what stays fixed when stage 2 grows the 2D aligner."""
+        return self._encode_global(images)[1].z
+
+    def encode(self, images: torch.Tensor) -> Encoding:
+        """Images → every group's tokens: global tokens from the encoder, local ones bootstrapped."""
+        z_hat, q = self._encode_global(images)
         enc = self.bootstrap(q.z)
         enc.probs["global"], enc.unquantized["global"] = q.probs, z_hat
         enc.entropy_loss = enc.entropy_loss + q.entropy_loss

@@ -15,8 +15,11 @@ from ..data.datasets import load_dataset, resolve_dataset_name
 from ..eval.reconstruction import evaluate_tokenizer, held_out_images
 from ..models.teachers import load_teacher
 from ..models.tokenizer import SelfBootTok
+from ..files import content_key
+from ..models.two_stage import frozen_state, stage2_tokenizer
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..objective.objective import Objective
+from ..objective.stage2 import Stage2Loss
 from ..objective.repa import patches_to_tokens, teacher_tokens
 from ..objective.vae_latents import train_vae2d
 from ..train import TrainResult, resolve_device, train
@@ -110,3 +113,38 @@ def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: boo
     meta = {"tokenizer": model.cfg.to_dict(), "data": data, "objective": objective.cfg.to_dict()}
     return train(model, objective, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
 
+
+# ----------------------------------------------------------------------------- stage 2 (paper §3.4)
+
+def global_token_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
+    """``z_global`` of every training image under the frozen encoder and global codebook of ``model``,
+    computed once on the training device and kept in float32 (exact); named by those frozen weights, so
+    every stage-2 run of one stage-1 tokenizer shares it."""
+    device = resolve_device(P.training.device)
+    frozen = frozen_state(model)
+    key = content_key(*[x for k, v in frozen.items() for x in (k, v)])
+    encoder = model.to(device).eval().encode_global
+    return FeatureCache(encoder, train_set, f"zglobal-{key}", dtype=torch.float32, device=device, progress=progress)
+
+
+def train_stage2(P: Params, parent: SelfBootTok, local_2d: str, train_set, test_set, out_dir: Path,
+                 z_global: FeatureCache | None = None, progress: bool = True, evaluate: bool = False) -> TrainResult:
+    """Stage 2 of two-stage scaling: a tokenizer with a new 2D aligner of preset ``local_2d`` grown
+    from the stage-1 ``parent`` (frozen as ``P.stage2.freeze`` says, seeded by ``P.seed``), fine-tuned
+    for ``P.stage2.steps`` steps of ``P.training`` on the cached global tokens ``z_global`` (built by
+    :func:`global_token_cache` when not given) through the training engine: checkpoints in ``out_dir``,
+    exact resume, progress, the NaN guard."""
+    model = stage2_tokenizer(parent, local_2d, P.stage2.freeze, seed=P.seed)
+    z_global = z_global if z_global is not None else global_token_cache(parent, train_set, P, progress)
+
+    def eval_fn(m):
+        r = evaluate_tokenizer(m, test_set, limit=P.eval.eval_size)
+        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"]}
+
+    cfg = replace(P.training, steps=P.stage2.steps, progress=progress)
+    meta = {"tokenizer": model.cfg.to_dict(), "stage2": {"freeze": P.stage2.freeze, "local_2d": local_2d,
+                                                          "z_global_cache": z_global.name},
+            "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size,
+                     "train_size": P.data.train_size, "seed": P.seed}}
+    return train(model, Stage2Loss(z_global), train_set, cfg, out_dir=out_dir,
+                 eval_fn=eval_fn if evaluate else None, meta=meta)

@@ -9,7 +9,7 @@ cell value laid over it.
 Flat names and sections.  A parameter's name is its field's name; the fields of the sections
 that train a model of their own beside the tokenizer are prefixed with the section (``vae_steps``,
 ``probe_train_size``), so their ``steps`` and ``batch_size`` never collide with the tokenizer's —
-the generator's and stage 2's will join the same way (``generator_steps``, ``stage2_steps``).
+stage 2's are ``stage2_steps``, ``stage2_freeze``, and the generator's will join the same way.
 
 =============  =================================================  =====================================
 section        config                                             holds
@@ -21,6 +21,7 @@ section        config                                             holds
 ``objective``  :class:`~sbt_lib.objective.objective.ObjectiveConfig`  the weights of Eq. 4-5
 ``vae``        :class:`VAEConfig`                                 the 2D VAE of the OT term
 ``probe``      :class:`ProbeConfig`                               the tokenizer trained for linear probes
+``stage2``     :class:`Stage2Config`                              stage 2 of two-stage aligner scaling
 ``study``      :class:`StudyConfig`                               seeds and sweeps of a notebook's study
 =============  =================================================  =====================================
 
@@ -79,6 +80,17 @@ class ProbeConfig(Config):
 
 
 @dataclass
+class Stage2Config(Config):
+    """Two-stage aligner scaling (notebook 04): the 2D aligner sizes grown in stage 2 (presets of
+    :data:`~sbt_lib.models.aligners.ALIGNER_2D_PRESETS`), what stays frozen (``encoder`` or ``all``,
+    :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size."""
+
+    aligners: list[str] = field(default_factory=lambda: ["xs", "s", "m", "l", "xl"])
+    freeze: str = "encoder"
+    steps: int = 200
+
+
+@dataclass
 class StudyConfig(Config):
     """What a notebook sweeps: seeds per variant, the local teachers of Table 2 and their REPA
     weight μ2, the batch of the OT solver benchmark."""
@@ -90,8 +102,9 @@ class StudyConfig(Config):
 
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": TrainConfig, "eval": EvalConfig,
-            "objective": ObjectiveConfig, "vae": VAEConfig, "probe": ProbeConfig, "study": StudyConfig}
-PREFIXED = ("vae", "probe")  # sections whose flat names are ``<section>_<field>``
+            "objective": ObjectiveConfig, "vae": VAEConfig, "probe": ProbeConfig, "stage2": Stage2Config,
+            "study": StudyConfig}
+PREFIXED = ("vae", "probe", "stage2")  # sections whose flat names are ``<section>_<field>``
 RUN_NAMES = ("scale", "out_dir")  # not in a section: which bundle, and where the run writes
 
 
@@ -124,6 +137,7 @@ class Params:
     objective: ObjectiveConfig
     vae: VAEConfig
     probe: ProbeConfig
+    stage2: Stage2Config
     study: StudyConfig
 
     def replace(self, **flat) -> "Params":

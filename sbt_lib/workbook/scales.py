@@ -97,6 +97,14 @@ _OT = {
     "gpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
 }
 
+# Notebook 04: stage 1 once with the smallest 2D aligner (notebook 02's tokenizer), then stage 2 grows the
+# aligner to each size on the cached global tokens; the same sizes trained from scratch are the control.
+_STAGE2 = {
+    "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
+    "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=2),
+    "gpu": dict(stage2_aligners=["m", "xl", "10M", "50M"], stage2_steps=5000, seeds=2),
+}
+
 NOTEBOOKS = {
     "01_decomposition": {
         s: {**_TRAINING[s], **_TOKENIZER[s], **_SELFBOOTTOK[s], **_PROBES[s],
@@ -111,6 +119,11 @@ NOTEBOOKS = {
     "03_ot_alignment": {
         s: {**_BOOTSTRAP[s], **_VAE[s], **_OT[s], "local_2d": _SELFBOOTTOK[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "04_aligner_scaling": {
+        s: {**_BOOTSTRAP[s], **_STAGE2[s], "local_1d": True, "local_2d": "xs", "decoder": _SELFBOOTTOK[s]["decoder"],
+            "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
 }

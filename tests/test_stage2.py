@@ -1,0 +1,117 @@
+"""Two-stage aligner scaling (paper §3.4): stage 2 grows the 2D aligner with z_global fixed."""
+import pytest
+import torch
+
+from sbt_lib.eval.flops import training_step_flops
+from sbt_lib.models.aligners import LocalAligner2D
+from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
+from sbt_lib.objective.stage2 import Stage2Loss
+from sbt_lib.train import Trainer
+from sbt_lib.workbook import builders
+from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.runs import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """A tiny stage-1 tokenizer of notebook 04 (xs aligner), trained a few steps, and its data."""
+    P = resolve("04_aligner_scaling", "tiny", steps=4, train_size=64, test_size=16)
+    train_set, test_set = builders.load_data(P)
+    out = tmp_path_factory.mktemp("stage1")
+    parent = builders.train_tokenizer(P, train_set, test_set, out, progress=False, evaluate=False).model.eval()
+    return P, parent, train_set, test_set
+
+
+def test_aligner_presets_span_30x_at_cpu_and_name_the_paper_sizes():
+    P = resolve("04_aligner_scaling", "cpu")
+    t = P.tokenizer
+    count = {n: LocalAligner2D.from_preset(n, t.token_dim, t.local_tokens, num_global_tokens=t.num_tokens).num_params()
+             for n in P.stage2.aligners}
+    assert max(count.values()) / min(count.values()) >= 30, count
+    with torch.device("meta"):  # the paper's sizes, counted without memory (64 tokens × 32, as in the paper)
+        for name in ("10M", "50M", "150M", "300M", "600M"):
+            n = LocalAligner2D.from_preset(name, 32, 64).num_params()
+            assert abs(n / (float(name[:-1]) * 1e6) - 1) < 0.15, (name, n)
+
+
+@pytest.mark.parametrize("freeze", list(FREEZE))
+def test_stage2_keeps_z_global_bit_identical(stage1, tmp_path, freeze):
+    P, parent, train_set, test_set = stage1
+    images = test_set.images_at(torch.arange(8))
+    with torch.no_grad():
+        before = parent.encode_global(images)
+    Q = P.replace(stage2_freeze=freeze, stage2_steps=3, ema=0.5)
+    result = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path, progress=False)
+    for child in (result.model, result.ema, load_tokenizer(tmp_path)):
+        child = child.cpu().eval()
+        assert child.cfg.local_2d == "s"
+        with torch.no_grad():
+            assert torch.equal(child.encode_global(images), before)
+    trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("aligner_2d.") or n.startswith("quantizers.local_2d.") for n in trained) \
+        if freeze == "all" else not any(n.startswith(("encoder.", "quantizers.global.")) for n in trained)
+    assert any(n.startswith("decoder.") for n in trained) == (freeze == "encoder")
+
+
+def test_stage2_actually_trains_the_new_aligner(stage1, tmp_path):
+    P, parent, train_set, test_set = stage1
+    start = stage2_tokenizer(parent, "s", seed=P.seed).aligner_2d.state_dict()
+    trained = builders.train_stage2(P.replace(stage2_steps=3), parent, "s", train_set, test_set, tmp_path,
+                                    progress=False).model.cpu().aligner_2d.state_dict()
+    assert any(not torch.equal(v, trained[k]) for k, v in start.items())
+
+
+@pytest.mark.parametrize("freeze", ["none", "nothing", "decoder"])
+def test_a_setting_that_would_change_z_global_is_refused(stage1, freeze):
+    _, parent, _, _ = stage1
+    with pytest.raises(ValueError, match="z_global would change.*generator.*reused"):
+        stage2_tokenizer(parent, "m", freeze=freeze)
+
+
+def test_stage2_needs_a_2d_aligner_to_grow(stage1):
+    P, _, train_set, _ = stage1
+    flat = builders.build_tokenizer(P.replace(local_2d=None), train_set)
+    with pytest.raises(ValueError, match="has none"):
+        stage2_tokenizer(flat, "m")
+
+
+def test_cached_global_tokens_give_the_loss_of_the_live_encoder(stage1):
+    P, parent, train_set, _ = stage1
+    cache = builders.global_token_cache(parent, train_set, P, progress=False)
+    child = stage2_tokenizer(parent, "m", seed=0).eval()
+    batch = train_set.get_batch(torch.arange(5, 21))
+    cached, live = Stage2Loss(cache)(child, batch)["rec"], Stage2Loss(None)(child, batch)["rec"]
+    assert torch.allclose(cached, live, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(cache[batch.indices], parent.encode_global(batch.images).detach(), atol=1e-6)
+
+
+def test_a_stage2_step_costs_less_than_a_stage1_step(stage1):
+    P, parent, train_set, _ = stage1
+    batch = train_set.get_batch(torch.arange(16))
+    child = stage2_tokenizer(parent, "m", seed=0)
+    full = builders.build_tokenizer(P.replace(local_2d="m"), train_set)
+    stage2 = training_step_flops(child, Stage2Loss(builders.global_token_cache(parent, train_set, P, False)), batch)
+    stage1_flops = training_step_flops(full, builders.build_objective(P, full, train_set, progress=False), batch)
+    assert 0 < stage2 < stage1_flops
+
+
+def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
+    """Stage 2 interrupted (Ctrl-C) after 2 of 4 steps and run again ends with the weights of 4 steps straight."""
+    P, parent, train_set, test_set = stage1
+    Q = P.replace(stage2_steps=4)
+    straight = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "a", progress=False)
+    step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    resumed = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
+    assert resumed.step == 4
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
