@@ -239,6 +239,28 @@ def test_notebook_03_ot_with_and_without(tiny_run):
         assert (run / fig).stat().st_size > 1000, fig
 
 
+def test_notebook_04_two_stage_scaling(tiny_run):
+    run = tiny_run / "04_aligner_scaling"
+    m = json.loads((run / "metrics.json").read_text())
+    sizes = m["stage2"]["aligners"]
+    assert len(sizes) >= 4 and len(m["seeds"]) >= 2
+    assert list(m["two_stage"]) == [f"two-stage {s}" for s in sizes]
+    assert list(m["single_stage"]) == [f"single-stage {s}" for s in sizes]
+    assert m["z_global_identical"] and all(m["z_global_identical"].values())
+    assert len(m["z_global_identical"]) == len(sizes) * len(m["seeds"])
+    params = [m["two_stage"][f"two-stage {s}"]["aligner_2d_params"] for s in sizes]
+    assert params == sorted(params) and params[-1] > 10 * params[0]
+    for s in sizes:  # equal compute: a stage-2 step is cheaper, so single stage gets fewer steps than 1 + 2
+        f = m["flops_per_step"][s]
+        assert 0 < f["stage 2"] < f["stage 1"]
+        assert m["single_stage_steps"][s] < m["stage1"]["steps"] + m["stage2"]["steps"]
+    for v in {**m["two_stage"], **m["single_stage"]}.values():
+        assert v["seeds"] == len(m["seeds"]) and 5 < v["test_psnr_mean"] < 60 and "fd_effnet_mean" in v
+    assert [h["label"] for h in m["headlines"]][2] == "z_global identical to stage 1"
+    for fig in ("fig6_scaling.png", "reconstructions_by_size.png"):
+        assert (run / fig).stat().st_size > 1000, fig
+
+
 def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('scale = "cpu"\ndataset = None\nseed = 0\nout_dir = None')

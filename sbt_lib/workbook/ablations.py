@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..eval.reconstruction import evaluate_tokenizer
-from .builders import train_tokenizer
+from .builders import train_stage2, train_tokenizer
 from .params import Params
 from .runs import variant_run
 from .tables import markdown_table, mean_std
@@ -59,14 +59,35 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
     its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
     batch order.  ``progress`` shows one bar over the runs (one per training step would slow a 2-core
     notebook kernel)."""
-    runs = [(name, seed) for name in variants for seed in P.seeds]
+    def train_one(name, seed, run):
+        return train_tokenizer(P.replace(**variants[name], seed=seed), train_set, test_set, run, progress=False,
+                               evaluate=False)
+
+    return _sweep(P, list(variants), train_one, test_set, out, progress)
+
+
+def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True) -> list[dict]:
+    """Stage 2 of two-stage scaling for every aligner size of ``P.stage2.aligners`` and every seed of
+    ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its cached global tokens ``z_global``;
+    one row per run (variant ``two-stage <size>``), as :func:`run_variants` gives."""
+    sizes = {f"two-stage {size}": size for size in P.stage2.aligners}
+
+    def train_one(name, seed, run):
+        return train_stage2(P.replace(seed=seed), parent, sizes[name], train_set, test_set, run, z_global=z_global,
+                            progress=False)
+
+    return _sweep(P, list(sizes), train_one, test_set, out, progress)
+
+
+def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress: bool) -> list[dict]:
+    """``train_one(name, seed, run_folder)`` for every name and seed, each run evaluated on ``test_set``."""
+    runs = [(name, seed) for name in names for seed in P.seeds]
     rows = []
     bar = tqdm(runs, desc="runs", disable=not progress, mininterval=1.0)
     for name, seed in bar:
         bar.set_postfix_str(f"{name}, seed {seed}")
         run = variant_run(out, name, seed)
-        result = train_tokenizer(P.replace(**variants[name], seed=seed), train_set, test_set, run, progress=False,
-                                 evaluate=False)
+        result = train_one(name, seed, run)
         model = result.best_model
         metrics = evaluate_tokenizer(model, test_set, fd_size=P.eval.fd_size)
         rows.append({
@@ -75,7 +96,8 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
             **{k: metrics[k] for k in (*FEATURE_KEYS, "kid", "kid_effnet", "feature_space", "test_lpips")
                if k in metrics},
             "codebook_perplexity": metrics["codebook_perplexity"],
-            "params": model.num_params()["total"], "train_seconds": result.seconds, "steps": result.step,
+            "params": model.num_params()["total"], "aligner_2d_params": model.num_params()["aligner_2d"],
+            "train_seconds": result.seconds, "steps": result.step,
             "fusion_weights": model.fusion.weights(),
         })
     return rows
@@ -97,6 +119,8 @@ def summarize(rows: list[dict], metrics: tuple[str, ...] | None = None) -> dict[
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name]
         entry = {"seeds": len(mine), "params": mine[0]["params"], "values": {}}
+        if "aligner_2d_params" in mine[0]:
+            entry["aligner_2d_params"] = mine[0]["aligner_2d_params"]
         for m in metrics:
             v = np.array([r[m] for r in mine], dtype=float)
             entry["values"][m] = v.tolist()

@@ -125,6 +125,43 @@ def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, re
     return save_figure(fig, path)
 
 
+def _count(n: float) -> str:
+    """12,345 → '12K'; 1,800,000 → '1.8M'."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}K" if n >= 1e3 else f"{n:.0f}"
+
+
+def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], path=None,
+                 references: dict[str, dict[str, float]] | None = None, title: str | None = None):
+    """Fig. 6 in miniature: each metric against the 2D aligner's parameters (log axis), one line per
+    regime.  ``curves`` maps a regime to its sizes' summaries (:func:`~sbt_lib.workbook.ablations.summarize`
+    entries with ``aligner_2d_params``), drawn as mean ± std with every seed as a dot; ``metrics`` maps
+    a metric key to its axis label; ``references`` maps a metric key to horizontal anchor lines."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], metrics.items()):
+        for i, (regime, sizes) in enumerate(curves.items()):
+            x = np.array([s["aligner_2d_params"] for s in sizes.values()], dtype=float)
+            mean = np.array([s[f"{metric}_mean"] for s in sizes.values()])
+            std = np.array([s[f"{metric}_std"] for s in sizes.values()])
+            shift = 1.0 + 0.04 * (i - (len(curves) - 1) / 2)  # side by side, not on top of each other
+            ax.errorbar(x * shift, mean, yerr=std, marker="o", capsize=3, color=f"C{i}", label=regime)
+            for xi, s in zip(x, sizes.values()):
+                vals = s.get("values", {}).get(metric, [])
+                ax.plot([xi * shift] * len(vals), vals, ".", color=f"C{i}", alpha=0.4, ms=4)
+        for j, (name, value) in enumerate((references or {}).get(metric, {}).items()):
+            ax.axhline(value, ls=("--", ":")[j % 2], color="gray", label=name)
+        ax.set_xscale("log")
+        ticks = sorted({s["aligner_2d_params"] for sizes in curves.values() for s in sizes.values()})
+        ax.set_xticks(ticks, [_count(n) for n in ticks])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set(xlabel="2D aligner parameters (log)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def group_explorer(model, images: torch.Tensor):
     """An ipywidgets explorer: one slider per token group scales that group (0 removes it) before
     the decoder; the decoded images update as the sliders move."""
