@@ -154,7 +154,8 @@ def test_2d_gradients_reach_every_parameter():
 
 def test_presets_scale_monotonically_over_30x():
     counts = aligner_2d_param_counts(token_dim=8, num_local_tokens=32)
-    assert list(counts) == list(ALIGNER_2D_PRESETS) == ["xs", "s", "m", "l", "xl"]
+    assert list(counts) == list(ALIGNER_2D_PRESETS)
+    assert list(counts)[:5] == ["xs", "s", "m", "l", "xl"]  # the workbook's sizes, then the paper's (10M-600M)
     values = list(counts.values())
     assert all(a < b for a, b in zip(values, values[1:])), counts
     assert values[-1] / values[0] >= 30, counts

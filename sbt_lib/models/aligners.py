@@ -32,17 +32,16 @@ from torch import nn
 from .blocks import init_weights, num_params
 from ..config import Config
 
-# Sizes of the 2D aligner, smallest to largest (≈ 36k → 1.8M parameters at token_dim 8 and
-# 32 global + 32 local tokens; see :func:`aligner_2d_param_counts`).  CPU-feasible on purpose:
-# they are the scaling axis of the aligner-scaling notebook (paper Fig. 6, 10M → 600M).
+# Sizes of the 2D aligner, smallest to largest: xs → xl (≈ 34K → 1.8M parameters at token_dim 8 and
+# 32 global + 32 local tokens; see :func:`aligner_2d_param_counts`), CPU-feasible on purpose, the scaling
+# axis of notebook 04 at the cpu scale; then the paper's Fig. 6 axis, 10M → 600M, for the gpu/paper scales.
 ALIGNER_2D_PRESETS: dict[str, dict] = {
-    # the workbook's sizes: 34K to 1.8M parameters at 32 tokens × 8 (53×), for the cpu scale
     "xs": dict(width=48, depth=1, num_heads=2),
     "s": dict(width=64, depth=2, num_heads=4),
     "m": dict(width=96, depth=3, num_heads=4),
     "l": dict(width=128, depth=4, num_heads=4),
     "xl": dict(width=192, depth=4, num_heads=6),
-    # the paper's scaling axis (Fig. 6, 10M → 600M), named by their size (≈ 12 · depth · width²)
+    # named by their size (≈ 12 · depth · width²)
     "10M": dict(width=384, depth=6, num_heads=6),
     "50M": dict(width=640, depth=10, num_heads=10),
     "150M": dict(width=1024, depth=12, num_heads=16),
@@ -204,7 +203,8 @@ class LocalAligner2D(nn.Module):
 
 
 def aligner_2d_param_counts(token_dim: int = 8, num_local_tokens: int = 32) -> dict[str, int]:
-    """Parameter count of every preset (prefix length = ``num_local_tokens``), for tables and plots."""
-    return {
-        name: LocalAligner2D.from_preset(name, token_dim, num_local_tokens).num_params() for name in ALIGNER_2D_PRESETS
-    }
+    """Parameter count of every preset (prefix length = ``num_local_tokens``), for tables and plots.
+    Counted on the ``meta`` device: no memory is allocated, so the 600M preset costs nothing."""
+    with torch.device("meta"):
+        return {name: LocalAligner2D.from_preset(name, token_dim, num_local_tokens).num_params()
+                for name in ALIGNER_2D_PRESETS}
