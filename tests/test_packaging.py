@@ -41,3 +41,15 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["recon"].shape == (2, 3, 32, 32)
     assert {"rec", "perceptual_effnet", "adv_g", "repa_global", "repa_local", "ot", "kl"} <= set(namespace["terms"])
+
+
+def test_every_subpackage_is_in_the_distribution():
+    """``pip install .`` (not only ``-e``) must ship the subpackages, not just ``sbt_lib/*.py``."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(where=str(REPO), include=find["include"]))
+    expected = {".".join(p.relative_to(REPO).parent.parts) for p in (REPO / "sbt_lib").rglob("__init__.py")}
+    assert len(expected) >= 6 and expected <= shipped, expected - shipped

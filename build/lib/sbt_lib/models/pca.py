@@ -1,0 +1,77 @@
+"""Principal components: the best *linear* code, as an anchor and as the tokenizer's starting point.
+
+With ``k`` components fitted on the training images, ``decode(encode(x))`` is the best
+reconstruction (in mean squared error) that any linear map from ``k`` numbers can give.  It is
+therefore the anchor a learned tokenizer with ``k`` values must beat, beside bicubic
+interpolation (the classical one): on CIFAR-10, 256 components reach about 26.4 dB held-out PSNR
+where bicubic at 243 values reaches 21.9 dB.
+
+The tokenizer's *linear path* (:class:`sbt_lib.models.tokenizer.LinearPath`) starts as this code, so
+training begins where PCA ends and learns the non-linear rest.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..files import content_key
+
+_CACHE: dict[tuple[str, int], "PCA"] = {}  # the last few fits, by (hash of the images, k)
+
+
+class PCA:
+    """``k`` principal components of B×C×H×W images: ``mean`` (C·H·W) and ``basis`` (C·H·W × k,
+    orthonormal columns, by decreasing variance), with the ``std`` of each coefficient."""
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, std: torch.Tensor, shape: tuple[int, ...]):
+        self.mean, self.basis, self.std, self.shape = mean, basis, std, tuple(shape)
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, k: int) -> "PCA":
+        """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64; exact SVD, seconds for 10,000 images of 32×32.
+        The last few fits are remembered by a hash of the images, so an ablation that builds many
+        tokenizers on one training set fits once."""
+        key = (content_key(images, length=None), k)
+        if key not in _CACHE:
+            if len(_CACHE) >= 4:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = cls._fit(images, k)
+        return _CACHE[key]
+
+    @classmethod
+    def _fit(cls, images: torch.Tensor, k: int) -> "PCA":
+        if images.ndim != 4:
+            raise ValueError(f"PCA.fit expects B×C×H×W images, got shape {tuple(images.shape)}")
+        x = images.flatten(1).double()
+        if k < 1 or k > min(x.shape[1], len(x) - 1):
+            raise ValueError(f"PCA needs 1 ≤ k ≤ min(values per image, images - 1) = "
+                             f"{min(x.shape[1], len(x) - 1)}; got k={k} for {len(x)} images")
+        mean = x.mean(0)
+        _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        std = s[:k] / (len(x) - 1) ** 0.5
+        return cls(mean.float(), vt[:k].T.contiguous().float(), std.float(), images.shape[1:])
+
+    @property
+    def k(self) -> int:
+        return self.basis.shape[1]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images → B×k coefficients."""
+        return (images.flatten(1).float() - self.mean.to(images.device)) @ self.basis.to(images.device)
+
+    def decode(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """B×k coefficients → images (unclamped)."""
+        x = coefficients.float() @ self.basis.T.to(coefficients.device) + self.mean.to(coefficients.device)
+        return x.view(len(x), *self.shape)
+
+    def roundtrip(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The PCA anchor: ``images`` projected onto the components and back, clamped to [-1, 1]."""
+        return torch.cat([self.decode(self.encode(images[i : i + batch_size])).clamp(-1, 1)
+                          for i in range(0, len(images), batch_size)])
+
+
+def pca_anchor(train_images: torch.Tensor, test_images: torch.Tensor, values: int) -> torch.Tensor:
+    """The PCA anchor at ``values`` numbers per image: fitted on ``train_images`` (at most 10,000,
+    evenly spaced), applied to ``test_images``."""
+    n = len(train_images)
+    fit_on = train_images[torch.linspace(0, n - 1, min(n, 10_000)).round().long()] if n > 10_000 else train_images
+    return PCA.fit(fit_on, min(values, len(fit_on) - 1, fit_on[0].numel())).roundtrip(test_images)

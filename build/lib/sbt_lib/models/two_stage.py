@@ -1,0 +1,66 @@
+"""Two-stage aligner scaling (paper §3.4): grow the local 2D aligner of a trained tokenizer while its
+encoder and global codebook stay frozen, so ``z_global`` — the only tokens a generator produces — stays
+bit for bit what stage 1 made, and one generator serves every aligner size.
+
+The paper gives two readings of what else stays frozen, and :func:`stage2_tokenizer` offers both:
+
+- ``freeze="encoder"`` (§4.1, "keeping the ViT encoder frozen"): the encoder and the global codebook
+  are frozen; the new 2D aligner, the local codebooks, the 1D aligner, the fusion and the decoder train;
+- ``freeze="all"`` (§3.4, "fine-tune it while freezing the remaining components"): only the new 2D
+  aligner and its codebook train.
+
+Anything that would train the encoder or the global codebook is refused: it would change ``z_global``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .tokenizer import SelfBootTok
+
+FREEZE = {
+    "encoder": "the encoder and the global codebook are frozen; everything after them trains (§4.1)",
+    "all": "everything but the new 2D aligner and its codebook is frozen (§3.4)",
+}
+_ALWAYS_FROZEN = ("encoder.", "linear_path.", "quantizers.global.", "quantizers.shared.")
+
+
+def check_freeze(freeze: str) -> None:
+    """Refuse a stage-2 setting that would let ``z_global`` change, saying why that matters."""
+    if freeze not in FREEZE:
+        raise ValueError(
+            f"stage 2 cannot use freeze={freeze!r}. Stage 2 keeps the encoder and the global codebook frozen: "
+            "if they trained, z_global would change, and a generator trained on the stage-1 global tokens could "
+            "not be reused with the larger aligner — that reuse is what two-stage scaling saves (paper §3.4). "
+            f"Valid: {', '.join(f'{k!r} ({v})' for k, v in FREEZE.items())}.")
+
+
+def is_trainable(name: str, freeze: str) -> bool:
+    """Whether the parameter ``name`` of a stage-2 tokenizer trains under ``freeze``."""
+    if name.startswith(_ALWAYS_FROZEN):
+        return False
+    return freeze == "encoder" or name.startswith(("aligner_2d.", "quantizers.local_2d."))
+
+
+def stage2_tokenizer(parent: SelfBootTok, local_2d: str, freeze: str = "encoder", seed: int = 0) -> SelfBootTok:
+    """A copy of the stage-1 tokenizer ``parent`` with a new, freshly initialised 2D aligner of preset
+    ``local_2d`` (seeded by ``seed``) and every part but the new aligner loaded from the parent, with the
+    parts ``freeze`` names frozen (``requires_grad=False``: the training engine leaves them out)."""
+    check_freeze(freeze)
+    if parent.aligner_2d is None:
+        raise ValueError("stage 2 grows the local 2D aligner, and this stage-1 tokenizer has none: "
+                         "train stage 1 with local_2d set (e.g. local_2d='xs')")
+    torch.manual_seed(seed)
+    child = SelfBootTok(parent.cfg, local_2d=local_2d)
+    inherited = {k: v for k, v in parent.state_dict().items() if not k.startswith("aligner_2d.")}
+    missing, unexpected = child.load_state_dict(inherited, strict=False)
+    if unexpected or any(not k.startswith("aligner_2d.") for k in missing):
+        raise RuntimeError(f"stage-1 and stage-2 tokenizers differ beyond the 2D aligner: "
+                           f"missing {missing}, unexpected {unexpected}")
+    for name, p in child.named_parameters():
+        p.requires_grad_(is_trainable(name, freeze))
+    return child
+
+
+def frozen_state(model: SelfBootTok) -> dict[str, torch.Tensor]:
+    """The tensors that fix ``z_global``: the encoder, the linear path and the global codebook."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(_ALWAYS_FROZEN)}

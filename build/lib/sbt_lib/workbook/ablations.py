@@ -1,0 +1,169 @@
+"""Ablations in miniature: train tokenizer variants over seeds, evaluate, summarise (paper Table 3).
+
+A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid
+over a notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair into its own
+run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained
+— and returns one row of held-out metrics per run; :func:`summarize` turns the rows into
+mean ± standard deviation per variant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..eval.reconstruction import evaluate_tokenizer
+from .builders import train_stage2, train_tokenizer
+from .params import Params
+from .runs import variant_run
+from .tables import markdown_table, mean_std
+
+FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
+FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}
+
+
+def table3_variants(aligner_2d: str) -> dict[str, dict]:
+    """Paper Table 3 in miniature: equal global tokens, growing local groups, and two ablations of
+    the full model (a bidirectional 2D aligner; one codebook shared by all groups)."""
+    full = dict(local_1d=True, local_2d=aligner_2d)
+    return {
+        "G": dict(local_1d=False, local_2d=None),
+        "G+L1": dict(local_1d=True, local_2d=None),
+        "G+L1+L2 (non-causal)": {**full, "causal": False},
+        "G+L1+L2 (shared codebook)": {**full, "shared_codebook": True},
+        "G+L1+L2": full,
+    }
+
+
+def table2_variants(aligner_2d: str, teachers: list[str], weight: float) -> dict[str, dict]:
+    """Paper Table 2 in miniature: the full model with local REPA (μ2 = ``weight``, on the local 1D
+    tokens, Eq. 7) to each local teacher in ``teachers``, against the same model without it."""
+    full = dict(local_1d=True, local_2d=aligner_2d)
+    return {"no local REPA": {**full, "repa_local_weight": 0.0},
+            **{f"REPA-local: {t}": {**full, "repa_local_weight": weight, "repa_local_teacher": t,
+                                    "repa_local_group": "local_1d"} for t in teachers}}
+
+
+def fusion_variants(aligner_2d: str) -> dict[str, dict]:
+    """Eq. 11: the full model with soft residual fusion and with concatenation."""
+    full = dict(local_1d=True, local_2d=aligner_2d)
+    return {"soft residual": {**full, "fusion": "residual"}, "concat": {**full, "fusion": "concat"}}
+
+
+def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out: Path,
+                 progress: bool = True) -> list[dict]:
+    """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run.
+
+    Runs land in :func:`~sbt_lib.workbook.runs.variant_run` ``(out, variant, seed)``; each resumes from
+    its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
+    batch order.  ``progress`` shows one bar over the runs (one per training step would slow a 2-core
+    notebook kernel)."""
+    def train_one(name, seed, run):
+        return train_tokenizer(P.replace(**variants[name], seed=seed), train_set, test_set, run, progress=False,
+                               evaluate=False)
+
+    return _sweep(P, list(variants), train_one, test_set, out, progress)
+
+
+def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True) -> list[dict]:
+    """Stage 2 of two-stage scaling for every aligner size of ``P.stage2.aligners`` and every seed of
+    ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its cached global tokens ``z_global``;
+    one row per run (variant ``two-stage <size>``), as :func:`run_variants` gives."""
+    sizes = {f"two-stage {size}": size for size in P.stage2.aligners}
+
+    def train_one(name, seed, run):
+        return train_stage2(P.replace(seed=seed), parent, sizes[name], train_set, test_set, run, z_global=z_global,
+                            progress=False)
+
+    return _sweep(P, list(sizes), train_one, test_set, out, progress)
+
+
+def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress: bool) -> list[dict]:
+    """``train_one(name, seed, run_folder)`` for every name and seed, each run evaluated on ``test_set``."""
+    runs = [(name, seed) for name in names for seed in P.seeds]
+    rows = []
+    bar = tqdm(runs, desc="runs", disable=not progress, mininterval=1.0)
+    for name, seed in bar:
+        bar.set_postfix_str(f"{name}, seed {seed}")
+        run = variant_run(out, name, seed)
+        result = train_one(name, seed, run)
+        model = result.best_model
+        metrics = evaluate_tokenizer(model, test_set, fd_size=P.eval.fd_size)
+        rows.append({
+            "variant": name, "seed": seed, "run": str(run),
+            "test_psnr": metrics["test_psnr"], "test_ssim": metrics["test_ssim"],
+            **{k: metrics[k] for k in (*FEATURE_KEYS, "kid", "kid_effnet", "feature_space", "test_lpips")
+               if k in metrics},
+            "codebook_perplexity": metrics["codebook_perplexity"],
+            "params": model.num_params()["total"], "aligner_2d_params": model.num_params()["aligner_2d"],
+            "train_seconds": result.seconds, "steps": result.step,
+            "fusion_weights": model.fusion.weights(),
+        })
+    return rows
+
+
+def feature_key(rows_or_summary) -> str | None:
+    """Which distribution distance the runs report (``fid`` or ``fd_effnet``), if any."""
+    first = next(iter(rows_or_summary.values() if isinstance(rows_or_summary, dict) else rows_or_summary), {})
+    return next((k for k in FEATURE_KEYS if k in first or f"{k}_mean" in first), None)
+
+
+def summarize(rows: list[dict], metrics: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Per variant (in first-seen order): ``<metric>_mean``, ``<metric>_std`` (sample standard
+    deviation over seeds; 0 for a single seed), ``values`` (metric → per-seed list) and ``seeds``.
+    ``metrics`` defaults to PSNR, SSIM and the runs' distribution distance (FID or FD-EffNet)."""
+    fd = feature_key(rows)
+    metrics = metrics or ("test_psnr", "test_ssim") + ((fd,) if fd else ())
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        entry = {"seeds": len(mine), "params": mine[0]["params"], "values": {}}
+        if "aligner_2d_params" in mine[0]:
+            entry["aligner_2d_params"] = mine[0]["aligner_2d_params"]
+        for m in metrics:
+            v = np.array([r[m] for r in mine], dtype=float)
+            entry["values"][m] = v.tolist()
+            entry[f"{m}_mean"] = float(v.mean())
+            entry[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        out[name] = entry
+    return out
+
+
+def summary_table(summary: dict[str, dict], baseline: str | None = None, anchors: dict | None = None) -> str:
+    """The summary as a markdown table (PSNR / SSIM / distribution distance, mean ± std; Δ PSNR
+    against ``baseline``), with the rows of ``anchors`` (:func:`~sbt_lib.eval.reconstruction.anchor_metrics`:
+    bicubic and PCA at the same number of values) below."""
+    fd = feature_key(summary)
+    header = ["variant", "params", "PSNR (dB)", "SSIM"] + ([f"{FEATURE_LABELS[fd]} ↓"] if fd else []) + ["Δ PSNR"]
+    base = summary[baseline]["test_psnr_mean"] if baseline in summary else None
+    delta = (lambda v: f"{v - base:+.2f}") if base is not None else (lambda v: "")
+    rows = [[name, f"{s['params'] / 1e6:.2f} M", mean_std(s["test_psnr_mean"], s["test_psnr_std"]),
+             mean_std(s["test_ssim_mean"], s["test_ssim_std"], 3)]
+            + ([mean_std(s[f"{fd}_mean"], s[f"{fd}_std"])] if fd else []) + [delta(s["test_psnr_mean"])]
+            for name, s in summary.items()]
+    rows += [[f"*{name} at {a['values']} values (anchor)*", "–", f"{a['psnr']:.2f}", f"{a['ssim']:.3f}"]
+             + ([""] if fd else []) + [delta(a["psnr"])] for name, a in (anchors or {}).items()]
+    return markdown_table(header, rows)
+
+
+def verdict(summary: dict[str, dict], a: str, b: str) -> str:
+    """One line reading variant ``a`` against ``b``: the PSNR difference, the larger seed std, and
+    whether the difference is clear (more than twice that std) or within the seed-to-seed spread."""
+    sa, sb = summary[a], summary[b]
+    d = sa["test_psnr_mean"] - sb["test_psnr_mean"]
+    spread = max(sa["test_psnr_std"], sb["test_psnr_std"])
+    call = ("clearly better than" if d > 2 * spread else "clearly worse than" if d < -2 * spread
+            else "within the seed-to-seed spread of")
+    return f"- **{a}** vs **{b}**: {d:+.2f} dB (largest seed std {spread:.2f} dB) — {call} {b}."
+
+
+def seed_spread(summary: dict[str, dict]) -> str:
+    """One line on whether a table separates its variants: the range of seed stds against the span of means."""
+    stds = [s["test_psnr_std"] for s in summary.values()]
+    means = [s["test_psnr_mean"] for s in summary.values()]
+    span = max(means) - min(means)
+    return (f"- **Seed spread**: the seed std of held-out PSNR is {min(stds):.3f}–{max(stds):.3f} dB across variants; "
+            f"the variants' means span {span:.2f} dB, "
+            + ("more than every variant's seed std." if span > max(stds)
+               else "**not more** than the largest seed std: at this budget the table does not separate them."))

@@ -1,0 +1,150 @@
+"""Builders from typed parameters: a notebook's data, tokenizer, objective and training run.
+
+Each function takes the run's :class:`~sbt_lib.workbook.params.Params` (or one of its typed
+sections), so a notebook stays a page of narrative, calls and plots.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data.cache import FeatureCache
+from ..data.datasets import load_dataset, resolve_dataset_name
+from ..eval.reconstruction import evaluate_tokenizer, held_out_images
+from ..models.teachers import load_teacher
+from ..models.tokenizer import SelfBootTok
+from ..files import content_key
+from ..models.two_stage import frozen_state, stage2_tokenizer
+from ..models.vae2d import VAE2D, VAE2DConfig
+from ..objective.objective import Objective
+from ..objective.stage2 import Stage2Loss
+from ..objective.repa import patches_to_tokens, teacher_tokens
+from ..objective.vae_latents import train_vae2d
+from ..train import TrainResult, resolve_device, train
+from .params import Params
+
+
+def load_data(P: Params):
+    """(train, test) datasets of ``P.data`` at the tokenizer's image size.
+
+    ``auto`` is resolved here once (CIFAR-10 when it can be had, else the built-in photos): the
+    name actually used replaces it in ``P.data.dataset``, and ``P.data.note`` says why when it
+    fell back, so the run's metrics record which data it trained on."""
+    name, note = resolve_dataset_name(P.data.dataset)
+    P.data.dataset, P.data.note = name, note
+    if note:
+        print(note)
+    kw = dict(image_size=P.tokenizer.image_size, seed=P.seed)
+    return (load_dataset(name, "train", size=P.data.train_size, **kw),
+            load_dataset(name, "test", size=P.data.test_size, **kw))
+
+
+def build_tokenizer(P: Params, train_set=None) -> SelfBootTok:
+    """A tokenizer of ``P.tokenizer``; the seed fixes its initial weights.  With a linear path,
+    ``train_set`` is needed: the path starts at its principal components (fitted on at most
+    10,000 evenly spaced training images)."""
+    torch.manual_seed(P.seed)
+    model = SelfBootTok(P.tokenizer)
+    if model.linear_path is not None:
+        if train_set is None:
+            raise ValueError("a tokenizer with linear_path=True starts at the training set's principal components: "
+                             "pass train_set to build_tokenizer")
+        model.fit_linear_path(held_out_images(train_set, 10_000))
+    return model
+
+
+def train_2d_vae(P: Params, train_set, progress: bool = True) -> VAE2D:
+    """The 2D VAE of the OT term for ``train_set``, of ``P.vae``'s size (trained once, then loaded
+    from the cache)."""
+    v = P.vae
+    cfg = VAE2DConfig(image_size=P.tokenizer.image_size, downsample=v.downsample,
+                      latent_channels=v.latent_channels, channels=v.channels)
+    return train_vae2d(train_set, cfg, steps=v.steps, batch_size=v.batch_size, seed=P.seed, progress=progress)
+
+
+def latents_2d_cache(P: Params, train_set, progress: bool = True) -> FeatureCache:
+    """The 2D latents of every training image under the (cached) 2D VAE, computed once on the
+    training device."""
+    device = resolve_device(P.training.device)
+    vae = train_2d_vae(P, train_set, progress).to(device)
+    return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", device=device, progress=progress)
+
+
+def teacher_cache(name: str, P: Params, train_set, num_tokens: int, progress: bool = True) -> FeatureCache:
+    """The features of every training image under the frozen teacher ``name``
+    (:func:`~sbt_lib.models.teachers.load_teacher`), already pooled to the ``num_tokens`` tokens they
+    are aligned with (N×C, see :func:`~sbt_lib.objective.repa.patches_to_tokens`; the pooling is
+    linear, so caching pooled features is exact and takes P/N times less memory), computed once."""
+    device = resolve_device(P.training.device)
+    teacher = load_teacher(name, P.tokenizer.image_size).to(device)
+    return FeatureCache(lambda images: patches_to_tokens(teacher_tokens(teacher(images)), num_tokens), train_set,
+                        f"{teacher.cache_name}-pooled{num_tokens}", device=device, progress=progress)
+
+
+def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = True) -> Objective:
+    """Eq. 4-5 with the weights of ``P.objective``; the frozen inputs its terms need (2D latents,
+    teacher features of the training images) are computed and cached first."""
+    cfg = P.objective
+    latents = latents_2d_cache(P, train_set, progress) if cfg.ot_weight else None
+    tokens = {"global": model.cfg.num_tokens, "local": model.cfg.num_group_tokens(cfg.repa_local_group)}
+    teachers = {which: teacher_cache(name, P, train_set, tokens[which], progress)
+                for which, weight, name in (("global", cfg.repa_global_weight, cfg.repa_global_teacher),
+                                            ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
+    return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)
+
+
+def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: bool = True,
+                    evaluate: bool = True) -> TrainResult:
+    """Train the tokenizer of ``P`` on ``train_set`` with the objective of ``P``; held-out PSNR on
+    ``test_set`` is logged every ``eval_every`` steps and at the end (``evaluate=False``: never, for
+    callers that evaluate themselves).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    model = build_tokenizer(P, train_set)
+    objective = build_objective(P, model, train_set, progress)
+
+    def eval_fn(m):
+        r = evaluate_tokenizer(m, test_set, limit=P.eval.eval_size)
+        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"], "perplexity": r["codebook_perplexity"]}
+
+    cfg = replace(P.training, progress=progress)
+    data = {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size, "train_size": P.data.train_size,
+            "seed": P.seed}
+    meta = {"tokenizer": model.cfg.to_dict(), "data": data, "objective": objective.cfg.to_dict()}
+    return train(model, objective, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
+
+
+# ----------------------------------------------------------------------------- stage 2 (paper §3.4)
+
+def global_token_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
+    """``z_global`` of every training image under the frozen encoder and global codebook of ``model``,
+    computed once on the training device and kept in float32 (exact); named by those frozen weights, so
+    every stage-2 run of one stage-1 tokenizer shares it."""
+    device = resolve_device(P.training.device)
+    frozen = frozen_state(model)
+    key = content_key(*[x for k, v in frozen.items() for x in (k, v)])
+    encoder = model.to(device).eval().encode_global
+    return FeatureCache(encoder, train_set, f"zglobal-{key}", dtype=torch.float32, device=device, progress=progress)
+
+
+def train_stage2(P: Params, parent: SelfBootTok, local_2d: str, train_set, test_set, out_dir: Path,
+                 z_global: FeatureCache | None = None, progress: bool = True, evaluate: bool = False) -> TrainResult:
+    """Stage 2 of two-stage scaling: a tokenizer with a new 2D aligner of preset ``local_2d`` grown
+    from the stage-1 ``parent`` (frozen as ``P.stage2.freeze`` says, seeded by ``P.seed``), fine-tuned
+    for ``P.stage2.steps`` steps of ``P.training`` on the cached global tokens ``z_global`` (built by
+    :func:`global_token_cache` when not given) through the training engine: checkpoints in ``out_dir``,
+    exact resume, progress, the NaN guard."""
+    model = stage2_tokenizer(parent, local_2d, P.stage2.freeze, seed=P.seed)
+    z_global = z_global if z_global is not None else global_token_cache(parent, train_set, P, progress)
+
+    def eval_fn(m):
+        r = evaluate_tokenizer(m, test_set, limit=P.eval.eval_size)
+        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"]}
+
+    cfg = replace(P.training, steps=P.stage2.steps, progress=progress)
+    meta = {"tokenizer": model.cfg.to_dict(), "stage2": {"freeze": P.stage2.freeze, "local_2d": local_2d,
+                                                          "z_global_cache": z_global.name},
+            "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size,
+                     "train_size": P.data.train_size, "seed": P.seed}}
+    return train(model, Stage2Loss(z_global), train_set, cfg, out_dir=out_dir,
+                 eval_fn=eval_fn if evaluate else None, meta=meta)

@@ -1,0 +1,205 @@
+"""Typed parameters: one :class:`Params` object per notebook run, with a typed section per part.
+
+A notebook's ``parameters`` cell names each parameter once, by its config field's name (``steps``,
+``width``, ``ot_weight``), every one ``None`` unless set; one line turns the cell into a
+:class:`Params`: ``P = notebook_params("01_decomposition", globals())``.  The values come from the
+notebook's bundle at the chosen scale (:mod:`~sbt_lib.workbook.scales`), with every non-``None``
+cell value laid over it.
+
+Flat names and sections.  A parameter's name is its field's name; the fields of the sections
+that train a model of their own beside the tokenizer are prefixed with the section (``vae_steps``,
+``probe_train_size``), so their ``steps`` and ``batch_size`` never collide with the tokenizer's —
+stage 2's are ``stage2_steps``, ``stage2_freeze``, and the generator's will join the same way.
+
+=============  =================================================  =====================================
+section        config                                             holds
+=============  =================================================  =====================================
+``data``       :class:`DataConfig`                                data set and its split sizes
+``tokenizer``  :class:`~sbt_lib.models.tokenizer.TokenizerConfig`  sizes and switches of the tokenizer
+``training``   :class:`~sbt_lib.train.TrainConfig`                optimisation, seed, device
+``eval``       :class:`EvalConfig`                                held-out evaluation sizes
+``objective``  :class:`~sbt_lib.objective.objective.ObjectiveConfig`  the weights of Eq. 4-5
+``vae``        :class:`VAEConfig`                                 the 2D VAE of the OT term
+``probe``      :class:`ProbeConfig`                               the tokenizer trained for linear probes
+``stage2``     :class:`Stage2Config`                              stage 2 of two-stage aligner scaling
+``study``      :class:`StudyConfig`                               seeds and sweeps of a notebook's study
+=============  =================================================  =====================================
+
+Every section is built with the strict ``from_dict``; an unknown name is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+
+from ..config import Config
+from ..models.tokenizer import TokenizerConfig
+from ..objective.objective import ObjectiveConfig
+from ..train import TrainConfig
+from .scales import NOTEBOOKS
+
+
+@dataclass
+class DataConfig(Config):
+    """The data set (``auto``: CIFAR-10 where it can be had, else the built-in photos; ``photos``,
+    ``shapes``, ``cifar10`` or an ImageFolder path) and how many images of each split (``None``: all)."""
+
+    dataset: str = "auto"
+    train_size: int | None = None
+    test_size: int | None = None
+    note: str | None = None  # set when the data is loaded: why ``auto`` fell back to the photos
+
+
+@dataclass
+class EvalConfig(Config):
+    """Held-out evaluation: images per evaluation during training, and the input size of the
+    EfficientNet-Lite0 feature space of the rFID-style distance (part of that metric's label)."""
+
+    eval_size: int | None = 1000
+    fd_size: int = 112
+
+
+@dataclass
+class VAEConfig(Config):
+    """The small 2D KL-VAE of the OT term (notebook 03), trained once per data set and cached."""
+
+    downsample: int = 2
+    latent_channels: int = 4
+    channels: int = 16
+    steps: int = 300
+    batch_size: int = 32
+
+
+@dataclass
+class ProbeConfig(Config):
+    """The tokenizer that notebook 01 trains on ``shapes`` for the linear probes."""
+
+    steps: int = 300
+    train_size: int = 3000
+    test_size: int = 1000
+
+
+@dataclass
+class Stage2Config(Config):
+    """Two-stage aligner scaling (notebook 04): the 2D aligner sizes grown in stage 2 (presets of
+    :data:`~sbt_lib.models.aligners.ALIGNER_2D_PRESETS`), what stays frozen (``encoder`` or ``all``,
+    :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size."""
+
+    aligners: list[str] = field(default_factory=lambda: ["xs", "s", "m", "l", "xl"])
+    freeze: str = "encoder"
+    steps: int = 200
+
+
+@dataclass
+class StudyConfig(Config):
+    """What a notebook sweeps: seeds per variant, the local teachers of Table 2 and their REPA
+    weight μ2, the batch of the OT solver benchmark."""
+
+    seeds: int = 1
+    local_teachers: list[str] = field(default_factory=lambda: ["hog"])
+    local_teacher_weight: float = 0.1
+    bench_batch: int = 64
+
+
+SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": TrainConfig, "eval": EvalConfig,
+            "objective": ObjectiveConfig, "vae": VAEConfig, "probe": ProbeConfig, "stage2": Stage2Config,
+            "study": StudyConfig}
+PREFIXED = ("vae", "probe", "stage2")  # sections whose flat names are ``<section>_<field>``
+RUN_NAMES = ("scale", "out_dir")  # not in a section: which bundle, and where the run writes
+
+
+def _flat_names() -> dict[str, tuple[str, str]]:
+    """flat name → (section, field), by the rule of the module docstring; a collision is a bug here."""
+    names: dict[str, tuple[str, str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            name = f"{section}_{f.name}" if section in PREFIXED else f.name
+            if name in names or name in RUN_NAMES:
+                raise TypeError(f"parameter name {name!r} of section {section!r} is already {names.get(name)}")
+            names[name] = (section, f.name)
+    return names
+
+
+FLAT_NAMES = _flat_names()
+
+
+@dataclass
+class Params:
+    """Everything one notebook run is configured by: its bundle at a scale, overridden name by name."""
+
+    notebook: str
+    scale: str
+    out_dir: str | None
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    training: TrainConfig
+    eval: EvalConfig
+    objective: ObjectiveConfig
+    vae: VAEConfig
+    probe: ProbeConfig
+    stage2: Stage2Config
+    study: StudyConfig
+
+    def replace(self, **flat) -> "Params":
+        """A copy with the given flat names set (``None`` values too: use it to clear a field)."""
+        new = copy.deepcopy(self)
+        for name, value in flat.items():
+            if name in RUN_NAMES:
+                setattr(new, name, value)
+                continue
+            if name not in FLAT_NAMES:
+                raise TypeError(f"unknown parameter {name!r}; valid: {sorted(FLAT_NAMES) + list(RUN_NAMES)}")
+            section, fld = FLAT_NAMES[name]
+            setattr(getattr(new, section), fld, value)
+        return new
+
+    def flat(self) -> dict:
+        """Every parameter by its flat name (what ``metrics.json`` records)."""
+        out = {"scale": self.scale, "out_dir": self.out_dir}
+        for name, (section, fld) in FLAT_NAMES.items():
+            out[name] = getattr(getattr(self, section), fld)
+        return out
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: initial weights, batch order and the data subsets."""
+        return self.training.seed
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of a study: ``seed``, ``seed + 1``, … (``study.seeds`` of them)."""
+        return [self.training.seed + i for i in range(self.study.seeds)]
+
+
+def resolve(notebook: str, scale: str = "cpu", **overrides) -> Params:
+    """The parameters of ``notebook`` at ``scale`` with every non-``None`` override applied.
+
+    Names are flat (see the module docstring) and case-insensitive.  An unknown notebook, scale or
+    name is an error that lists the valid ones."""
+    if notebook not in NOTEBOOKS:
+        raise KeyError(f"unknown notebook {notebook!r}; known: {sorted(NOTEBOOKS)}")
+    if scale not in NOTEBOOKS[notebook]:
+        raise ValueError(f"unknown scale {scale!r}; valid: {list(NOTEBOOKS[notebook])}")
+    given = {k.lower(): v for k, v in overrides.items() if v is not None}
+    given.pop("scale", None)
+    unknown = sorted(set(given) - set(FLAT_NAMES) - set(RUN_NAMES))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown} for {notebook}; valid: {sorted(FLAT_NAMES) + list(RUN_NAMES)}")
+    bundle = dict(NOTEBOOKS[notebook][scale])
+    bad = sorted(set(bundle) - set(FLAT_NAMES))
+    if bad:  # a bundle in scales.py names a field that does not exist
+        raise TypeError(f"the {scale} bundle of {notebook} has unknown parameter(s) {bad}")
+    sections = {s: {} for s in SECTIONS}
+    for name, value in bundle.items():
+        section, fld = FLAT_NAMES[name]
+        sections[section][fld] = value
+    params = Params(notebook=notebook, scale=scale, out_dir=None,
+                    **{s: SECTIONS[s].from_dict(d) for s, d in sections.items()})
+    return params.replace(**given)
+
+
+def notebook_params(notebook: str, namespace: dict) -> Params:
+    """The :class:`Params` of a notebook's ``parameters`` cell: ``namespace`` is the notebook's
+    ``globals()``, from which every flat parameter name (and ``scale``, ``out_dir``) is read."""
+    cell = {k: v for k, v in namespace.items() if k in FLAT_NAMES or k in RUN_NAMES}
+    return resolve(notebook, cell.pop("scale", "cpu"), **cell)

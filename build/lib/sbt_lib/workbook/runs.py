@@ -1,0 +1,68 @@
+"""Run folders: where a notebook writes, where each (variant, seed) run of a study lives, its
+``metrics.json`` with the few headline rows the workbook's summary shows, and loading a trained
+tokenizer or objective back from a folder."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint, unprefixed
+from ..data.cache import FeatureCache
+from ..files import REPO, write_json
+from ..models.tokenizer import SelfBootTok, TokenizerConfig
+from ..objective.objective import Objective, ObjectiveConfig
+
+
+def run_dir(out_dir: str | None, notebook: str) -> Path:
+    """The folder a notebook writes to: ``out_dir`` if given, else ``<repo>/runs/<notebook>``."""
+    path = Path(out_dir) if out_dir else REPO / "runs" / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def slug(name: str) -> str:
+    """A folder name for a variant: ``G+L1+L2 (shared codebook)`` → ``G+L1+L2_shared_codebook``."""
+    return re.sub(r"[^A-Za-z0-9+.-]+", "_", name).strip("_")
+
+
+def variant_run(out: str | Path, variant: str, seed: int) -> Path:
+    """The run folder of one (variant, seed) pair of a study in notebook folder ``out``."""
+    return Path(out) / "runs" / slug(variant) / f"seed{seed}"
+
+
+def headline(label: str, value, anchor: str | None = None, note: str = "") -> dict:
+    """One row of the workbook summary: what was measured, its value (a number or 'mean ± std'),
+    the anchor it is read against, and a few words."""
+    return {"label": label, "value": value, "anchor": anchor, "note": note}
+
+
+def write_metrics(out_dir: Path, metrics: dict, headlines: list[dict] | None = None) -> Path:
+    """Write ``metrics.json`` (what the tests and the workbook summary read); ``headlines`` are the
+    rows (:func:`headline`) the summary shows for this notebook."""
+    path = Path(out_dir) / "metrics.json"
+    write_json(path, {**metrics, "headlines": headlines or [], "written_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return path
+
+
+def read_metrics(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())
+
+
+def load_tokenizer(run: str | Path, ema: bool = True) -> SelfBootTok:
+    """The tokenizer saved in a run folder (its EMA weights when there are some and ``ema``)."""
+    tensors, meta = load_checkpoint(Path(run) / "checkpoint")
+    model = SelfBootTok(TokenizerConfig.from_dict(meta["tokenizer"]))
+    prefix = "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model"
+    model.load_state_dict(unprefixed(prefix, tensors))
+    return model.eval()
+
+
+def load_objective(run: str | Path, model: SelfBootTok, latents_2d: FeatureCache | None = None) -> Objective:
+    """The objective saved in a run folder, with its learned parts (the OT projector) restored.
+    ``latents_2d`` is needed when the run used the OT term."""
+    tensors, meta = load_checkpoint(Path(run) / "checkpoint")
+    objective = Objective(ObjectiveConfig.from_dict(meta["objective"]), model.cfg, latents_2d=latents_2d)
+    objective.load_state_dict(unprefixed("loss", tensors))
+    return objective.eval()

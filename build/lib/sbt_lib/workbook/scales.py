@@ -1,0 +1,130 @@
+"""Named bundles of defaults — the workbook's only 'configuration'.
+
+A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.params` says how a name maps
+onto its typed section).  Each notebook has a ``parameters`` cell with ``scale`` and the parameters it
+exposes, all ``None`` by default; :func:`~sbt_lib.workbook.params.resolve` starts from the notebook's
+bundle at that scale and overrides every parameter that was set, so any single value can be changed
+without touching the rest.
+
+- ``tiny``: for the tests; each notebook in seconds, numbers meaningless.
+- ``cpu`` (default): minutes on a 2-core laptop; big enough that the effects are visible.
+- ``gpu``: one GPU, about an hour per notebook (CIFAR-10 or an ImageNet-64 folder).
+"""
+from __future__ import annotations
+
+SCALE_NAMES = ("tiny", "cpu", "gpu")
+
+# The recipe that learns in minutes on 2 cores (issue 11, measured by benchmarks/tokenizer_quality.py):
+# a conv trunk that halves the image down to the token grid (GigaTok), gain-shape SoftVQ (the codebook
+# quantizes each token's direction, its length is kept) at a soft τ, and a fixed linear path started at
+# the training set's principal components, so training starts at the best linear code and learns the rest.
+_RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
+
+# Tokenizer sizes per scale (field names of TokenizerConfig).
+_TOKENIZER = {
+    "tiny": dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2,
+                 num_tokens=8, token_dim=4, codebook_size=64, conv_channels=8, **_RECIPE),
+    # 32×32 images, 32 tokens × 8 = 256 values: 1/12 of the 3072 pixel values.
+    "cpu": dict(image_size=32, patch_size=4, width=128, encoder_depth=4, decoder_depth=4, num_heads=4,
+                num_tokens=32, token_dim=8, codebook_size=1024, conv_channels=32, **_RECIPE),
+    "gpu": dict(image_size=32, patch_size=2, width=384, encoder_depth=8, decoder_depth=8, num_heads=6,
+                num_tokens=32, token_dim=8, codebook_size=4096, conv_channels=64, **_RECIPE),
+}
+
+# Training and data per scale (field names of TrainConfig, plus the data settings).  ``auto`` is
+# CIFAR-10 where it can be had ($SBT_DATA/cifar10, else torchvision's download), else the built-in photos.
+_TRAINING = {
+    "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
+                 betas=(0.9, 0.99), ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0,
+                 fd_size=32),
+    # About 4 minutes of training on 2 cores (benchmarks/tokenizer_quality.py).
+    "cpu": dict(dataset="auto", train_size=None, test_size=2000, steps=400, batch_size=32, lr=2e-3, warmup=50,
+                betas=(0.9, 0.99), ema=0.0, eval_every=100, eval_size=1000, seed=0, log_every=10, ckpt_every=100,
+                fd_size=112),
+    "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
+                warmup=1000, betas=(0.9, 0.99), ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50,
+                ckpt_every=2000, fd_size=224),
+}
+
+# Notebook 02 trains 8 variants × 3 seeds (Table 3, fusion, Table 2) within about 10 minutes at cpu, so
+# each run gets ~20 s on 2 cores: a narrower, shallower tokenizer than notebook 01's at the same 32 × 8
+# bottleneck, 256 codewords per group, 100 steps of 32 from 10,000 training images (a class-balanced subset:
+# the teacher and 2D-VAE caches stay small) on 1000 held-out images.  Every run starts at the
+# same linear code (PCA), which keeps the seed spread small (the notebook reports it).
+_BOOTSTRAP_CPU = {**_TRAINING["cpu"], **_TOKENIZER["cpu"], "width": 64, "encoder_depth": 2, "decoder_depth": 2,
+                  "conv_channels": 16, "codebook_size": 256, "steps": 100, "warmup": 15, "eval_every": 0,
+                  "ckpt_every": 0, "train_size": 10_000, "test_size": 1000}
+_BOOTSTRAP = {
+    "tiny": {**_TRAINING["tiny"], **_TOKENIZER["tiny"], "eval_every": 0},
+    "cpu": _BOOTSTRAP_CPU,
+    "gpu": {**_TRAINING["gpu"], **_TOKENIZER["gpu"], "steps": 10_000},
+}
+# The switches of the full SelfBootTok per scale: the 2D aligner's preset and the decoder.
+_SELFBOOTTOK = {
+    "tiny": dict(local_1d=True, local_2d="xs", decoder="cross"),
+    "cpu": dict(local_1d=True, local_2d="xs", decoder="cross"),
+    "gpu": dict(local_1d=True, local_2d="m", decoder="cross"),
+}
+
+# ``fd_size``: the input size of EfficientNet-Lite0 for the rFID-style distance (FD-EffNet) when the
+# Inception weights of FID are not available; part of the metric's label.
+
+# Notebook 02, Table 2: local REPA (weight μ2) to each local teacher; the ViT teachers run only
+# where their weights resolve (and their features of the training set are cached once).
+_TABLE2 = {
+    "tiny": dict(local_teachers=["hog"], local_teacher_weight=0.1),
+    "cpu": dict(local_teachers=["hog", "effnet_lite0"], local_teacher_weight=0.1),
+    "gpu": dict(local_teachers=["hog", "effnet_lite0", "dinov2_s", "siglip2", "ijepa"], local_teacher_weight=0.1),
+}
+
+# Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
+_PROBES = {
+    "tiny": dict(probe_steps=20, probe_train_size=256, probe_test_size=128),
+    "cpu": dict(probe_steps=300, probe_train_size=3000, probe_test_size=1000),
+    "gpu": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
+}
+
+# The small 2D KL-VAE of the OT term (notebook 03), trained once per data set and cached.
+_VAE = {
+    "tiny": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=8, vae_steps=20, vae_batch_size=16),
+    "cpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=16, vae_steps=300, vae_batch_size=32),
+    "gpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=64, vae_steps=2000, vae_batch_size=256),
+}
+# Notebook 03: the full model of notebook 02, trained with and without L_OT (μ3 = ot_weight).
+_OT = {
+    "tiny": dict(seeds=1, ot_weight=0.1, ot_eps=0.05, bench_batch=8),
+    "cpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
+    "gpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
+}
+
+# Notebook 04: stage 1 once with the smallest 2D aligner (notebook 02's tokenizer), then stage 2 grows the
+# aligner to each size on the cached global tokens; the same sizes trained from scratch are the control.
+# At cpu: 4 sizes × 2 seeds × 2 regimes = 16 runs within 10 minutes on 2 cores, so 500 held-out images.
+_STAGE2 = {
+    "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
+    "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=2, test_size=500),
+    "gpu": dict(stage2_aligners=["m", "xl", "10M", "50M"], stage2_steps=5000, seeds=2),
+}
+
+NOTEBOOKS = {
+    "01_decomposition": {
+        s: {**_TRAINING[s], **_TOKENIZER[s], **_SELFBOOTTOK[s], **_PROBES[s],
+            "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "02_bootstrapping": {
+        s: {**_BOOTSTRAP[s], **_TABLE2[s], "seeds": 3 if s != "tiny" else 2, "local_2d": _SELFBOOTTOK[s]["local_2d"],
+            "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "03_ot_alignment": {
+        s: {**_BOOTSTRAP[s], **_VAE[s], **_OT[s], "local_2d": _SELFBOOTTOK[s]["local_2d"],
+            "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "04_aligner_scaling": {
+        s: {**_BOOTSTRAP[s], **_STAGE2[s], "local_1d": True, "local_2d": "xs", "decoder": _SELFBOOTTOK[s]["decoder"],
+            "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+}

@@ -1,0 +1,190 @@
+"""Figures for the notebooks (matplotlib).  Each function draws one figure, saves it when given a
+path, and returns it, so notebooks show it inline and the run folder keeps a PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def save_figure(fig, path: str | Path | None):
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def to_numpy_image(img: torch.Tensor) -> np.ndarray:
+    """3×H×W in [-1, 1] → H×W×3 in [0, 1] for ``imshow``."""
+    return ((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+
+
+def plot_training(history: list[dict], path=None, metric: str = "eval_psnr", reference: dict | None = None):
+    """Training loss per step (log scale) and a held-out metric per evaluation, side by side.
+
+    ``reference`` maps a label to a value drawn as a horizontal line on the metric panel
+    (e.g. the bicubic PSNR)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    rows = [r for r in history if "loss" in r]
+    ax1.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax1.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+    evals = [r for r in history if metric in r]
+    ax2.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", label="tokenizer")
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax2.axhline(value, ls="--", color=f"C{i + 1}", label=label)
+    name = metric.removeprefix("eval_")
+    ax2.set(xlabel="step", ylabel=name.upper() + (" (dB)" if name == "psnr" else ""), title=f"held-out {name.upper()}")
+    ax2.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def image_rows(rows: dict[str, torch.Tensor], n: int = 8, path=None, scale: float = 1.2):
+    """A grid with one labelled row per entry of ``rows`` (each B×3×H×W), first ``n`` images."""
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * scale, len(rows) * scale), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            if c < len(images):
+                ax.imshow(to_numpy_image(images[c]), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_codebook_usage(probs: torch.Tensor | dict[str, torch.Tensor], path=None, title: str = "codebook usage"):
+    """Sorted average assignment mass per codeword (log scale), with the uniform level; ``probs``
+    is one B×N×K assignment or a dict of them (one line per token group)."""
+    groups = probs if isinstance(probs, dict) else {"global": probs}
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, p in groups.items():
+        mass = p.detach().reshape(-1, p.shape[-1]).float().mean(0).sort(descending=True).values.cpu().numpy()
+        ax.plot(np.arange(1, len(mass) + 1), mass, label=name)
+    ax.axhline(1 / len(mass), ls="--", color="gray", label="uniform use")
+    ax.set(xlabel="codeword rank", ylabel="mean assignment", yscale="log", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, list[str]] | None = None):
+    """Linear-probe accuracy per factor (x) and token group (bars), chance level as a black tick.
+    ``table`` is the output of :func:`sbt_lib.eval.probes.probe_table`; ``kinds`` (e.g. ``{"global":
+    [...], "local": [...]}``) labels the factors by kind."""
+    factors = list(table)
+    groups = [g for g in table[factors[0]] if g != "chance"]
+    fig, ax = plt.subplots(figsize=(1.3 * len(factors) + 2, 3.5))
+    width = 0.8 / len(groups)
+    x = np.arange(len(factors))
+    for i, g in enumerate(groups):
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, [table[f][g] for f in factors], width, label=g)
+    ax.plot(x, [table[f]["chance"] for f in factors], "k_", ms=30, mew=2, label="chance")
+    kind_of = {f: k for k, fs in (kinds or {}).items() for f in fs}
+    ax.set_xticks(x, [f"{f}\n({kind_of[f]})" if f in kind_of else f for f in factors])
+    ax.set(ylim=(0, 1.05), ylabel="held-out accuracy", title="linear probes: which tokens carry which factor")
+    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def difference_map(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """|a - b| averaged over channels, amplified by ``gain`` and shown as a grey image in [-1, 1]
+    (black = identical; white = a difference of 2/gain or more, in [-1, 1] units)."""
+    d = ((a - b).abs().mean(1, keepdim=True) * gain / 2).clamp(0, 1)
+    return (d * 2 - 1).expand(-1, 3, -1, -1)
+
+
+def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, reference: dict | None = None,
+              ylabel: str | None = None, title: str | None = None):
+    """Mean ± std per variant (the output of :func:`sbt_lib.workbook.ablations.summarize`), with every seed
+    drawn as a dot when ``summary`` entries carry ``values``; ``reference`` lines as in
+    :func:`plot_training`."""
+    names = list(summary)
+    means = np.array([summary[n][f"{metric}_mean"] for n in names])
+    stds = np.array([summary[n][f"{metric}_std"] for n in names])
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5))
+    x = np.arange(len(names))
+    ax.bar(x, means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))], alpha=0.8)
+    for i, n in enumerate(names):
+        vals = summary[n].get("values", {}).get(metric, [])
+        ax.plot([i] * len(vals), vals, "k.", ms=5)
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, ls=("--", ":")[i % 2], color="gray", label=label)
+    refs = list((reference or {}).values())
+    lo, hi = min([(means - stds).min(), *refs]), max([(means + stds).max(), *refs])
+    pad = max(hi - lo, 1e-3) * 0.6
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set(ylabel=ylabel or metric, title=title or f"{metric}: mean ± std over seeds")
+    if reference:
+        ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _count(n: float) -> str:
+    """12,345 → '12K'; 1,800,000 → '1.8M'."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}K" if n >= 1e3 else f"{n:.0f}"
+
+
+def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], path=None,
+                 references: dict[str, dict[str, float]] | None = None, title: str | None = None):
+    """Fig. 6 in miniature: each metric against the 2D aligner's parameters (log axis), one line per
+    regime.  ``curves`` maps a regime to its sizes' summaries (:func:`~sbt_lib.workbook.ablations.summarize`
+    entries with ``aligner_2d_params``), drawn as mean ± std with every seed as a dot; ``metrics`` maps
+    a metric key to its axis label; ``references`` maps a metric key to horizontal anchor lines."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], metrics.items()):
+        for i, (regime, sizes) in enumerate(curves.items()):
+            x = np.array([s["aligner_2d_params"] for s in sizes.values()], dtype=float)
+            mean = np.array([s[f"{metric}_mean"] for s in sizes.values()])
+            std = np.array([s[f"{metric}_std"] for s in sizes.values()])
+            shift = 1.0 + 0.04 * (i - (len(curves) - 1) / 2)  # side by side, not on top of each other
+            ax.errorbar(x * shift, mean, yerr=std, marker="o", capsize=3, color=f"C{i}", label=regime)
+            for xi, s in zip(x, sizes.values()):
+                vals = s.get("values", {}).get(metric, [])
+                ax.plot([xi * shift] * len(vals), vals, ".", color=f"C{i}", alpha=0.4, ms=4)
+        for j, (name, value) in enumerate((references or {}).get(metric, {}).items()):
+            ax.axhline(value, ls=("--", ":")[j % 2], color="gray", label=name)
+        ax.set_xscale("log")
+        ticks = sorted({s["aligner_2d_params"] for sizes in curves.values() for s in sizes.values()})
+        ax.set_xticks(ticks, [_count(n) for n in ticks])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set(xlabel="2D aligner parameters (log)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def group_explorer(model, images: torch.Tensor):
+    """An ipywidgets explorer: one slider per token group scales that group (0 removes it) before
+    the decoder; the decoded images update as the sliders move."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    with torch.no_grad():
+        enc = model.encode(images)
+    sliders = {g: widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description=g)
+               for g in model.cfg.groups}
+    out = widgets.Output()
+
+    def redraw(_=None):
+        with torch.no_grad():
+            decoded = model.decode(enc, scales={g: s.value for g, s in sliders.items()}).clamp(-1, 1)
+        with out:
+            out.clear_output(wait=True)
+            fig = image_rows({"original": images, "decoded": decoded}, n=len(images))
+            plt.show(fig)
+
+    for s in sliders.values():
+        s.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox(list(sliders.values())), out])
+    display(box)
+    return box
