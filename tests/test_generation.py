@@ -1,0 +1,173 @@
+"""The generator: SiT, the flow-matching path and loss, and the samplers on a problem with a known answer.
+
+Data N(μ, diag σ²) and noise N(0, I), coupled independently, give the linear path a velocity field in
+closed form, v(x, t) = μ + (tσ² − (1 − t)) / (t²σ² + (1 − t)²) · (x − tμ), whose flow maps x0 to μ + σ x0.
+"""
+import pytest
+import torch
+
+from sbt_lib.batch import Batch
+from sbt_lib.generation.path import interpolate, score_from_velocity, target_velocity
+from sbt_lib.generation.samplers import dopri5, euler, euler_maruyama, guided, heun, sample
+from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer, sample_time
+from sbt_lib.models.sit import SIT_PRESETS, SiT
+from sbt_lib.train import TrainConfig, train
+
+MU = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+SIGMA = torch.tensor([0.5, 1.0, 2.0, 0.1], dtype=torch.float64)
+
+
+def exact_velocity(x, t):
+    return MU + (t * SIGMA**2 - (1 - t)) / (t**2 * SIGMA**2 + (1 - t) ** 2) * (x - t * MU)
+
+
+@pytest.fixture
+def x0():
+    return torch.randn(2000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_the_path_and_its_score():
+    x0, x1, t = torch.randn(5, 3), torch.randn(5, 3), torch.rand(5)
+    xt = interpolate(x0, x1, t)
+    assert torch.allclose(xt, t[:, None] * x1 + (1 - t[:, None]) * x0)
+    assert torch.equal(interpolate(x0, x1, torch.zeros(5)), x0) and torch.equal(interpolate(x0, x1, torch.ones(5)), x1)
+    # with the exact velocity, the score is -E[x0 | x_t] / (1 - t): here the marginal's own Gaussian score
+    x, s = torch.randn(7, 4, dtype=torch.float64), 0.3
+    var = s**2 * SIGMA**2 + (1 - s) ** 2
+    assert torch.allclose(score_from_velocity(exact_velocity(x, s), x, torch.tensor(s)), -(x - s * MU) / var)
+    assert torch.equal(target_velocity(x0, x1), x1 - x0)
+
+
+@pytest.mark.parametrize("method, order", [(euler, 1), (heun, 2)])
+def test_euler_and_heun_show_their_orders(x0, method, order):
+    exact = MU + SIGMA * x0
+    errors = [(method(exact_velocity, x0, n) - exact).abs().max().item() for n in (20, 40, 80)]
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(abs(r - 2**order) < 0.25 * 2**order for r in ratios), (errors, ratios)
+
+
+def test_dopri5_is_accurate_and_counts_its_evaluations(x0):
+    stats = {}
+    out = dopri5(exact_velocity, x0, rtol=1e-7, atol=1e-7, stats=stats)
+    assert (out - (MU + SIGMA * x0)).abs().max() < 1e-4
+    assert stats["nfe"] > 6
+
+
+@pytest.mark.parametrize("sampler", ["heun", "sde"])
+def test_samples_converge_to_the_data_distribution(sampler):
+    x0 = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if sampler == "heun":
+        out = heun(exact_velocity, x0, 50)
+    else:
+        out = euler_maruyama(exact_velocity, x0, 400, last_step=0.01, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(out.mean(0), MU, atol=0.05), out.mean(0)
+    assert torch.allclose(out.std(0), SIGMA, rtol=0.05, atol=0.01), out.std(0)
+    # and the error shrinks with steps: 5 Euler steps land visibly off
+    coarse = euler(exact_velocity, x0, 2)
+    assert (coarse.std(0) - SIGMA).abs().max() > 0.05
+
+
+def test_the_sde_last_step_biases_a_narrow_dimension_less_as_it_shrinks():
+    """SiT's deterministic last step keeps the drift's contraction but drops the noise: for data much narrower
+    than the noise (σ = 0.1 here) a long last step shrinks the spread; a short one does not."""
+    x0 = torch.randn(20_000, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    std = {ls: euler_maruyama(exact_velocity, x0, 400, last_step=ls, generator=torch.Generator().manual_seed(2))
+           .std(0)[3].item() for ls in (0.04, 0.01)}
+    assert std[0.04] < 0.09 < 0.095 < std[0.01] < 0.105, std
+
+
+def trained_like(model: SiT) -> SiT:
+    """A SiT whose zero-initialised gates and output are perturbed, so it computes something."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_sit_starts_at_zero_velocity_and_checks_its_input():
+    model = SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny")
+    x = torch.randn(2, 6, 4)
+    assert torch.equal(model(x, torch.rand(2), torch.tensor([0, 2])), torch.zeros(2, 6, 4))
+    with pytest.raises(ValueError, match="B×6×4"):
+        model(torch.randn(2, 5, 4), torch.rand(2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="valid"):
+        SiT(size="huge")
+    assert list(SIT_PRESETS)[-4:] == ["S", "B", "L", "XL"]
+
+
+def test_label_dropout_uses_the_null_class():
+    model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny", class_dropout=1.0))
+    x, t, y = torch.randn(4, 6, 4), torch.rand(4), torch.tensor([0, 1, 2, 1])
+    null = torch.full_like(y, model.null_class)
+    model.train()
+    dropped = model(x, t, y)
+    model.eval()
+    assert torch.allclose(dropped, model(x, t, null)) and not torch.allclose(dropped, model(x, t, y))
+
+
+def test_guidance_at_scale_one_is_the_conditional_model():
+    model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny"))
+    x, y = torch.randn(4, 6, 4), torch.tensor([0, 1, 2, 1])
+    t = torch.full((4,), 0.3)
+    cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 3))
+    assert torch.equal(guided(model, y, 1.0)(x, 0.3), cond)
+    assert torch.allclose(guided(model, y, 3.0)(x, 0.3), uncond + 3.0 * (cond - uncond), atol=1e-6)
+    assert torch.equal(guided(model, y, 3.0, interval=(0.5, 1.0))(x, 0.3), cond)  # outside the interval
+
+
+def test_every_sampler_returns_tokens_of_the_right_shape():
+    model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny"))
+    y = torch.tensor([0, 1, 2])
+    for sampler in ("euler", "heun", "dopri5", "sde"):
+        stats = {}
+        out = sample(model, y, sampler, steps=4, scale=2.0, generator=torch.Generator().manual_seed(0), stats=stats)
+        assert out.shape == (3, 6, 4) and torch.isfinite(out).all() and stats["nfe"] > 0, sampler
+    with pytest.raises(ValueError, match="valid"):
+        sample(model, y, "rk4")
+
+
+def test_time_sampling_and_normalizer():
+    for how in ("uniform", "logit_normal"):
+        t = sample_time(10_000, how, generator=torch.Generator().manual_seed(0))
+        assert 0 < t.min() and t.max() < 1 and abs(t.mean() - 0.5) < 0.02
+    with pytest.raises(ValueError, match="valid"):
+        sample_time(3, "beta")
+    z = torch.randn(50, 6, 4) * torch.tensor([1.0, 2.0, 3.0, 0.5]) + 7
+    norm = TokenNormalizer(4).fit(z)
+    x = norm.normalize(z).reshape(-1, 4)
+    assert torch.allclose(x.mean(0), torch.zeros(4), atol=1e-5) and torch.allclose(x.std(0), torch.ones(4), atol=1e-5)
+    assert torch.allclose(norm.denormalize(norm.normalize(z)), z, atol=1e-5)
+    assert set(norm.state_dict()) == {"mean", "std"}  # saved with the generator
+
+
+class TokenData:
+    """A stand-in for a data set of cached tokens: class k's tokens sit at k + noise."""
+
+    def __init__(self, n=512, classes=3):
+        g = torch.Generator().manual_seed(0)
+        self.targets = torch.arange(n) % classes
+        self.tokens = self.targets[:, None, None].float() + 0.1 * torch.randn(n, 6, 4, generator=g)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def get_batch(self, indices, step=0):
+        return Batch(torch.zeros(len(indices), 3, 2, 2), self.targets[indices], indices, step)
+
+
+def test_the_generator_learns_class_conditional_tokens_through_the_engine(tmp_path):
+    data = TokenData()
+    normalizer = TokenNormalizer(4).fit(data.tokens)
+    torch.manual_seed(0)
+    model = SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny", class_dropout=0.1)
+    loss = FlowMatchingLoss(data.tokens, normalizer)
+    cfg = TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup=20, log_every=10, progress=False, ema=0.0)
+    result = train(model, loss, data, cfg, out_dir=tmp_path)
+    losses = [r["flow"] for r in result.history if "flow" in r]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:3]) / 3, losses
+    y = torch.tensor([0, 1, 2] * 50)
+    tokens = normalizer.denormalize(sample(result.model, y, "heun", steps=20, scale=2.0,
+                                           generator=torch.Generator().manual_seed(0)))
+    means = torch.stack([tokens[y == k].mean() for k in range(3)])
+    assert torch.allclose(means, torch.arange(3.0), atol=0.35), means  # each class lands near its own tokens
