@@ -16,6 +16,9 @@ from ..eval.reconstruction import evaluate_tokenizer, held_out_images
 from ..models.teachers import load_teacher
 from ..models.tokenizer import SelfBootTok
 from ..files import content_key
+from ..generation.samplers import sample
+from ..generation.transport import FlowMatchingLoss, TokenNormalizer
+from ..models.sit import SiT
 from ..models.two_stage import frozen_state, stage2_tokenizer
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..objective.objective import Objective
@@ -148,3 +151,69 @@ def train_stage2(P: Params, parent: SelfBootTok, local_2d: str, train_set, test_
                      "train_size": P.data.train_size, "seed": P.seed}}
     return train(model, Stage2Loss(z_global), train_set, cfg, out_dir=out_dir,
                  eval_fn=eval_fn if evaluate else None, meta=meta)
+
+
+# ----------------------------------------------------------------------------- the generator (paper §3.2)
+
+GROUPS = ("global", "all")  # what a generator produces: z_global only, or every group's tokens
+
+
+def token_cache(tokenizer: SelfBootTok, train_set, P: Params, groups: str = "global",
+                progress: bool = True) -> FeatureCache:
+    """The tokens a generator learns, of every training image under the frozen ``tokenizer``, computed
+    once (float32): ``global`` is ``z_global`` (B×N×d); ``all`` is every group's tokens concatenated along
+    the token axis, ``[z_global; z_local_1d; z_local_2d]``, for the comparison the paper's claim rests on."""
+    if groups not in GROUPS:
+        raise ValueError(f"unknown token groups {groups!r}; valid: {GROUPS}")
+    device = resolve_device(P.training.device)
+    model = tokenizer.to(device).eval()
+    key = content_key(*[x for k, v in model.state_dict().items() for x in (k, v)], length=12)
+    if groups == "global":
+        encoder = model.encode_global
+    else:
+        def encoder(images):
+            enc = model.encode(images)
+            return torch.cat([enc.tokens[g] for g in model.cfg.groups], dim=1)
+    return FeatureCache(encoder, train_set, f"tokens-{groups}-{key}", dtype=torch.float32, device=device,
+                        progress=progress)
+
+
+def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
+                    tokens: FeatureCache | None = None, progress: bool = True) -> TrainResult:
+    """A class-conditional SiT of ``P.generator`` trained by flow matching on the cached tokens of
+    ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine (checkpoints, resume,
+    the NaN guard).  The tokens' per-channel mean and std are saved with it (the loss's normaliser)."""
+    tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
+    g = P.generator
+    normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)
+    torch.manual_seed(P.seed)
+    model = SiT(num_tokens=tokens.shape[0], token_dim=tokens.shape[-1], num_classes=len(train_set.classes),
+                size=g.size, class_dropout=g.class_dropout)
+    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, ema=P.training.ema,
+                  progress=progress)
+    meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
+            "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
+    return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,
+                 meta=meta)
+
+
+@torch.no_grad()
+def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor,
+                    groups: str = "global", sampler: str = "heun", steps: int = 20, scale: float = 1.0,
+                    seed: int = 0, stats: dict | None = None) -> torch.Tensor:
+    """Images (clamped to [-1, 1], on the CPU) of ``classes``: tokens sampled from ``generator``, mapped back
+    by ``normalizer``, then decoded — through :meth:`~SelfBootTok.decode_from_global` (the aligners
+    bootstrap the local tokens) for ``global``, or split into the groups and decoded directly for ``all``."""
+    device = next(generator.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = normalizer.to(device).denormalize(sample(generator, classes.to(device), sampler, steps, scale,
+                                                 generator=gen, stats=stats))
+    tokenizer = tokenizer.to(device).eval()
+    if groups == "global":
+        images = tokenizer.decode_from_global(z)
+    else:
+        sizes = {"global": tokenizer.cfg.num_tokens, "local_1d": tokenizer.cfg.num_tokens,
+                 "local_2d": tokenizer.cfg.local_tokens}
+        parts = z.split([sizes[g] for g in tokenizer.cfg.groups], dim=1)
+        images = tokenizer.decode(dict(zip(tokenizer.cfg.groups, parts)))
+    return images.clamp(-1, 1).float().cpu()

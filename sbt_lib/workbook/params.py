@@ -9,7 +9,7 @@ cell value laid over it.
 Flat names and sections.  A parameter's name is its field's name; the fields of the sections
 that train a model of their own beside the tokenizer are prefixed with the section (``vae_steps``,
 ``probe_train_size``), so their ``steps`` and ``batch_size`` never collide with the tokenizer's —
-stage 2's are ``stage2_steps``, ``stage2_freeze``, and the generator's will join the same way.
+stage 2's are ``stage2_steps``, ``stage2_freeze``, the generator's ``generator_steps``, ``generator_lr``.
 
 =============  =================================================  =====================================
 section        config                                             holds
@@ -22,6 +22,7 @@ section        config                                             holds
 ``vae``        :class:`VAEConfig`                                 the 2D VAE of the OT term
 ``probe``      :class:`ProbeConfig`                               the tokenizer trained for linear probes
 ``stage2``     :class:`Stage2Config`                              stage 2 of two-stage aligner scaling
+``generator``  :class:`GeneratorConfig`                           the SiT generator and its sampler
 ``study``      :class:`StudyConfig`                               seeds and sweeps of a notebook's study
 =============  =================================================  =====================================
 
@@ -91,6 +92,22 @@ class Stage2Config(Config):
 
 
 @dataclass
+class GeneratorConfig(Config):
+    """The SiT generator over a frozen tokenizer's tokens (notebook 05): its size preset
+    (:data:`~sbt_lib.models.sit.SIT_PRESETS`), training on cached tokens, and how it samples."""
+
+    size: str = "cpu"
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 3e-4
+    class_dropout: float = 0.1
+    time_sampling: str = "uniform"  # uniform | logit_normal
+    sampler: str = "heun"  # euler | heun | dopri5 | sde
+    sampling_steps: int = 20
+    guidance: float = 2.0  # classifier-free guidance scale (1: none)
+
+
+@dataclass
 class StudyConfig(Config):
     """What a notebook sweeps: seeds per variant, the local teachers of Table 2 and their REPA
     weight μ2, the batch of the OT solver benchmark."""
@@ -103,8 +120,8 @@ class StudyConfig(Config):
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": TrainConfig, "eval": EvalConfig,
             "objective": ObjectiveConfig, "vae": VAEConfig, "probe": ProbeConfig, "stage2": Stage2Config,
-            "study": StudyConfig}
-PREFIXED = ("vae", "probe", "stage2")  # sections whose flat names are ``<section>_<field>``
+            "generator": GeneratorConfig, "study": StudyConfig}
+PREFIXED = ("vae", "probe", "stage2", "generator")  # sections whose flat names are ``<section>_<field>``
 RUN_NAMES = ("scale", "out_dir")  # not in a section: which bundle, and where the run writes
 
 
@@ -138,6 +155,7 @@ class Params:
     vae: VAEConfig
     probe: ProbeConfig
     stage2: Stage2Config
+    generator: GeneratorConfig
     study: StudyConfig
 
     def replace(self, **flat) -> "Params":

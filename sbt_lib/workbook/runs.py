@@ -11,6 +11,8 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint, unprefixed
 from ..data.cache import FeatureCache
 from ..files import REPO, write_json
+from ..generation.transport import TokenNormalizer
+from ..models.sit import SiT, SiTConfig
 from ..models.tokenizer import SelfBootTok, TokenizerConfig
 from ..objective.objective import Objective, ObjectiveConfig
 
@@ -66,3 +68,15 @@ def load_objective(run: str | Path, model: SelfBootTok, latents_2d: FeatureCache
     objective = Objective(ObjectiveConfig.from_dict(meta["objective"]), model.cfg, latents_2d=latents_2d)
     objective.load_state_dict(unprefixed("loss", tensors))
     return objective.eval()
+
+
+def load_generator(run: str | Path, ema: bool = True) -> tuple[SiT, TokenNormalizer]:
+    """The generator saved in a run folder (its EMA weights when there are some and ``ema``) and the
+    token normaliser it was trained with."""
+    tensors, meta = load_checkpoint(Path(run) / "checkpoint")
+    model = SiT(SiTConfig.from_dict(meta["generator"]))
+    prefix = "ema" if ema and any(k.startswith("ema.") for k in tensors) else "model"
+    model.load_state_dict(unprefixed(prefix, tensors))
+    normalizer = TokenNormalizer(model.cfg.token_dim)
+    normalizer.load_state_dict(unprefixed("loss.normalizer", tensors))
+    return model.eval(), normalizer
