@@ -261,6 +261,26 @@ def test_notebook_04_two_stage_scaling(tiny_run):
         assert (run / fig).stat().st_size > 1000, fig
 
 
+def test_notebook_05_generation(tiny_run):
+    run = tiny_run / "05_generation"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["tokenizers_from"].endswith("04_aligner_scaling")  # reused notebook 04's tokenizers
+    comparison = m["comparison"]
+    assert len(comparison) == 4 and all(c["label"] == m["label"] for c in comparison.values())
+    a, b, b2, c = comparison.values()
+    assert b["tokens"] > a["tokens"] == c["tokens"] and b["gflops_forward_torch"] > 2 * a["gflops_forward_torch"]
+    assert b2["steps"] < b["steps"] == a["steps"]  # same compute: fewer steps for the longer sequence
+    assert abs(b2["gflops_train_total"] - a["gflops_train_total"]) < 0.2 * a["gflops_train_total"]
+    assert m["label"].endswith(f"@{m['generator']['samples']}")
+    assert set(m["sweep"]) == set(json.loads((tiny_run / "04_aligner_scaling" / "metrics.json").read_text())["stage2"]["aligners"])
+    assert 0 < m["accounting"]["saving"] < 1 and m["accounting"]["per_size_tflops"] > m["accounting"]["once_tflops"]
+    assert {"euler", "heun", "sde", "dopri5"} <= {k.split(" ")[0] for k in m["samplers"]}
+    assert list(m["guidance"]) == ["1.0", "2.0", "4.0"]
+    for fig in ("samples_by_class.png", "samples_compared.png", "gfd_by_aligner_size.png", "samplers.png",
+                "guidance.png", "trajectory.png"):
+        assert (run / fig).stat().st_size > 1000, fig
+
+
 def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('scale = "cpu"\ndataset = None\nseed = 0\nout_dir = None')

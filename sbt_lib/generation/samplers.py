@@ -45,14 +45,21 @@ def euler(v: Velocity, x: torch.Tensor, steps: int, stats: dict | None = None) -
 
 
 @torch.no_grad()
-def heun(v: Velocity, x: torch.Tensor, steps: int, stats: dict | None = None) -> torch.Tensor:
-    """``steps`` Heun steps (Euler predictor, trapezoidal corrector): error O(1/steps²), 2 NFE per step."""
+def heun(v: Velocity, x: torch.Tensor, steps: int, stats: dict | None = None,
+         trajectory: list | None = None) -> torch.Tensor:
+    """``steps`` Heun steps (Euler predictor, trapezoidal corrector): error O(1/steps²), 2 NFE per step.
+    With ``trajectory`` (a list), appends ``(t, x_t, x̂_1)`` at every step: the state and the endpoint it
+    points at, ``x̂_1 = x_t + (1 − t) v(x_t, t)`` (what the model expects the sample to become)."""
     v, dt = _counted(v, stats), 1.0 / steps
     for i in range(steps):
         t = i * dt
         k1 = v(x, t)
+        if trajectory is not None:
+            trajectory.append((t, x, x + (1 - t) * k1))
         k2 = v(x + dt * k1, t + dt)
         x = x + dt * 0.5 * (k1 + k2)
+    if trajectory is not None:
+        trajectory.append((1.0, x, x))
     return x
 
 
@@ -107,7 +114,8 @@ def sample(model, y: torch.Tensor, sampler: str = "heun", steps: int = 20, scale
            interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
            stats: dict | None = None, **options) -> torch.Tensor:
     """New tokens (B×N×d, in the model's normalised space) for classes ``y`` from noise, with ``sampler``
-    (``euler``, ``heun``, ``dopri5`` or ``sde``) at ``steps`` (ignored by dopri5) and guidance ``scale``."""
+    (``euler``, ``heun``, ``dopri5`` or ``sde``) at ``steps`` (ignored by dopri5) and guidance ``scale``;
+    ``options`` go to the sampler (``trajectory=[]`` for heun, ``rtol``/``atol`` for dopri5, ...)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {SAMPLERS}")
     was_training = model.training
@@ -119,7 +127,7 @@ def sample(model, y: torch.Tensor, sampler: str = "heun", steps: int = 20, scale
     if sampler == "euler":
         out = euler(v, x, steps, stats)
     elif sampler == "heun":
-        out = heun(v, x, steps, stats)
+        out = heun(v, x, steps, stats, **options)
     elif sampler == "dopri5":
         out = dopri5(v, x, stats=stats, **options)
     else:

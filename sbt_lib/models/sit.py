@@ -27,9 +27,10 @@ from ..config import Config
 # --------------------------------------------------------------------------------------------- sizes
 
 # Width, depth and heads.  S/B/L/XL are the SiT paper's (its 1D token sequence replaces the 2D patches);
-# tiny and cpu fit a 2-core laptop.
+# tiny, mini and cpu fit a 2-core laptop (mini: notebook 05's cpu budget).
 SIT_PRESETS: dict[str, dict] = {
     "tiny": dict(width=32, depth=2, num_heads=2),
+    "mini": dict(width=128, depth=4, num_heads=4),
     "cpu": dict(width=192, depth=6, num_heads=6),
     "S": dict(width=384, depth=12, num_heads=6),
     "B": dict(width=768, depth=12, num_heads=12),

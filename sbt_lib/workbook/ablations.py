@@ -14,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..eval.reconstruction import evaluate_tokenizer
-from .builders import train_stage2, train_tokenizer
+from .builders import global_token_cache, train_stage2, train_tokenizer
 from .params import Params
-from .runs import variant_run
+from .runs import load_tokenizer, variant_run
 from .tables import markdown_table, mean_std
 
 FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
@@ -77,6 +77,30 @@ def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, prog
                             progress=False)
 
     return _sweep(P, list(sizes), train_one, test_set, out, progress)
+
+
+def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path,
+                  progress: bool = True) -> tuple:
+    """Notebook 04's stage-1 tokenizer and its stage-2 tokenizers (first seed) of every size in
+    ``P.stage2.aligners``: loaded from the notebook-04 run folder ``folder04`` when it holds them, else
+    trained here through the same library calls into ``fallback`` (one seed), where a rerun finds them.
+    Returns ``(stage1, {size: stage2 tokenizer}, where)``; ``where`` says which folder they came from."""
+    folder04, fallback = Path(folder04), Path(fallback)
+    found = (folder04 / "stage1" / "checkpoint.json").exists() and all(
+        (variant_run(folder04, f"two-stage {s}", P.seed) / "checkpoint.json").exists() for s in P.stage2.aligners)
+    if found:
+        root = folder04
+        stage1 = load_tokenizer(folder04 / "stage1")
+    else:
+        root = fallback
+        stage1 = train_tokenizer(P, train_set, test_set, fallback / "stage1", progress=progress,
+                                 evaluate=False).best_model.cpu().eval()
+        z_global = global_token_cache(stage1, train_set, P, progress)
+        for s in P.stage2.aligners:
+            train_stage2(P, stage1, s, train_set, test_set, variant_run(fallback, f"two-stage {s}", P.seed),
+                         z_global=z_global, progress=progress)
+    stage2 = {s: load_tokenizer(variant_run(root, f"two-stage {s}", P.seed)) for s in P.stage2.aligners}
+    return stage1.cpu().eval(), stage2, str(root)
 
 
 def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress: bool) -> list[dict]:

@@ -198,17 +198,10 @@ def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path,
 
 
 @torch.no_grad()
-def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor,
-                    groups: str = "global", sampler: str = "heun", steps: int = 20, scale: float = 1.0,
-                    seed: int = 0, stats: dict | None = None) -> torch.Tensor:
-    """Images (clamped to [-1, 1], on the CPU) of ``classes``: tokens sampled from ``generator``, mapped back
-    by ``normalizer``, then decoded — through :meth:`~SelfBootTok.decode_from_global` (the aligners
-    bootstrap the local tokens) for ``global``, or split into the groups and decoded directly for ``all``."""
-    device = next(generator.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    z = normalizer.to(device).denormalize(sample(generator, classes.to(device), sampler, steps, scale,
-                                                 generator=gen, stats=stats))
-    tokenizer = tokenizer.to(device).eval()
+def decode_tokens(tokenizer: SelfBootTok, z: torch.Tensor, groups: str = "global") -> torch.Tensor:
+    """Images (clamped, on the CPU) of generated tokens ``z`` (in token units): through
+    :meth:`~SelfBootTok.decode_from_global` for ``global``, or split into the groups and decoded for ``all``."""
+    tokenizer = tokenizer.to(z.device).eval()
     if groups == "global":
         images = tokenizer.decode_from_global(z)
     else:
@@ -217,3 +210,27 @@ def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNor
         parts = z.split([sizes[g] for g in tokenizer.cfg.groups], dim=1)
         images = tokenizer.decode(dict(zip(tokenizer.cfg.groups, parts)))
     return images.clamp(-1, 1).float().cpu()
+
+
+@torch.no_grad()
+def generate_tokens(generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor, sampler: str = "heun",
+                    steps: int = 20, scale: float = 1.0, seed: int = 0, stats: dict | None = None,
+                    batch_size: int = 250, **options) -> torch.Tensor:
+    """Tokens (in token units) of ``classes`` sampled from ``generator`` in batches, seeded by ``seed``."""
+    device = next(generator.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    norm = normalizer.to(device)
+    return torch.cat([norm.denormalize(sample(generator, classes[i:i + batch_size].to(device), sampler, steps, scale,
+                                              generator=gen, stats=stats, **options))
+                      for i in range(0, len(classes), batch_size)])
+
+
+@torch.no_grad()
+def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor,
+                    groups: str = "global", sampler: str = "heun", steps: int = 20, scale: float = 1.0,
+                    seed: int = 0, stats: dict | None = None) -> torch.Tensor:
+    """Images (clamped to [-1, 1], on the CPU) of ``classes``: tokens sampled from ``generator``, mapped back
+    by ``normalizer``, then decoded — through :meth:`~SelfBootTok.decode_from_global` (the aligners
+    bootstrap the local tokens) for ``global``, or split into the groups and decoded directly for ``all``."""
+    z = generate_tokens(generator, normalizer, classes, sampler, steps, scale, seed, stats)
+    return decode_tokens(tokenizer, z, groups)

@@ -105,6 +105,7 @@ class GeneratorConfig(Config):
     sampler: str = "heun"  # euler | heun | dopri5 | sde
     sampling_steps: int = 20
     guidance: float = 2.0  # classifier-free guidance scale (1: none)
+    samples: int = 500  # generated images per distribution metric (its label says the count: FD@500)
 
 
 @dataclass

@@ -106,6 +106,16 @@ _STAGE2 = {
     "gpu": dict(stage2_aligners=["m", "xl", "10M", "50M"], stage2_steps=5000, seeds=2),
 }
 
+# Notebook 05: a SiT on the global tokens of notebook 04's tokenizer (the same bundle, so it can retrain it).
+_GENERATOR = {
+    "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
+                 generator_sampling_steps=4, generator_samples=64),
+    "cpu": dict(generator_size="mini", generator_steps=400, generator_batch_size=64, generator_lr=1e-3,
+                generator_sampling_steps=10, generator_samples=400),
+    "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
+                generator_sampling_steps=50, generator_samples=10_000),
+}
+
 NOTEBOOKS = {
     "01_decomposition": {
         s: {**_TRAINING[s], **_TOKENIZER[s], **_SELFBOOTTOK[s], **_PROBES[s],
@@ -125,6 +135,11 @@ NOTEBOOKS = {
     "04_aligner_scaling": {
         s: {**_BOOTSTRAP[s], **_STAGE2[s], "local_1d": True, "local_2d": "xs", "decoder": _SELFBOOTTOK[s]["decoder"],
             "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "05_generation": {
+        s: {**_BOOTSTRAP[s], **_STAGE2[s], **_GENERATOR[s], "local_1d": True, "local_2d": "xs",
+            "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
 }

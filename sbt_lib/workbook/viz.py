@@ -188,3 +188,40 @@ def group_explorer(model, images: torch.Tensor):
     box = widgets.VBox([widgets.HBox(list(sliders.values())), out])
     display(box)
     return box
+
+
+def metric_lines(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, path=None,
+                 logx: bool = False, title: str | None = None):
+    """One line of (x, y) points per name: e.g. a distance against function evaluations per sampler."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, (name, points) in enumerate(curves.items()):
+        xs, ys = zip(*sorted(points)) if points else ((), ())
+        ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def generation_explorer(generate, class_names: list[str], samplers=("heun", "euler", "sde", "dopri5")):
+    """An ipywidgets panel (needs a live kernel): class, guidance scale, sampler, steps and seed →
+    a row of new samples.  ``generate(class_index, scale, sampler, steps, seed)`` returns images."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    def show(klass, scale, sampler, steps, seed):
+        image_rows({f"{class_names[klass]}, {sampler} × {steps}, scale {scale}":
+                    generate(klass, scale, sampler, steps, seed)}, n=8)
+        plt.show()
+
+    panel = widgets.interactive(
+        show, klass=widgets.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], description="class"),
+        scale=widgets.FloatSlider(value=2.0, min=1.0, max=6.0, step=0.5, description="guidance"),
+        sampler=widgets.Dropdown(options=list(samplers), description="sampler"),
+        steps=widgets.IntSlider(value=10, min=2, max=50, description="steps"),
+        seed=widgets.IntText(value=0, description="seed"))
+    display(panel)
+    return panel
