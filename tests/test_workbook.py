@@ -45,6 +45,8 @@ def test_parameters_are_typed_sections_with_prefixed_names_for_side_models():
     assert p.flat()["vae_steps"] == 5
     with pytest.raises(TypeError, match="valid"):
         p.replace(vae_stepz=1)
+    with pytest.raises(ValueError, match="multiple of num_heads"):  # a section's own checks run on replace
+        p.replace(width=33)
 
 
 def test_cpu_scale_is_a_real_bottleneck():
@@ -80,8 +82,8 @@ def test_a_papermill_override_reaches_the_typed_parameters(notebook):
     notebook's one line: each value lands in its section's field."""
     path = rp.NOTEBOOK_DIR / f"{notebook}.ipynb"
     bundle = resolve(notebook, "tiny").flat()
-    overrides = {n: (bundle[n] + 1 if isinstance(bundle.get(n), int) and not isinstance(bundle[n], bool)
-                     else bundle.get(n)) for n in cell_names(path) if n not in RUN_NAMES}
+    overrides = {n: ((2 * bundle[n] or 1) if isinstance(bundle.get(n), int) and not isinstance(bundle[n], bool)
+                     else bundle.get(n)) for n in cell_names(path) if n not in RUN_NAMES}  # valid changes
     overrides = {**{k: v for k, v in overrides.items() if v is not None}, "scale": "tiny"}
     nb = parameterize_notebook(load_notebook_node(str(path)), overrides)
     namespace = {}

@@ -160,8 +160,10 @@ class Params:
     study: StudyConfig
 
     def replace(self, **flat) -> "Params":
-        """A copy with the given flat names set (``None`` values too: use it to clear a field)."""
+        """A copy with the given flat names set (``None`` values too: use it to clear a field).  Each
+        section that changes is rebuilt through its strict ``from_dict``, so its own checks run."""
         new = copy.deepcopy(self)
+        changes: dict[str, dict] = {}
         for name, value in flat.items():
             if name in RUN_NAMES:
                 setattr(new, name, value)
@@ -169,11 +171,13 @@ class Params:
             if name not in FLAT_NAMES:
                 raise TypeError(f"unknown parameter {name!r}; valid: {sorted(FLAT_NAMES) + list(RUN_NAMES)}")
             section, fld = FLAT_NAMES[name]
-            setattr(getattr(new, section), fld, value)
+            changes.setdefault(section, {})[fld] = value
+        for section, values in changes.items():
+            setattr(new, section, SECTIONS[section].from_dict({**getattr(new, section).to_dict(), **values}))
         return new
 
     def flat(self) -> dict:
-        """Every parameter by its flat name (what ``metrics.json`` records)."""
+        """Every parameter by its flat name."""
         out = {"scale": self.scale, "out_dir": self.out_dir}
         for name, (section, fld) in FLAT_NAMES.items():
             out[name] = getattr(getattr(self, section), fld)
