@@ -189,8 +189,7 @@ def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path,
     torch.manual_seed(P.seed)
     model = SiT(num_tokens=tokens.shape[0], token_dim=tokens.shape[-1], num_classes=len(train_set.classes),
                 size=g.size, class_dropout=g.class_dropout)
-    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, ema=P.training.ema,
-                  progress=progress)
+    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, progress=progress)
     meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
             "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
     return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,
