@@ -1,11 +1,17 @@
-"""Command line: ``python -m sbt_lib reproduce [--scale tiny|cpu|gpu] [--dataset NAME|PATH]
-[--only 01,02] [--out DIR] [-p NAME=VALUE ...]``."""
+"""Command line.
+
+- ``python -m sbt_lib reproduce [--scale S] [--dataset NAME|PATH] [--only 01,02] [--out DIR] [-p NAME=VALUE ...]``:
+  the notebooks, headlessly (papermill).
+- ``python -m sbt_lib train {tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
+  one training loop of notebooks 04-05, alone or under ``torchrun --nproc_per_node=K`` (DDP).
+"""
 from __future__ import annotations
 
 import argparse
 import ast
 import sys
 
+from .train import NonFiniteLossError
 from .workbook.runner import NotebookFailed, reproduce
 from .workbook.scales import SCALE_NAMES
 
@@ -32,11 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                      help="set a notebook parameter, e.g. -p steps=500 (repeatable)")
     rep.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    tr = sub.add_parser("train", help="train the tokenizer, its stage-2 aligners or the generator (works under torchrun)")
+    tr.add_argument("what", choices=("tokenizer", "stage2", "generator"))
+    tr.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
+    tr.add_argument("--dataset", help="auto, photos, shapes, cifar10, imagenet, or an ImageFolder path (default: the scale's)")
+    tr.add_argument("--out", help="run folder root, as reproduce's (default: runs/<scale>)")
+    tr.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
+                    help="set a parameter, e.g. -p steps=500 -p micro_batch=16 (repeatable)")
     args = parser.parse_args(argv)
-    only = [o.strip() for o in args.only.split(",")] if args.only else None
     try:
-        reproduce(args.scale, args.dataset, only, args.out, dict(args.param), args.log_output)
-    except (NotebookFailed, ValueError) as e:
+        if args.command == "train":
+            from .workbook.launch import train_command
+
+            train_command(args.what, args.scale, args.dataset, args.out, dict(args.param))
+        else:
+            only = [o.strip() for o in args.only.split(",")] if args.only else None
+            reproduce(args.scale, args.dataset, only, args.out, dict(args.param), args.log_output)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (NotebookFailed, ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

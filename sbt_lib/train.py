@@ -10,14 +10,28 @@ checkpoint holds the weights, the optimizer moments, the EMA and the RNG state (
 CUDA device's when CUDA is available).  So ``N`` steps, save, resume, ``N`` steps gives bit-identical
 weights to ``2N`` steps straight (on CPU).
 
-Data parallelism: the engine reads its rank and world size from ``torch.distributed`` when a process
-group is initialised (else rank 0 of 1).  ``batch_size`` is the global batch; each rank trains on its
-own shard of it (:func:`~sbt_lib.batch.batch_indices`), so at world size 1 nothing changes.  Only the
-main rank (0) writes: checkpoints, the history JSON, anything under ``out_dir``; and only it shows a
-progress bar.  (Wrapping the model for DDP is not done here.)
+Data parallelism (``torchrun``, see :mod:`sbt_lib.distributed`): when a process group of more than one
+process is initialised, the engine wraps the model *and its loss* in PyTorch's
+:class:`~torch.nn.parallel.DistributedDataParallel` (one module whose forward is the loss, so gradients are
+averaged whichever methods of the model the loss calls; a critic gets a DDP wrapper of its own).
+``batch_size`` is the global batch; each rank trains on its own contiguous shard of it
+(:func:`~sbt_lib.batch.batch_indices`), split further into micro-batches of ``micro_batch`` with gradient
+accumulation when the shard does not fit.  For a loss that is a mean over images, a step is then the same
+step at any world size and micro-batch (up to summation order).  Terms computed over the batch as a
+whole (Sinkhorn's plan over a batch, the codebook-entropy regulariser, a GAN's adaptive weight) are
+computed per micro-batch, as BatchNorm is without synchronisation.  Only the main rank (0) writes
+(checkpoints, the history, anything under ``out_dir``) and shows a progress bar; logged values are
+averaged over the ranks; evaluation runs on rank 0 while the others wait.  Each rank draws its own random
+numbers (rank 0 the stream a single process would; the others are seeded from (seed, rank)), and a
+checkpoint keeps every rank's RNG state, so resume at the same world size is exact; a checkpoint resumes
+at any other world size too (the data order is exact, the other ranks' random streams start afresh).
 
-A non-finite loss stops training with :class:`NonFiniteLossError`, naming the step and the loss
-term; nothing is saved after it, so the last good checkpoint stays on disk untouched.
+Interruption: Ctrl-C (SIGINT) or SIGTERM during a step is held until the step ends; then every rank stops
+at that same step, rank 0 saves, and :class:`KeyboardInterrupt` is raised (a second Ctrl-C interrupts at
+once).  A non-finite loss on any rank stops every rank with :class:`NonFiniteLossError`, naming the step
+and the loss term; nothing is saved after it, so the last good checkpoint stays on disk untouched.  A rank
+that crashes ends the others through ``torchrun``; checkpoints are written atomically, so the last good one
+survives.
 
 A loss is a callable ``loss_fn(model, batch)`` returning a dict of already-weighted terms.  When it
 is an ``nn.Module`` with parameters of its own (alignment projectors, say), they train with the
@@ -29,18 +43,23 @@ and the outputs of that same step); both optimizers' states are in the checkpoin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
-import torch.distributed
 from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
 from .config import Config
 from .batch import Batch, batch_indices
@@ -69,7 +88,8 @@ class TrainConfig(Config):
     """Optimisation settings.  Steps count optimizer updates; intervals of 0 mean 'only at the end'."""
 
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch of a step, over all ranks
+    micro_batch: int = 0  # images per forward on one rank, accumulated to the batch; 0 = a rank's whole shard
     lr: float = 2e-3
     warmup: int = 100
     min_lr_ratio: float = 0.02  # the cosine decays to lr * min_lr_ratio
@@ -142,22 +162,12 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
-def _check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int) -> None:
-    if torch.isfinite(total):
-        return
+def _nonfinite_error(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int) -> NonFiniteLossError:
     bad = [f"{k}={v.item()}" for k, v in terms.items() if not torch.isfinite(v)] or [f"total={total.item()}"]
-    raise NonFiniteLossError(
+    return NonFiniteLossError(
         f"non-finite loss at step {step}: {', '.join(bad)}. Training stopped; the last good checkpoint "
         f"(if any) is untouched. Try a lower learning rate, a smaller loss weight, or grad_clip."
     )
-
-
-def _rank_and_world_size() -> tuple[int, int]:
-    """(rank, world size) of the initialised ``torch.distributed`` process group; (0, 1) without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _cuda_rng_tensors() -> dict[str, torch.Tensor]:
@@ -181,25 +191,118 @@ def _restore_cuda_rng(tensors: dict[str, torch.Tensor]) -> list[int]:
     return restored
 
 
+def _rank_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random stream when it starts (or restarts) at ``step`` without a saved state."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**63
+
+
+class _LossStep(nn.Module):
+    """The model and its loss as one module whose forward is one evaluation of the loss: what DDP wraps.
+
+    DDP averages the gradients of the parameters of the module it wraps, during the backward pass of that
+    module's forward.  The losses call the model's methods (``encode``, ``decode_from_global``...), not
+    its ``forward``, so the model alone cannot be wrapped; this module's forward runs the whole loss, and
+    every parameter the loss reaches (the model's and the loss's own, e.g. REPA's projectors) is averaged."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss = loss_fn if isinstance(loss_fn, nn.Module) else None
+        self.loss_fn = None if self.loss is not None else loss_fn
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return (self.loss or self.loss_fn)(self.model, batch)
+
+
+class _CriticStep(nn.Module):
+    """A loss's critic with a forward that computes the critic's terms (what the critic's DDP wraps)."""
+
+    def __init__(self, loss: CriticLoss):
+        super().__init__()
+        self.critic = loss.critic()
+        object.__setattr__(self, "_loss", loss)  # not a submodule: the critic's DDP owns the critic only
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self._loss.critic_terms(batch)
+
+
+def _ddp(module: nn.Module, device: torch.device, ignore: nn.Module | None = None) -> DistributedDataParallel:
+    """``module`` under DDP on ``device``, leaving out the parameters and buffers of ``ignore`` (a critic,
+    trained by its own optimizer and its own DDP).  Every trainable parameter must take part in every step's
+    loss (true of the tokenizer, stage 2 and the generator; a frozen part has ``requires_grad=False``), so
+    DDP skips the extra graph traversal of ``find_unused_parameters``; if a new loss breaks this, DDP's
+    error says so."""
+    if ignore is not None:
+        skip = {id(t) for t in (*ignore.parameters(), *ignore.buffers())}
+        names = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if id(t) in skip]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=False)
+
+
+class _HeldSignals:
+    """SIGINT and SIGTERM while training are held until the running step ends (so a checkpoint never holds a
+    half-applied optimizer step).  A second SIGINT interrupts at once, except under ``torchrun``, whose
+    agent forwards the terminal's Ctrl-C a second time (and kills what has not stopped after 30 s).  Only
+    in the main thread (where Python delivers signals); elsewhere signals behave as usual."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+        self._second_interrupts = not dist.launched_by_torchrun()
+
+    def _handler(self, signum, frame):
+        if self._second_interrupts and self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+
+    def __enter__(self) -> "_HeldSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 class Trainer:
     """Runs :func:`train`; kept as a class so that save/resume share one definition of 'state'."""
 
     def __init__(self, model, loss_fn: LossFn, data, cfg: TrainConfig, out_dir=None, eval_fn: EvalFn | None = None,
                  meta: dict | None = None):
         self.cfg, self.loss_fn, self.data, self.eval_fn = cfg, loss_fn, data, eval_fn
+        self.rank, self.world_size = dist.rank_and_world_size()
+        shard = cfg.batch_size // self.world_size
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} does not split evenly over {self.world_size} ranks: "
+                             f"choose a multiple of {self.world_size}")
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.loss_module = loss_fn.to(self.device) if isinstance(loss_fn, torch.nn.Module) else None
         self.critic = self.loss_module.critic() if hasattr(self.loss_module, "critic") else None
+        if self.critic is not None and cfg.micro_batch and cfg.micro_batch < shard:
+            raise ValueError(f"micro_batch={cfg.micro_batch} below a rank's {shard} images is not supported with a "
+                             "critic (GAN): its step needs the whole shard's reconstructions. Use more ranks or a "
+                             "smaller batch_size instead")
         disc = list(self.critic.parameters()) if self.critic is not None else []
         self.opt = _optimizer([self.model] + ([self.loss_module] if self.loss_module is not None else []), cfg,
                               exclude=disc)
         self.opt_d = _optimizer([self.critic], cfg) if self.critic is not None else None
-        self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None
+        self.step_module: nn.Module = _LossStep(self.model, loss_fn)
+        self.critic_module: nn.Module | None = _CriticStep(self.loss_module) if self.critic is not None else None
+        if self.world_size > 1:  # rank 0's weights are broadcast to every rank here
+            self.step_module = _ddp(self.step_module, self.device, ignore=self.critic)
+            if self.critic_module is not None:
+                self.critic_module = _ddp(self.critic_module, self.device)
+            if self.rank:
+                torch.manual_seed(_rank_seed(cfg.seed, 0, self.rank))
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema) if cfg.ema > 0 else None  # of the broadcast weights
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = meta or {}
         self.step, self.seconds, self.history = 0, 0.0, []
-        self.rank, self.world_size = _rank_and_world_size()
+        self.signals = _HeldSignals()  # installed while run() runs
 
     @property
     def is_main(self) -> bool:
@@ -211,24 +314,63 @@ class Trainer:
     def ckpt_path(self) -> Path | None:
         return self.out_dir / "checkpoint" if self.out_dir is not None else None
 
-    def save(self) -> None:
-        """Write the checkpoint and the history into ``out_dir`` (on the main rank only)."""
-        if self.ckpt_path is None or not self.is_main:
+    def _rng_tensors(self, collective: bool = True) -> dict[str, torch.Tensor]:
+        """Every rank's RNG state: rank 0's as ``rng.cpu`` and ``rng.cuda.<device>`` (as a single process
+        saves it), rank r's as ``rng.rank.<r>.cpu`` and ``.cuda``.  Under DDP a collective (every rank calls
+        it) unless ``collective`` is false, then only rank 0's state."""
+        if self.world_size == 1:
+            return {"rng.cpu": torch.get_rng_state(), **_cuda_rng_tensors()}
+        own = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        states = dist.all_objects(own) if collective else [own]
+        tensors = {"rng.cpu": states[0]["cpu"]}
+        if "cuda" in states[0]:
+            tensors[f"rng.cuda.{self.device.index or 0}"] = states[0]["cuda"]
+        for r, state in enumerate(states[1:], start=1):
+            tensors.update(prefixed(f"rng.rank.{r}", state))
+        return tensors
+
+    def _restore_rng(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.rank == 0:
+            torch.set_rng_state(tensors["rng.cpu"].cpu())
+            if self.world_size == 1:
+                _restore_cuda_rng(tensors)
+            elif f"rng.cuda.{self.device.index or 0}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{self.device.index or 0}"].cpu(), self.device)
             return
-        tensors = {**prefixed("model", self.model.state_dict()), **prefixed("optim", _optimizer_tensors(self.opt)),
-                   "rng.cpu": torch.get_rng_state(), **_cuda_rng_tensors()}
-        if self.ema is not None:
-            tensors.update(prefixed("ema", self.ema.module.state_dict()))
-        if self.loss_module is not None:
-            tensors.update(prefixed("loss", self.loss_module.state_dict()))
-        if self.opt_d is not None:
-            tensors.update(prefixed("optim_d", _optimizer_tensors(self.opt_d)))
-        meta = {"step": self.step, "seconds": self.seconds, "train": asdict(self.cfg), **self.meta}
-        save_checkpoint(self.ckpt_path, tensors, meta)
-        write_json(self.out_dir / "history.json", self.history)
+        own = unprefixed(f"rng.rank.{self.rank}", tensors)
+        if "cpu" not in own:  # saved at a smaller world size: this rank starts a fresh stream
+            torch.manual_seed(_rank_seed(self.cfg.seed, self.step, self.rank))
+            return
+        torch.set_rng_state(own["cpu"].cpu())
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"].cpu(), self.device)
+
+    def save(self, collective: bool = True) -> None:
+        """Write the checkpoint and the history into ``out_dir`` (rank 0 writes; under DDP every rank calls
+        this, to hand over its RNG state, unless ``collective`` is false)."""
+        if self.ckpt_path is None:
+            return
+        rng = self._rng_tensors(collective)
+        if self.is_main:
+            tensors = {**prefixed("model", self.model.state_dict()), **prefixed("optim", _optimizer_tensors(self.opt)),
+                       **rng}
+            if self.ema is not None:
+                tensors.update(prefixed("ema", self.ema.module.state_dict()))
+            if self.loss_module is not None:
+                tensors.update(prefixed("loss", self.loss_module.state_dict()))
+            if self.opt_d is not None:
+                tensors.update(prefixed("optim_d", _optimizer_tensors(self.opt_d)))
+            meta = {"step": self.step, "seconds": self.seconds, "world_size": self.world_size,
+                    "train": asdict(self.cfg), **self.meta}
+            save_checkpoint(self.ckpt_path, tensors, meta)
+            write_json(self.out_dir / "history.json", self.history)
+        if collective:
+            dist.barrier()  # no rank reads the run folder before it is whole
 
     def resume(self) -> bool:
-        """Load the checkpoint in ``out_dir`` if there is one; True when resumed."""
+        """Load the checkpoint in ``out_dir`` if there is one (written at any world size); True when resumed."""
         if self.ckpt_path is None or not self.ckpt_path.with_suffix(".json").exists():
             return False
         tensors, meta = load_checkpoint(self.ckpt_path, self.device)
@@ -241,17 +383,18 @@ class Trainer:
             self.loss_module.load_state_dict(unprefixed("loss", tensors))
         if self.opt_d is not None:
             _load_optimizer(self.opt_d, unprefixed("optim_d", tensors))
-        torch.set_rng_state(tensors["rng.cpu"].cpu())
-        _restore_cuda_rng(tensors)
         self.step, self.seconds = meta["step"], meta["seconds"]
+        self._restore_rng(tensors)
         history = self.out_dir / "history.json"
         self.history = [r for r in _read_json(history) if r["step"] <= self.step] if history.exists() else []
         return True
 
     def _check_same_run(self, meta: dict) -> None:
         """Refuse to resume a checkpoint written with other settings: its weights would not fit,
-        or would silently continue a different experiment."""
-        saved = _fingerprint(meta["train"], {k: meta.get(k) for k in self.meta})
+        or would silently continue a different experiment.  A setting the checkpoint predates counts as
+        saved at its default."""
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        saved = _fingerprint({**defaults, **meta["train"]}, {k: meta.get(k) for k in self.meta})
         current = _fingerprint(asdict(self.cfg), self.meta)
         diff = sorted({k for k in current["train"] if saved["train"].get(k) != current["train"][k]}
                       | {k for k in self.meta if saved[k] != current[k]})
@@ -262,58 +405,101 @@ class Trainer:
             )
 
     # -------------------------------------------------------------------- steps
+    def _micro_batches(self) -> list[torch.Tensor]:
+        """This rank's shard of the step's global batch, split into micro-batches of ``micro_batch``."""
+        cfg = self.cfg
+        indices = batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed, self.rank, self.world_size)
+        return list(indices.split(cfg.micro_batch)) if cfg.micro_batch else [indices]
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.bf16 and self.device.type == "cuda")
+
     def train_step(self) -> dict:
-        """One optimizer step; returns the loss terms (as tensors, converted only when logged)."""
+        """One optimizer step; returns the loss terms (as tensors, converted only when logged) and, under
+        ``stop``, whether a signal asks every rank to stop after it."""
         cfg = self.cfg
         lr = cfg.lr_at(self.step)
         for opt in [o for o in (self.opt, self.opt_d) if o is not None]:
             for g in opt.param_groups:
                 g["lr"] = lr
-        indices = batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed, self.rank, self.world_size)
-        batch = self.data.get_batch(indices, self.step)
-        batch = batch.to(self.device)
         self.model.train()
         if self.loss_module is not None:
             self.loss_module.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
-            terms = self.loss_fn(self.model, batch)
-        total = sum(terms.values())
-        _check_finite(terms, total, self.step)
-        grad_norm = self._step(self.opt, total)
+        self.opt.zero_grad(set_to_none=True)
+        chunks = self._micro_batches()
+        n = sum(len(c) for c in chunks)
+        logged: dict[str, torch.Tensor] = {}
+        for k, indices in enumerate(chunks):
+            batch = self.data.get_batch(indices, self.step).to(self.device)
+            last = k == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.step_module.no_sync()
+            with sync:
+                with self._autocast():
+                    terms = self.step_module(batch)
+                total = sum(terms.values())
+                stop = self._agree(terms, total, last)
+                (total * (len(indices) / n)).backward()
+            for key, v in {"loss": total, **terms}.items():
+                logged[key] = logged.get(key, 0) + v.detach() * (len(indices) / n)
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+        self.opt.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
-        row = {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm, "lr": lr}
+        row = {**logged, "grad_norm": grad_norm, "lr": lr}
         if self.critic is not None and self.loss_module.critic_active(self.step):
             row.update(self._critic_step(batch))
         self.step += 1
+        row["stop"] = stop
         return row
 
-    def _step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip the gradient norm of ``opt``'s parameters, step; returns the norm."""
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in opt.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
-        opt.step()
-        return grad_norm
+    def _agree(self, terms, total, last: bool) -> bool:
+        """Raise on a non-finite loss (on every rank when any rank has one, before the gradients are
+        exchanged) and return whether a held signal on any rank asks to stop after this step (one small
+        collective per step under DDP)."""
+        finite = bool(torch.isfinite(total))
+        stop_requested = self.signals.received is not None
+        if self.world_size > 1 and last:
+            bad_anywhere, stop_requested = dist.any_ranks([not finite, stop_requested])
+            if bad_anywhere and finite:
+                raise NonFiniteLossError(f"non-finite loss at step {self.step} on another rank; every rank "
+                                         "stopped. The last good checkpoint (if any) is untouched.")
+        if not finite:
+            raise _nonfinite_error(terms, total, self.step)
+        return stop_requested
 
     def _critic_step(self, batch) -> dict[str, torch.Tensor]:
         """One step of the critic on this step's images and (detached) reconstructions."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.cfg.bf16 and self.device.type == "cuda"):
-            terms = self.loss_module.critic_terms(batch)
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            terms = self.critic_module(batch)
         total = sum(terms.values())
-        _check_finite(terms, total, self.step)
-        grad_norm = self._step(self.opt_d, total)
+        if not torch.isfinite(total):
+            raise _nonfinite_error(terms, total, self.step)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.critic.parameters()), self.cfg.grad_clip or float("inf"))
+        self.opt_d.step()
         return {**{k: v.detach() for k, v in terms.items()}, "d_grad_norm": grad_norm}
 
     def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the (EMA) model, computed on rank 0; the other ranks wait and get ``{}``."""
         if self.eval_fn is None:
             return {}
-        model = self.ema.module if self.ema is not None else self.model
-        model.eval()
-        with torch.no_grad():
-            return {f"eval_{k}": v for k, v in self.eval_fn(model).items()}
+        metrics = {}
+        if self.is_main:
+            model = self.ema.module if self.ema is not None else self.model
+            model.eval()
+            with torch.no_grad():
+                metrics = {f"eval_{k}": v for k, v in self.eval_fn(model).items()}
+        dist.barrier()
+        return metrics
+
+    def _log_row(self, row: dict) -> dict[str, float]:
+        """The logged values as floats, averaged over the ranks."""
+        keys = [k for k in row if k != "stop"]
+        values = dist.all_mean(torch.stack([torch.as_tensor(row[k], dtype=torch.float64).cpu() for k in keys]))
+        return dict(zip(keys, values.tolist()))
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -321,23 +507,24 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="train",
                    dynamic_ncols=True, mininterval=1.0)
         try:
-            while self.step < cfg.steps:
-                t0 = time.perf_counter()
-                row = self.train_step()
-                self.seconds += time.perf_counter() - t0
-                last = self.step == cfg.steps
-                if self.step % cfg.log_every == 0 or last:
-                    row = {k: float(v) for k, v in row.items()}
-                    self.history.append({"step": self.step, "seconds": self.seconds, **row})
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                    self.history.append({"step": self.step, "seconds": self.seconds, **self.evaluate()})
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
-                    self.save()
-                bar.update(1)
-        except KeyboardInterrupt:
-            self.save()  # the steps done so far are kept; run again to resume
-            raise
+            with self.signals:
+                while self.step < cfg.steps:
+                    t0 = time.perf_counter()
+                    row = self.train_step()
+                    self.seconds += time.perf_counter() - t0
+                    last = self.step == cfg.steps
+                    if self.step % cfg.log_every == 0 or last:
+                        logged = self._log_row(row)
+                        self.history.append({"step": self.step, "seconds": self.seconds, **logged})
+                        bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}", refresh=False)
+                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                        self.history.append({"step": self.step, "seconds": self.seconds, **self.evaluate()})
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or row["stop"]:
+                        self.save()
+                    bar.update(1)
+                    if row["stop"]:
+                        raise KeyboardInterrupt(f"stopped by a signal after step {self.step}; the checkpoint "
+                                                "is saved: run again to resume")
         finally:
             bar.close()
         return TrainResult(self.model, self.ema.module if self.ema is not None else None,

@@ -1,4 +1,8 @@
 """Two-stage aligner scaling (paper §3.4): stage 2 grows the 2D aligner with z_global fixed."""
+import json
+import os
+import signal
+
 import pytest
 import torch
 
@@ -96,7 +100,8 @@ def test_a_stage2_step_costs_less_than_a_stage1_step(stage1):
 
 
 def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
-    """Stage 2 interrupted (Ctrl-C) after 2 of 4 steps and run again ends with the weights of 4 steps straight."""
+    """Stage 2 interrupted by Ctrl-C (a real SIGINT, during step 2 of 4) stops at a step boundary, saves, and
+    run again ends with the weights of 4 steps straight."""
     P, parent, train_set, test_set = stage1
     Q = P.replace(stage2_steps=4)
     straight = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "a", progress=False)
@@ -104,12 +109,13 @@ def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
 
     def interrupted(self):
         if self.step == 2:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # held until the step ends
         return step(self)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
+    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 3  # step 2 finished, then saved
     monkeypatch.setattr(Trainer, "train_step", step)
     resumed = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
     assert resumed.step == 4

@@ -128,68 +128,38 @@ def test_unknown_training_parameter():
 # ----------------------------------------------------------------------------- data parallel seams
 
 
-class _Recording:
-    """A data set that records the indices of every batch drawn from it."""
-
-    def __init__(self, data):
-        self.data, self.drawn = data, []
-
-    def __len__(self):
-        return len(self.data)
-
-    def get_batch(self, indices, step):
-        self.drawn.append(indices.clone())
-        return self.data.get_batch(indices, step)
-
-
-def _pretend_rank(monkeypatch, rank: int, world_size: int) -> None:
-    """An initialised process group in which this process is ``rank`` of ``world_size``."""
-    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world_size)
-
-
-def _trainer_as(monkeypatch, rank, world_size, *args, **kw):
-    """A Trainer built while torch.distributed says rank of world_size (only the engine's lookup sees it)."""
-    with monkeypatch.context() as m:
-        _pretend_rank(m, rank, world_size)
-        return Trainer(*args, **kw)
-
-
 def test_without_a_process_group_the_trainer_is_rank_0_of_1(tiny_config, tiny_shapes):
     t = Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg())
     assert (t.rank, t.world_size, t.is_main) == (0, 1, True)
+    assert not isinstance(t.step_module, torch.nn.parallel.DistributedDataParallel)
 
 
-def test_each_rank_draws_its_shard_of_the_global_batch(tiny_config, tiny_shapes, monkeypatch):
-    single, second = _Recording(tiny_shapes), _Recording(tiny_shapes)
-    alone = Trainer(_model(tiny_config), Objective(), single, _cfg())
-    rank1 = _trainer_as(monkeypatch, 1, 2, _model(tiny_config), Objective(), second, _cfg())
-    assert (rank1.rank, rank1.world_size, rank1.is_main) == (1, 2, False)
-    for _ in range(3):
-        alone.train_step()
-        rank1.train_step()
-    for step, (full, shard) in enumerate(zip(single.drawn, second.drawn)):
-        assert len(full) == 8 and torch.equal(full, batch_indices(len(tiny_shapes), 8, step, 0))  # as before
-        assert torch.equal(shard, full[4:]), step  # rank 1 of 2: the second half of the global batch
+def test_micro_batches_accumulate_to_the_full_batch_step(tiny_config, tiny_shapes):
+    """Gradient accumulation over micro-batches of 2 gives the step of the whole batch of 8 (a mean loss):
+    the same weights after one step, the same losses after three.  (Not the same weights to 1e-6 after
+    several steps: parameters with a zero gradient in exact arithmetic, such as attention's key bias, get
+    rounding noise whose sign AdamW's normalisation turns into steps of ±lr.)"""
+    whole = Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=3))
+    micro = Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=3, micro_batch=2))
+    assert [len(c) for c in micro._micro_batches()] == [2, 2, 2, 2]
+    a, b = whole.train_step(), micro.train_step()
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(micro.model.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
+    for _ in range(2):
+        assert abs(float(a["loss"]) - float(b["loss"])) < 1e-5
+        a, b = whole.train_step(), micro.train_step()
 
 
-def test_only_the_main_rank_writes(tiny_config, tiny_shapes, tmp_path, monkeypatch):
-    bars = []
-    real_tqdm = engine.tqdm
-    monkeypatch.setattr(engine, "tqdm", lambda *a, **kw: bars.append(kw["disable"]) or real_tqdm(*a, **kw))
-    out = tmp_path / "run"
-    cfg = _cfg(steps=3, ckpt_every=1, progress=True)
-    t = _trainer_as(monkeypatch, 1, 2, _model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=out)
-    result = t.run()
-    assert result.step == 3 and result.history  # rank 1 trains (and keeps its history in memory) ...
-    assert not out.exists() or not any(out.iterdir())  # ... but writes nothing
-    assert bars == [True]  # and shows no progress bar
-    main = _trainer_as(monkeypatch, 0, 2, _model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=out)
-    main.run()
-    assert (out / "checkpoint.safetensors").exists() and (out / "history.json").exists()
-    assert bars == [True, False]
+def test_a_checkpoint_from_before_a_new_setting_resumes_at_its_default(tiny_config, tiny_shapes, tmp_path):
+    """A setting added to TrainConfig after a run was saved counts as saved at its default value."""
+    cfg = _cfg(steps=2)
+    train(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    del meta["train"]["micro_batch"]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
+    assert Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path).resume()
+    with pytest.raises(ValueError, match="lr"):
+        Trainer(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=2, lr=0.5), out_dir=tmp_path).resume()
 
 
 class _FakeCuda:

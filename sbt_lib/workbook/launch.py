@@ -1,0 +1,93 @@
+"""``python -m sbt_lib train {tokenizer,stage2,generator}``: the notebooks' training calls as commands,
+alone or under ``torchrun``.
+
+Each command resolves the parameters of notebook 05's bundle at a scale (the pipeline that notebooks 04
+and 05 train: the stage-1 tokenizer, its stage-2 tokenizers, the generator on its global tokens) and
+makes the same library call the notebook makes, into the same run folder, so a notebook run with the
+same ``out`` folder, scale and parameters loads what the command trained instead of training it again:
+
+===========  ============================================================  ==========================================
+command      trains                                                        run folder (under ``out``)
+===========  ============================================================  ==========================================
+tokenizer    stage 1 (:func:`~sbt_lib.workbook.builders.train_tokenizer`)  ``04_aligner_scaling/stage1``
+stage2       stage 2 per size of ``stage2_aligners`` (frozen encoder)       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
+generator    the SiT on the stage-1 global tokens                          ``05_generation/generators/global``
+===========  ============================================================  ==========================================
+
+Under ``torchrun`` rank 0 fills the caches first (decoded data, teacher features, the global tokens),
+then every rank trains its shard of each batch (:mod:`sbt_lib.train`); only rank 0 writes and prints.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .. import distributed as dist
+from ..files import REPO
+from ..train import TrainResult
+from . import builders
+from .params import Params, resolve
+from .runs import load_tokenizer, variant_run
+
+WHAT = ("tokenizer", "stage2", "generator")
+BUNDLE = "05_generation"
+
+
+def run_folders(out: Path, P: Params) -> dict[str, Path]:
+    """Where each command writes (notebook 04's and 05's folders under ``out``)."""
+    return {"tokenizer": out / "04_aligner_scaling" / "stage1",
+            **{f"stage2 {s}": variant_run(out / "04_aligner_scaling", f"two-stage {s}", P.seed) for s in P.stage2.aligners},
+            "generator": out / "05_generation" / "generators" / "global"}
+
+
+def _stage1(folders: dict[str, Path]):
+    run = folders["tokenizer"]
+    if not (run / "checkpoint.json").exists():
+        raise FileNotFoundError(f"no stage-1 tokenizer in {run}: train it first with the same --scale, --out and "
+                                "-p values: python -m sbt_lib train tokenizer ...")
+    return load_tokenizer(run)
+
+
+def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
+                  overrides: dict | None = None) -> dict[str, TrainResult]:
+    """Train ``what`` at ``scale`` (alone, or as one rank of a ``torchrun`` launch); returns the results by
+    run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``)."""
+    if what not in WHAT:
+        raise ValueError(f"unknown training {what!r}; valid: {WHAT}")
+    with dist.process_group() as (rank, world_size):
+        P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
+        out = Path(out) if out else REPO / "runs" / scale
+        folders = run_folders(out, P)
+        main, progress = rank == 0, rank == 0 and P.training.progress
+        say = print if main else (lambda *a, **k: None)
+        say(f"train {what} at scale {scale} on {world_size} process(es) ({dist.backend() if world_size > 1 else 'single'}); "
+            f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
+        with dist.main_first():  # rank 0 fills the caches on disk, the others read them
+            train_set, test_set = builders.load_data(P)
+            if what == "tokenizer":
+                builders.build_objective(P, builders.build_tokenizer(P, train_set), train_set, progress)
+            else:
+                parent = _stage1(folders)
+                if what == "stage2":
+                    z_global = builders.global_token_cache(parent, train_set, P, progress)
+                else:
+                    tokens = builders.token_cache(parent, train_set, P, "global", progress)
+        t0, results = time.perf_counter(), {}
+        if what == "tokenizer":
+            results["tokenizer"] = builders.train_tokenizer(P, train_set, test_set, folders["tokenizer"], progress)
+        elif what == "stage2":
+            for s in P.stage2.aligners:
+                results[f"stage2 {s}"] = builders.train_stage2(P, parent, s, train_set, test_set, folders[f"stage2 {s}"],
+                                                               z_global=z_global, progress=progress)
+        else:
+            results["generator"] = builders.train_generator(P, parent, train_set, folders["generator"], "global",
+                                                            tokens=tokens, progress=progress)
+        for name, r in results.items():
+            batch = P.generator.batch_size if name == "generator" else P.training.batch_size
+            evals = [h for h in r.history if any(k.startswith("eval_") for k in h)]
+            say(f"{name}: {r.step} steps, {r.seconds:.1f} s training, {batch * r.step / max(r.seconds, 1e-9):.1f} images/s "
+                f"over {world_size} process(es)" + (f"; last evaluation {json.dumps(evals[-1])}" if evals else "")
+                + f"; checkpoint in {folders[name]}")
+        say(f"done in {time.perf_counter() - t0:.1f} s")
+        return results
