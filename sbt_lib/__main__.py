@@ -11,8 +11,6 @@ import argparse
 import ast
 import sys
 
-from .train import NonFiniteLossError
-from .workbook.runner import NotebookFailed, reproduce
 from .workbook.scales import SCALE_NAMES
 
 
@@ -46,22 +44,34 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                     help="set a parameter, e.g. -p steps=500 -p micro_batch=16 (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            from .workbook.launch import train_command
+    return _train(args) if args.command == "train" else _reproduce(args)
 
-            train_command(args.what, args.scale, args.dataset, args.out, dict(args.param))
-        else:
-            only = [o.strip() for o in args.only.split(",")] if args.only else None
-            reproduce(args.scale, args.dataset, only, args.out, dict(args.param), args.log_output)
-    except KeyboardInterrupt as e:
-        print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (NotebookFailed, ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as e:
+
+def _reproduce(args) -> int:
+    from .workbook.runner import NotebookFailed, reproduce  # papermill and Jupyter: only for the notebooks
+
+    only = [o.strip() for o in args.only.split(",")] if args.only else None
+    try:
+        reproduce(args.scale, args.dataset, only, args.out, dict(args.param), args.log_output)
+    except (NotebookFailed, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
+
+def _train(args) -> int:
+    from .train import NonFiniteLossError
+    from .workbook.launch import train_command
+
+    try:
+        train_command(args.what, args.scale, args.dataset, args.out, dict(args.param))
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

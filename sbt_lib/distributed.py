@@ -8,11 +8,12 @@ This module holds the few things every distributed loop needs and nothing else:
   ``LOCAL_RANK``-th), gloo on CPU; without ``torchrun`` it does nothing and the code runs as rank 0 of 1.
 - :func:`rank_and_world_size`, :func:`is_main`: who this process is (rank 0 is the one that writes).
 - :func:`shard`: the contiguous slice of ``n`` items that a rank takes (sampling, evaluation).
-- :func:`all_mean`, :func:`any_rank`, :func:`gather`, :func:`broadcast_object`, :func:`barrier`: the
-  collectives the engine and the evaluation use; each is the identity at world size 1.
+- :func:`all_mean`, :func:`any_ranks`, :func:`gather`, :func:`all_objects`, :func:`broadcast_object`,
+  :func:`barrier`: the collectives the engine and the evaluation use; each is the identity at world size 1.
+- :func:`main_first`: rank 0 runs a block first (filling caches on disk), then the others.
 
-The training engine (:mod:`sbt_lib.train`) wraps its model for DDP itself when a group of more than one
-process is initialised; nothing else in the library needs to know.
+The training engine (:mod:`sbt_lib.train`) wraps its model for DDP itself when a process group is
+initialised; nothing else in the library needs to know.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def rank_and_world_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def in_process_group() -> bool:
+    """Whether a process group is initialised (``torchrun`` started this process, even as the only one)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_distributed() -> bool:

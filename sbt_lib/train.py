@@ -10,8 +10,8 @@ checkpoint holds the weights, the optimizer moments, the EMA and the RNG state (
 CUDA device's when CUDA is available).  So ``N`` steps, save, resume, ``N`` steps gives bit-identical
 weights to ``2N`` steps straight (on CPU).
 
-Data parallelism (``torchrun``, see :mod:`sbt_lib.distributed`): when a process group of more than one
-process is initialised, the engine wraps the model *and its loss* in PyTorch's
+Data parallelism (``torchrun``, see :mod:`sbt_lib.distributed`): when a process group is initialised
+(``torchrun`` was used, even with one process), the engine wraps the model *and its loss* in PyTorch's
 :class:`~torch.nn.parallel.DistributedDataParallel` (one module whose forward is the loss, so gradients are
 averaged whichever methods of the model the loss calls; a critic gets a DDP wrapper of its own).
 ``batch_size`` is the global batch; each rank trains on its own contiguous shard of it
@@ -236,7 +236,8 @@ def _ddp(module: nn.Module, device: torch.device, ignore: nn.Module | None = Non
         skip = {id(t) for t in (*ignore.parameters(), *ignore.buffers())}
         names = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if id(t) in skip]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
-    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=[index] if index is not None else None,
                                    find_unused_parameters=False)
 
 
@@ -292,7 +293,7 @@ class Trainer:
         self.opt_d = _optimizer([self.critic], cfg) if self.critic is not None else None
         self.step_module: nn.Module = _LossStep(self.model, loss_fn)
         self.critic_module: nn.Module | None = _CriticStep(self.loss_module) if self.critic is not None else None
-        if self.world_size > 1:  # rank 0's weights are broadcast to every rank here
+        if dist.in_process_group():  # under torchrun, even of one process; rank 0's weights are broadcast here
             self.step_module = _ddp(self.step_module, self.device, ignore=self.critic)
             if self.critic_module is not None:
                 self.critic_module = _ddp(self.critic_module, self.device)
@@ -394,7 +395,8 @@ class Trainer:
         or would silently continue a different experiment.  A setting the checkpoint predates counts as
         saved at its default."""
         defaults = {f.name: f.default for f in fields(TrainConfig)}
-        saved = _fingerprint({**defaults, **meta["train"]}, {k: meta.get(k) for k in self.meta})
+        saved_meta = {k: _with_new_switches(meta.get(k), v) for k, v in self.meta.items()}
+        saved = _fingerprint({**defaults, **meta["train"]}, saved_meta)
         current = _fingerprint(asdict(self.cfg), self.meta)
         diff = sorted({k for k in current["train"] if saved["train"].get(k) != current["train"][k]}
                       | {k for k in self.meta if saved[k] != current[k]})
@@ -433,7 +435,8 @@ class Trainer:
         for k, indices in enumerate(chunks):
             batch = self.data.get_batch(indices, self.step).to(self.device)
             last = k == len(chunks) - 1
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.step_module.no_sync()
+            ddp = isinstance(self.step_module, DistributedDataParallel)
+            sync = self.step_module.no_sync() if ddp and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():
                     terms = self.step_module(batch)
@@ -529,6 +532,14 @@ class Trainer:
             bar.close()
         return TrainResult(self.model, self.ema.module if self.ema is not None else None,
                            self.history, self.step, self.seconds)
+
+
+def _with_new_switches(saved, current):
+    """``saved`` (a config dict from a checkpoint) with the entries it lacks that are ``None`` in ``current``:
+    a switch added to a config after the run was saved, off by default, does not make it another run."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return saved
+    return {**{k: v for k, v in current.items() if k not in saved and v is None}, **saved}
 
 
 def _read_json(path: Path):

@@ -18,8 +18,6 @@ from sbt_lib import distributed as dist
 from sbt_lib.workbook import builders
 from sbt_lib.workbook.params import resolve
 
-OUT, SCENARIO = Path(sys.argv[1]), sys.argv[2]
-
 
 class Recording:
     """The data set, recording the indices each step draws (and calling ``hook(step)`` first)."""
@@ -55,7 +53,7 @@ def flat(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def main():
+def main(out: Path, scenario: str):
     rank, world = dist.rank_and_world_size()
     writes = []
     for name in ("save_checkpoint", "write_json"):  # every write the engine makes, by rank
@@ -67,54 +65,54 @@ def main():
         build(P, train_set)  # the teacher cache, filled by rank 0
     report = {"rank": rank, "world_size": world}
 
-    if SCENARIO == "crash":
+    if scenario == "crash":
         def crash(step):
             if rank == 1 and step == 5:
                 raise RuntimeError("planted crash on rank 1 at step 5")
-        trainer(P, train_set, Recording(train_set, crash), OUT / "crash", steps=8, ckpt_every=2).run()
+        trainer(P, train_set, Recording(train_set, crash), out / "crash", steps=8, ckpt_every=2).run()
         return
-    if SCENARIO == "long":
+    if scenario == "long":
         def started(step):
             if rank == 0 and step == 3:
-                (OUT / "started").write_text("3")
-        t = trainer(P, train_set, Recording(train_set, started), OUT / "long", steps=10_000, ckpt_every=0, log_every=50)
+                (out / "started").write_text("3")
+        t = trainer(P, train_set, Recording(train_set, started), out / "long", steps=10_000, ckpt_every=0, log_every=50)
         try:
             t.run()
         except KeyboardInterrupt:
-            (OUT / f"stopped{rank}.json").write_text(json.dumps({"step": t.step}))
+            (out / f"stopped{rank}.json").write_text(json.dumps({"step": t.step}))
             raise
         return
 
     # one step, for the comparison with a single-process step on the whole batch
     data = Recording(train_set)
-    t = trainer(P, train_set, data, OUT / "one_step", steps=1)
+    t = trainer(P, train_set, data, out / "one_step", steps=1)
     t.run()
     report["one_step_drawn"] = data.drawn
     # four steps straight; the same four steps saved after two and resumed
     data = Recording(train_set)
-    straight = trainer(P, train_set, data, OUT / "straight", steps=4)
+    straight = trainer(P, train_set, data, out / "straight", steps=4)
     straight.run()
     report["straight_drawn"] = data.drawn
     vectors = dist.all_objects(flat(straight.model))
     report["max_difference_between_ranks"] = max(float((v - vectors[0]).abs().max()) for v in vectors)
-    first = trainer(P, train_set, train_set, OUT / "resumed", steps=4)
+    first = trainer(P, train_set, train_set, out / "resumed", steps=4)
     first.train_step(), first.train_step()
     first.save()
     if rank == 0:
-        for f in (OUT / "resumed").glob("checkpoint.*"):
-            shutil.copy(f, OUT / f"ddp_at_2{f.suffix}")
-    resumed = trainer(P, train_set, train_set, OUT / "resumed", steps=4)
+        for f in (out / "resumed").glob("checkpoint.*"):
+            shutil.copy(f, out / f"ddp_at_2{f.suffix}")
+    resumed = trainer(P, train_set, train_set, out / "resumed", steps=4)
     assert resumed.resume() and resumed.step == 2
     resumed.run()
     report["resume_bit_identical"] = bool(torch.equal(flat(resumed.model), flat(straight.model)))
     # a checkpoint written by one process (the test wrote it at step 2 of 4), resumed by two
-    single = trainer(P, train_set, train_set, OUT / "from_single", steps=4)
+    single = trainer(P, train_set, train_set, out / "from_single", steps=4)
     report["from_single_resumed"] = single.resume() and single.step == 2
     single.run()
     report["writes"] = writes
-    (OUT / f"rank{rank}.json").write_text(json.dumps(report))
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":
     with dist.process_group():
-        main()
+        main(Path(sys.argv[1]), sys.argv[2])

@@ -228,7 +228,7 @@ def test_folder_layout_errors(tmp_path):
 
 def test_bad_names_and_splits():
     with pytest.raises(ValueError) as error:
-        load_dataset("imagenet")
+        load_dataset("imagenet21k")
     assert all(name in str(error.value) for name in DATASETS)
     assert "folder path is also accepted" in str(error.value)
     with pytest.raises(ValueError, match=r"split.*'train', 'test'.*'val'"):

@@ -73,3 +73,28 @@ class FeatureCache:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+class OnlineFeatures(FeatureCache):
+    """A :class:`FeatureCache` that caches nothing: for a data set too large for its features to be kept
+    (ImageNet at the paper scale: DINOv2-B features of 1.28M images, pooled to 64 tokens, would take 126 GB in
+    float16).  The encoder runs under ``no_grad`` on ``device`` over the images of the indices a step asks
+    for (a :class:`~sbt_lib.data.datasets.LazyImageFolder` hands back the batch it has just decoded)."""
+
+    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], dataset, name: str, *,
+                 device: str | torch.device = "cpu", **ignored):
+        self.name, self.dataset, self.path = name, dataset, None
+        self.encoder, self.device = encoder, torch.device(device)
+        self._shape = tuple(self[torch.tensor([0])].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @torch.no_grad()
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        images = self.dataset.images_at(torch.as_tensor(indices, dtype=torch.int64).cpu()).to(self.device)
+        return self.encoder(images).float()

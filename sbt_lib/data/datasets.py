@@ -14,6 +14,9 @@ Three built-in sources, a fallback choice between two of them, and any image fol
   with torchvision's download as a fallback.
 * ``auto``    -- ``cifar10`` when it can be had, else ``photos`` with a warning saying
   why (see ``resolve_dataset_name``); the data set's ``name`` is the one used.
+* ``imagenet`` -- ILSVRC-2012 at ``$SBT_DATA/imagenet/{train,val}/<wnid>/*.JPEG`` (the ``paper`` scale), read
+  lazily (:class:`LazyImageFolder`: decoded batch by batch, centre-cropped and resized), since 1.28M images
+  at 256 px do not fit in memory; ``test`` is its ``val`` split.
 * any other name is read as a folder laid out as ``<path>/{train,test}/<class>/*.png``
   (cifar10 is just such a folder at a known place).  Decoding is slow, so folder
   datasets are cached as ``.npz`` under ``$SBT_CACHE`` (default ``<repo>/data/cache``).
@@ -45,7 +48,7 @@ from .. import weights
 from ..batch import Batch
 from ..files import REPO, atomic_write, content_key
 
-DATASETS = ("photos", "shapes", "cifar10", "auto")
+DATASETS = ("photos", "shapes", "cifar10", "imagenet", "auto")
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # photos and shapes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -65,9 +68,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def dataset_fingerprint(dataset: "ImageDataset") -> dict:
-    """What identifies a data set's contents: its name, split, size and a hash of its pixels.
+    """What identifies a data set's contents: its name, split, size and a hash of its pixels (of its file
+    list, for a :class:`LazyImageFolder`).
 
     Caches keyed by it (features, trained 2D VAEs) are recomputed when the images change."""
+    if isinstance(dataset, LazyImageFolder):
+        return dataset.fingerprint()
     digest = content_key(dataset.images)
     return {"name": dataset.name, "split": dataset.split, "n": len(dataset),
             "shape": list(dataset.images.shape[1:]), "sha1": digest}
@@ -142,6 +148,8 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, *, seed:
         return make_shapes(size or DEFAULT_SIZE[split], split, image_size, rng)
     if name == "cifar10":
         return load_cifar10(split, image_size, rng, size=size, root=root, resize=resize)
+    if name == "imagenet":
+        return load_imagenet(split, image_size, rng, size=size, root=root)
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise ValueError(
@@ -525,6 +533,71 @@ def load_folder(folder: Path, split: str, image_size: int, rng: np.random.Genera
         images = _decode_all([files[i] for i in keep], image_size, resize)
     targets = targets if keep is None else targets[keep]
     return ImageDataset(torch.from_numpy(images), targets, classes, name or str(folder), split)
+
+
+IMAGENET_LAYOUT = "imagenet/{train,val}/<wnid>/*.JPEG (ILSVRC-2012: 1000 class folders such as n01440764 in each split)"
+
+
+def load_imagenet(split: str, image_size: int, rng: np.random.Generator, *, size: int | None = None,
+                  root: str | None = None) -> "LazyImageFolder":
+    """ImageNet from ``<data_dir>/imagenet/{train,val}`` as a :class:`LazyImageFolder` (``test`` reads ``val``)."""
+    folder = data_dir(root) / "imagenet"
+    split_dir = folder / ("val" if split == "test" else split)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet not found: no folder {split_dir}. The paper scale reads $SBT_DATA/{IMAGENET_LAYOUT}. "
+            f"Extract ILSVRC-2012 there (the validation images sorted into class folders, as the usual "
+            f"valprep.sh does), or set SBT_DATA to the folder that holds imagenet/. $SBT_DATA is now "
+            f"{os.environ.get('SBT_DATA', '(unset)')}.")
+    files, targets, classes = _list_images(folder, split_dir.name)
+    if size is not None:
+        keep = _balanced_subset(targets, size, rng)
+        files, targets = [files[i] for i in keep], targets[keep]
+    return LazyImageFolder(files, targets, classes, "imagenet", split, image_size)
+
+
+class LazyImageFolder(Dataset):
+    """An image folder too large for memory: the files are decoded when a batch asks for them (a thread pool,
+    centre crop and bicubic resize to ``image_size``, as ADM's ImageNet preprocessing), with the interface of
+    :class:`ImageDataset` that training and evaluation use (``images_at``, ``get_batch``, ``targets``,
+    ``classes``)."""
+
+    def __init__(self, files: list[Path], targets: np.ndarray, classes: list[str], name: str, split: str,
+                 image_size: int, workers: int = 16):
+        self.files, self.classes, self.name, self.split = list(files), list(classes), name, split
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        self.image_size, self.workers = image_size, workers
+        self._last: tuple = ((), None)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.images_at(torch.tensor([i]))[0], int(self.targets[i])
+
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices``, decoded now (the last call's are kept: a step's frozen teachers ask for
+        the batch it has just drawn)."""
+        key = tuple(int(i) for i in indices)
+        if key != self._last[0]:
+            decode = functools.partial(_decode, image_size=self.image_size, resize=True)
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                arrays = list(pool.map(decode, [self.files[i] for i in key]))
+            self._last = (key, to_float(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)))
+        return self._last[1]
+
+    def get_batch(self, indices: torch.Tensor, step: int = 0) -> Batch:
+        indices = torch.as_tensor(indices, dtype=torch.int64)
+        return Batch(self.images_at(indices), self.targets[indices], indices, step)
+
+    def fingerprint(self) -> dict:
+        names = "\n".join(str(f) for f in self.files)
+        return {"name": self.name, "split": self.split, "n": len(self), "shape": [3, self.image_size, self.image_size],
+                "sha1": content_key(names)}
+
+    def __repr__(self) -> str:
+        return (f"LazyImageFolder({self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"size={self.image_size}x{self.image_size}, classes={len(self.classes)})")
 
 
 def _list_images(folder: Path, split: str):

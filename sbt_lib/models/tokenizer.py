@@ -86,6 +86,7 @@ class TokenizerConfig(Config):
     linear_path: bool = False  # a linear pixels ↔ global-token path started at the principal components
     keep_norm: bool = False  # gain-shape SoftVQ: the codebook quantizes each token's direction, its length is kept
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
+    encoder_init: str | None = None  # a pretrained ViT the encoder starts from (dinov2_b: the paper's); see encoder_init.py
     local_1d: bool = False  # the local 1D aligner (Eq. 8)
     local_2d: str | None = None  # size preset of the local 2D aligner (Eq. 9), None = off
     num_local_tokens: int | None = None  # N_l, tokens of z_local_2d; None = num_tokens

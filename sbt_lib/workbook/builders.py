@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..data.cache import FeatureCache
-from ..data.datasets import load_dataset, resolve_dataset_name
+from ..data.cache import FeatureCache, OnlineFeatures
+from ..data.datasets import LazyImageFolder, load_dataset, resolve_dataset_name
 from ..eval.reconstruction import evaluate_tokenizer, held_out_images
+from ..models.encoder_init import init_encoder
 from ..models.teachers import load_teacher
 from ..models.tokenizer import SelfBootTok
 from ..files import content_key
@@ -45,11 +46,14 @@ def load_data(P: Params):
 
 
 def build_tokenizer(P: Params, train_set=None) -> SelfBootTok:
-    """A tokenizer of ``P.tokenizer``; the seed fixes its initial weights.  With a linear path,
+    """A tokenizer of ``P.tokenizer``; the seed fixes its initial weights, and ``encoder_init`` names a
+    pretrained ViT its encoder starts from (:mod:`~sbt_lib.models.encoder_init`).  With a linear path,
     ``train_set`` is needed: the path starts at its principal components (fitted on at most
     10,000 evenly spaced training images)."""
     torch.manual_seed(P.seed)
     model = SelfBootTok(P.tokenizer)
+    if P.tokenizer.encoder_init:
+        init_encoder(model, P.tokenizer.encoder_init)
     if model.linear_path is not None:
         if train_set is None:
             raise ValueError("a tokenizer with linear_path=True starts at the training set's principal components: "
@@ -72,7 +76,13 @@ def latents_2d_cache(P: Params, train_set, progress: bool = True) -> FeatureCach
     training device."""
     device = resolve_device(P.training.device)
     vae = train_2d_vae(P, train_set, progress).to(device)
-    return FeatureCache(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", device=device, progress=progress)
+    return _cache(train_set)(vae.latents, train_set, f"vae2d-{vae.fingerprint()}", device=device, progress=progress)
+
+
+def _cache(train_set) -> type[FeatureCache]:
+    """Features of a frozen network over the training set: cached once, or computed per batch for a data set
+    read lazily from disk (ImageNet), whose features would not fit (:class:`~sbt_lib.data.cache.OnlineFeatures`)."""
+    return OnlineFeatures if isinstance(train_set, LazyImageFolder) else FeatureCache
 
 
 def teacher_cache(name: str, P: Params, train_set, num_tokens: int, progress: bool = True) -> FeatureCache:
@@ -82,7 +92,7 @@ def teacher_cache(name: str, P: Params, train_set, num_tokens: int, progress: bo
     linear, so caching pooled features is exact and takes P/N times less memory), computed once."""
     device = resolve_device(P.training.device)
     teacher = load_teacher(name, P.tokenizer.image_size).to(device)
-    return FeatureCache(lambda images: patches_to_tokens(teacher_tokens(teacher(images)), num_tokens), train_set,
+    return _cache(train_set)(lambda images: patches_to_tokens(teacher_tokens(teacher(images)), num_tokens), train_set,
                         f"{teacher.cache_name}-pooled{num_tokens}", device=device, progress=progress)
 
 

@@ -9,10 +9,24 @@ without touching the rest.
 - ``tiny``: for the tests; each notebook in seconds, numbers meaningless.
 - ``cpu`` (default): minutes on a 2-core laptop; big enough that the effects are visible.
 - ``gpu``: one GPU, about an hour per notebook (CIFAR-10 or an ImageNet-64 folder).
+- ``paper``: the paper's setting (§4 and the appendix), for ``torchrun`` on many GPUs: ImageNet at 256 px
+  (``$SBT_DATA/imagenet``), a DINOv2-B-sized encoder started from DINOv2 (64 tokens × 32), 2D aligners of
+  10M-600M, 50 epochs of stage 1 and 50 of stage 2, SiT-XL for 800K steps, 50,000 samples for gFID.  Where
+  the paper does not give a value (loss weights, learning rates, codebook size) the choice is ours and
+  marked so below.  See the README's "From the notebook to torchrun".
 """
 from __future__ import annotations
 
-SCALE_NAMES = ("tiny", "cpu", "gpu")
+SCALE_NAMES = ("tiny", "cpu", "gpu", "paper")
+
+IMAGENET_TRAIN = 1_281_167  # images in ILSVRC-2012's training split
+
+
+def epochs(n: float, batch_size: int, images: int = IMAGENET_TRAIN) -> int:
+    """Optimizer steps of ``n`` epochs at a global batch of ``batch_size``."""
+    return round(n * images / batch_size)
+
+
 
 # The recipe that learns in minutes on 2 cores (issue 11, measured by benchmarks/tokenizer_quality.py):
 # a conv trunk that halves the image down to the token grid (GigaTok), gain-shape SoftVQ (the codebook
@@ -29,6 +43,11 @@ _TOKENIZER = {
                 num_tokens=32, token_dim=8, codebook_size=1024, conv_channels=32, **_RECIPE),
     "gpu": dict(image_size=32, patch_size=2, width=384, encoder_depth=8, decoder_depth=8, num_heads=6,
                 num_tokens=32, token_dim=8, codebook_size=4096, conv_channels=64, **_RECIPE),
+    # The paper: a DINOv2-B ViT (patch 16 at 256 px: a 16×16 grid) started from DINOv2's weights, 64 tokens
+    # × 32.  The decoder mirrors the encoder.  Codebook size and τ are not given: SoftVQ-VAE's are our choice.
+    "paper": dict(image_size=256, patch_size=16, width=768, encoder_depth=12, decoder_depth=12, num_heads=12,
+                  num_tokens=64, token_dim=32, codebook_size=8192, conv_channels=0, trunk="patch",
+                  linear_path=False, keep_norm=False, tau=0.07, encoder_init="dinov2_b"),
 }
 
 # Training and data per scale (field names of TrainConfig, plus the data settings).  ``auto`` is
@@ -44,7 +63,17 @@ _TRAINING = {
     "gpu": dict(dataset="cifar10", train_size=None, test_size=None, steps=40_000, batch_size=256, lr=1e-3,
                 warmup=1000, betas=(0.9, 0.99), ema=0.999, eval_every=2000, eval_size=2000, seed=0, log_every=50,
                 ckpt_every=2000, fd_size=224),
+    # 50 epochs of ImageNet at a global batch of 256 (32 per GPU on 8); lr and warm-up: our choice.
+    "paper": dict(dataset="imagenet", train_size=None, test_size=None, steps=epochs(50, 256), batch_size=256,
+                  lr=1e-4, warmup=5000, betas=(0.9, 0.95), ema=0.9999, eval_every=10_000, eval_size=5000, seed=0,
+                  log_every=100, ckpt_every=2500, fd_size=224),
 }
+# The objective of Eq. 4-5 at the paper scale: LPIPS, the GAN (SoftVQ's recipe: StyleGAN-like discriminator,
+# LeCAM, consistency regularisation), REPA of the global tokens to DINOv2 and of the local 1D tokens to I-JEPA
+# (Table 3's best).  The paper gives no weights: these are our choice.
+_PAPER_OBJECTIVE = dict(perceptual_weight=1.0, adv_weight=0.1, adv_start=epochs(20, 256), repa_global_weight=0.5,
+                        repa_global_teacher="dinov2_b", repa_local_weight=0.5, repa_local_teacher="ijepa",
+                        repa_local_group="local_1d")
 
 # Notebook 02 trains 8 variants × 3 seeds (Table 3, fusion, Table 2) within about 10 minutes at cpu, so
 # each run gets ~20 s on 2 cores: a narrower, shallower tokenizer than notebook 01's at the same 32 × 8
@@ -58,12 +87,14 @@ _BOOTSTRAP = {
     "tiny": {**_TRAINING["tiny"], **_TOKENIZER["tiny"], "eval_every": 0},
     "cpu": _BOOTSTRAP_CPU,
     "gpu": {**_TRAINING["gpu"], **_TOKENIZER["gpu"], "steps": 10_000},
+    "paper": {**_TRAINING["paper"], **_TOKENIZER["paper"], **_PAPER_OBJECTIVE},
 }
 # The switches of the full SelfBootTok per scale: the 2D aligner's preset and the decoder.
 _SELFBOOTTOK = {
     "tiny": dict(local_1d=True, local_2d="xs", decoder="cross"),
     "cpu": dict(local_1d=True, local_2d="xs", decoder="cross"),
     "gpu": dict(local_1d=True, local_2d="m", decoder="cross"),
+    "paper": dict(local_1d=True, local_2d="10M", decoder="cross"),  # stage 1 with the small (10M) aligner
 }
 
 # ``fd_size``: the input size of EfficientNet-Lite0 for the rFID-style distance (FD-EffNet) when the
@@ -75,6 +106,7 @@ _TABLE2 = {
     "tiny": dict(local_teachers=["hog"], local_teacher_weight=0.1),
     "cpu": dict(local_teachers=["hog", "effnet_lite0"], local_teacher_weight=0.1),
     "gpu": dict(local_teachers=["hog", "effnet_lite0", "dinov2_s", "siglip2", "ijepa"], local_teacher_weight=0.1),
+    "paper": dict(local_teachers=["ijepa", "dinov2_b", "siglip2"], local_teacher_weight=0.5),  # Table 3's three
 }
 
 # Notebook 01 also trains notebook 02's full model on `shapes` for the linear probes.
@@ -82,6 +114,7 @@ _PROBES = {
     "tiny": dict(probe_steps=20, probe_train_size=256, probe_test_size=128),
     "cpu": dict(probe_steps=300, probe_train_size=3000, probe_test_size=1000),
     "gpu": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
+    "paper": dict(probe_steps=4000, probe_train_size=10_000, probe_test_size=2000),
 }
 
 # The small 2D KL-VAE of the OT term (notebook 03), trained once per data set and cached.
@@ -89,12 +122,14 @@ _VAE = {
     "tiny": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=8, vae_steps=20, vae_batch_size=16),
     "cpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=16, vae_steps=300, vae_batch_size=32),
     "gpu": dict(vae_downsample=2, vae_latent_channels=4, vae_channels=64, vae_steps=2000, vae_batch_size=256),
+    "paper": dict(vae_downsample=16, vae_latent_channels=32, vae_channels=128, vae_steps=50_000, vae_batch_size=256),
 }
 # Notebook 03: the full model of notebook 02, trained with and without L_OT (μ3 = ot_weight).
 _OT = {
     "tiny": dict(seeds=1, ot_weight=0.1, ot_eps=0.05, bench_batch=8),
     "cpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
     "gpu": dict(seeds=3, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
+    "paper": dict(seeds=1, ot_weight=0.1, ot_eps=0.05, bench_batch=64),
 }
 
 # Notebook 04: stage 1 once with the smallest 2D aligner (notebook 02's tokenizer), then stage 2 grows the
@@ -104,6 +139,8 @@ _STAGE2 = {
     "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
     "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=2, test_size=500),
     "gpu": dict(stage2_aligners=["m", "xl", "10M", "50M"], stage2_steps=5000, seeds=2),
+    # The paper's sweep, 50 more epochs each with the encoder frozen (its 100M/200M/400M are our 150M/300M).
+    "paper": dict(stage2_aligners=["10M", "150M", "300M", "600M"], stage2_steps=epochs(50, 256), seeds=1),
 }
 
 # Notebook 05: a SiT on the global tokens of notebook 04's tokenizer (the same bundle, so it can retrain it).
@@ -114,7 +151,13 @@ _GENERATOR = {
                 generator_sampling_steps=10, generator_samples=400),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_sampling_steps=50, generator_samples=10_000),
+    # SiT-XL, 800K steps at SiT's batch of 256 and lr 1e-4; SiT's 250-step SDE sampler; 50,000 samples.
+    "paper": dict(generator_size="XL", generator_steps=800_000, generator_batch_size=256, generator_lr=1e-4,
+                  generator_sampler="sde", generator_sampling_steps=250, generator_samples=50_000),
 }
+
+# The 2D aligner of stage 1 in notebooks 04-05 (the smallest; stage 2 grows it).
+_STAGE1_ALIGNER = {"tiny": "xs", "cpu": "xs", "gpu": "xs", "paper": "10M"}
 
 NOTEBOOKS = {
     "01_decomposition": {
@@ -133,12 +176,12 @@ NOTEBOOKS = {
         for s in SCALE_NAMES
     },
     "04_aligner_scaling": {
-        s: {**_BOOTSTRAP[s], **_STAGE2[s], "local_1d": True, "local_2d": "xs", "decoder": _SELFBOOTTOK[s]["decoder"],
+        s: {**_BOOTSTRAP[s], **_STAGE2[s], "local_1d": True, "local_2d": _STAGE1_ALIGNER[s], "decoder": _SELFBOOTTOK[s]["decoder"],
             "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
     "05_generation": {
-        s: {**_BOOTSTRAP[s], **_STAGE2[s], **_GENERATOR[s], "local_1d": True, "local_2d": "xs",
+        s: {**_BOOTSTRAP[s], **_STAGE2[s], **_GENERATOR[s], "local_1d": True, "local_2d": _STAGE1_ALIGNER[s],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
