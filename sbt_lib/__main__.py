@@ -4,6 +4,8 @@
   the notebooks, headlessly (papermill).
 - ``python -m sbt_lib train {tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
   one training loop of notebooks 04-05, alone or under ``torchrun --nproc_per_node=K`` (DDP).
+- ``python -m sbt_lib evaluate {tokenizer,stage2,generator} ...`` (the same options): what ``train`` trained,
+  on the held-out split, sharded over the processes under ``torchrun``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,17 @@ def _parse_param(text: str) -> tuple[str, object]:
     return name.strip().lower(), value
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``train`` and ``evaluate``."""
+    parser.add_argument("what", choices=("tokenizer", "stage2", "generator"))
+    parser.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
+    parser.add_argument("--dataset", help="auto, photos, shapes, cifar10, imagenet, or an ImageFolder path "
+                                          "(default: the scale's)")
+    parser.add_argument("--out", help="run folder root, as reproduce's (default: runs/<scale>)")
+    parser.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
+                        help="set a parameter, e.g. -p steps=500 -p micro_batch=16 (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sbt_lib", description="SelfBootTok workbook")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,15 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                      help="set a notebook parameter, e.g. -p steps=500 (repeatable)")
     rep.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
-    tr = sub.add_parser("train", help="train the tokenizer, its stage-2 aligners or the generator (works under torchrun)")
-    tr.add_argument("what", choices=("tokenizer", "stage2", "generator"))
-    tr.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
-    tr.add_argument("--dataset", help="auto, photos, shapes, cifar10, imagenet, or an ImageFolder path (default: the scale's)")
-    tr.add_argument("--out", help="run folder root, as reproduce's (default: runs/<scale>)")
-    tr.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                    help="set a parameter, e.g. -p steps=500 -p micro_batch=16 (repeatable)")
+    for command, what in (("train", "train the tokenizer, its stage-2 aligners or the generator"),
+                          ("evaluate", "evaluate what train trained, on the held-out split")):
+        _run_options(sub.add_parser(command, help=f"{what} (alone or under torchrun)"))
     args = parser.parse_args(argv)
-    return _train(args) if args.command == "train" else _reproduce(args)
+    return _reproduce(args) if args.command == "reproduce" else _train(args)
 
 
 def _reproduce(args) -> int:
@@ -61,10 +70,11 @@ def _reproduce(args) -> int:
 
 def _train(args) -> int:
     from .train import NonFiniteLossError
-    from .workbook.launch import train_command
+    from .workbook.launch import evaluate_command, train_command
 
+    command = train_command if args.command == "train" else evaluate_command
     try:
-        train_command(args.what, args.scale, args.dataset, args.out, dict(args.param))
+        command(args.what, args.scale, args.dataset, args.out, dict(args.param))
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
         return 130

@@ -159,8 +159,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_saves_it(tmp_path):
     assert 3 <= meta["step"] < 10_000 and stopped == [meta["step"]] * 2, (meta["step"], stopped, output[-2000:])
 
 
-def test_the_train_command_runs_under_torchrun(tmp_path):
-    """The real launch: the tokenizer, its stage-2 aligner and the generator, each on two processes."""
+def test_the_train_and_evaluate_commands_run_under_torchrun(tmp_path):
+    """The real launch: the tokenizer, its stage-2 aligner and the generator, each on two processes; then the
+    evaluation sharded over two processes gives the single process's numbers."""
     common = ["--scale", "tiny", "--out", str(tmp_path), "-p", "stage2_aligners=['xs']"]
     for what in ("tokenizer", "stage2", "generator"):
         run = _torchrun("-m", "sbt_lib", "train", what, *common)
@@ -170,3 +171,19 @@ def test_the_train_command_runs_under_torchrun(tmp_path):
                    "05_generation/generators/global"):
         _, meta = load_checkpoint(tmp_path / folder / "checkpoint")
         assert meta["world_size"] == 2 and meta["step"] > 0
+    # sharded evaluation: the tokenizer's numbers do not depend on how many processes computed them
+    evaluation = tmp_path / "04_aligner_scaling" / "stage1" / "evaluation.json"
+    found = {}
+    for launch in (TORCHRUN, [sys.executable]):
+        run = subprocess.run([*launch, "-m", "sbt_lib", "evaluate", "tokenizer", *common], env=_env(), cwd=HERE.parent,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        metrics = json.loads(evaluation.read_text())
+        found[metrics["processes"]] = metrics
+    assert found[1]["test_images"] == found[2]["test_images"] == 64
+    for key in ("test_psnr", "test_ssim", "fd_effnet"):
+        assert found[2][key] == pytest.approx(found[1][key], rel=1e-5, abs=1e-9), key
+    run = _torchrun("-m", "sbt_lib", "evaluate", "generator", *common)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "05_generation" / "generators" / "global" / "evaluation.json").read_text())
+    assert metrics["processes"] == 2 and metrics["label"] == f"gFD-EffNet@{metrics['n']}" and metrics["gfd"] >= 0

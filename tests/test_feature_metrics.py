@@ -103,3 +103,16 @@ def test_lpips_with_backbone_file(offline, monkeypatch):
     d = lpips_metric(a, b, net="alex")
     assert d.shape == (3,) and torch.all(d > 0)
     assert torch.allclose(lpips_metric(a, a, net="alex"), torch.zeros(3))
+
+
+def test_metrics_from_features_equal_torch_fidelitys_on_the_images(offline, photos):
+    """The sharded evaluation's path (features first, gathered, then FD/KID) gives torch-fidelity's numbers."""
+    real, noised = photos
+    whole = feature_metrics(real, noised, effnet_size=SIZE, feature_extractor="effnet")
+    real_f, extractor = fm.image_features(real, effnet_size=SIZE, feature_extractor="effnet")
+    halves = [fm.image_features(part, effnet_size=SIZE, feature_extractor="effnet")[0] for part in noised.split(9)]
+    assert real_f.shape == (16, 1280) and extractor == fm.EFFNET_EXTRACTOR
+    from_features = fm.metrics_from_features(real_f, torch.cat(halves), extractor, effnet_size=SIZE)
+    for key in ("fd_effnet", "kid_effnet", "kid_effnet_std"):
+        assert from_features[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+    assert from_features["feature_space"] == whole["feature_space"]

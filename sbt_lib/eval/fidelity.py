@@ -191,6 +191,46 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
             kid_std_key: raw[torch_fidelity.KEY_METRIC_KID_STD], "feature_space": label.format(size=effnet_size),
             "num_real": n_real, "num_fake": n_fake, "kid_subset_size": subset}
 
+# ----------------------------------------------------------------------------- from features (sharded evaluation)
+
+def image_features(images, *, feature_extractor: str = "auto", effnet_size: int = EFFNET_SIZE, batch_size: int = 64,
+                   device: str | torch.device | None = None, download: bool | None = None) -> tuple[torch.Tensor, str]:
+    """The feature vectors FD and KID compare (N×D), by torch-fidelity's own extractor and loader, and the
+    extractor's name: what :func:`metrics_from_features` takes.  For evaluation split over processes: each
+    computes the features of its shard, the shards are gathered, one process computes the metrics."""
+    images = as_uint8(images)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor, path = choose_feature_space(feature_extractor, download)
+    _register_effnet()
+    layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
+    cuda = device.type == "cuda"
+    fe = torch_fidelity.utils.create_feature_extractor(extractor, [layer], cuda=cuda,
+                                                       feature_extractor_weights_path=str(path),
+                                                       sbt_effnet_size=effnet_size, verbose=False)
+    features = torch_fidelity.utils.get_featuresdict_from_dataset(_Images(images), fe, batch_size, cuda, True, False)
+    return features[layer], extractor
+
+
+def metrics_from_features(real: torch.Tensor, fake: torch.Tensor, extractor: str, *, effnet_size: int = EFFNET_SIZE,
+                          kid_subset_size: int | None = None, kid_subsets: int = 100, seed: int = 2020) -> dict:
+    """:func:`feature_metrics`' result from features of :func:`image_features` (torch-fidelity's FD and KID on
+    them: the same numbers as :func:`feature_metrics` on the images)."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+
+    subset = min(kid_subset_size or 1000, len(real), len(fake))
+    if subset < 2:
+        raise ValueError(f"FD/KID need at least 2 images in each set, got {len(real)} real and {len(fake)} fake")
+    fake_d, real_d = {"f": fake}, {"f": real}
+    fd = fid_statistics_to_metric(fid_featuresdict_to_statistics(fake_d, "f"), fid_featuresdict_to_statistics(real_d, "f"),
+                                  verbose=False)
+    kid = kid_featuresdict_to_metric(fake_d, real_d, "f", kid_subsets=kid_subsets, kid_subset_size=subset,
+                                     rng_seed=seed, verbose=False)
+    fd_key, kid_key, kid_std_key, label = FEATURE_SPACES[extractor]
+    return {fd_key: fd[torch_fidelity.KEY_METRIC_FID], kid_key: kid[torch_fidelity.KEY_METRIC_KID_MEAN],
+            kid_std_key: kid[torch_fidelity.KEY_METRIC_KID_STD], "feature_space": label.format(size=effnet_size),
+            "num_real": len(real), "num_fake": len(fake), "kid_subset_size": subset}
+
 # ----------------------------------------------------------------------------- LPIPS
 
 @torch.no_grad()

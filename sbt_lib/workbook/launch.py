@@ -1,5 +1,5 @@
-"""``python -m sbt_lib train {tokenizer,stage2,generator}``: the notebooks' training calls as commands,
-alone or under ``torchrun``.
+"""``python -m sbt_lib train|evaluate {tokenizer,stage2,generator}``: the notebooks' training calls, and
+their evaluation, as commands, alone or under ``torchrun``.
 
 Each command resolves the parameters of notebook 05's bundle at a scale (the pipeline that notebooks 04
 and 05 train: the stage-1 tokenizer, its stage-2 tokenizers, the generator on its global tokens) and
@@ -16,6 +16,10 @@ generator    the SiT on the stage-1 global tokens                          ``05_
 
 Under ``torchrun`` rank 0 fills the caches first (decoded data, teacher features, the global tokens),
 then every rank trains its shard of each batch (:mod:`sbt_lib.train`); only rank 0 writes and prints.
+``evaluate`` measures a trained run on the held-out split, each rank taking its shard
+(:mod:`sbt_lib.eval.sharded`): PSNR, SSIM and the rFID-style distance of the tokenizers; gFD/KID of
+``generator_samples`` samples of the generator (gFID@50000 at the paper scale, when the Inception weights
+resolve); rank 0 writes ``evaluation.json`` into the run folder.
 """
 from __future__ import annotations
 
@@ -24,11 +28,12 @@ import time
 from pathlib import Path
 
 from .. import distributed as dist
-from ..files import REPO
-from ..train import TrainResult
+from ..eval import sharded
+from ..files import REPO, write_json
+from ..train import TrainResult, resolve_device
 from . import builders
 from .params import Params, resolve
-from .runs import load_tokenizer, variant_run
+from .runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("tokenizer", "stage2", "generator")
 BUNDLE = "05_generation"
@@ -90,4 +95,46 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 f"over {world_size} process(es)" + (f"; last evaluation {json.dumps(evals[-1])}" if evals else "")
                 + f"; checkpoint in {folders[name]}")
         say(f"done in {time.perf_counter() - t0:.1f} s")
+        return results
+
+
+def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
+                     overrides: dict | None = None) -> dict[str, dict]:
+    """Evaluate the run(s) that ``train_command(what, ...)`` trained, on the held-out split (all of it, as
+    ``test_size`` says), sharded over the processes; returns the metrics by run name (every rank)."""
+    if what not in WHAT:
+        raise ValueError(f"unknown evaluation {what!r}; valid: {WHAT}")
+    with dist.process_group() as (rank, world_size):
+        P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
+        out = Path(out) if out else REPO / "runs" / scale
+        folders = run_folders(out, P)
+        with dist.main_first():
+            train_set, test_set = builders.load_data(P)
+        device = resolve_device(P.training.device)
+        results = {}
+        if what in ("tokenizer", "stage2"):
+            names = ["tokenizer"] if what == "tokenizer" else [f"stage2 {s}" for s in P.stage2.aligners]
+            for name in names:
+                if not (folders[name] / "checkpoint.json").exists():
+                    raise FileNotFoundError(f"no trained run in {folders[name]}: python -m sbt_lib train {what} first")
+                model = load_tokenizer(folders[name]).to(device)
+                results[name] = sharded.reconstruction_metrics(model, test_set, effnet_size=P.eval.fd_size)
+        else:
+            if not (folders["generator"] / "checkpoint.json").exists():
+                raise FileNotFoundError(f"no generator in {folders['generator']}: python -m sbt_lib train generator first")
+            tokenizer = _stage1(folders).to(device)
+            model, normalizer = load_generator(folders["generator"])
+            model, G = model.to(device), P.generator
+
+            def sample(classes, seed):
+                return builders.generate_images(tokenizer, model, normalizer, classes.to(device), "global", G.sampler,
+                                                G.sampling_steps, G.guidance, seed)
+
+            results["generator"] = sharded.generation_metrics(sample, test_set, G.samples, len(train_set.classes),
+                                                              P.seed, P.eval.fd_size)
+        if rank == 0:
+            for name, metrics in results.items():
+                write_json(folders[name] / "evaluation.json", {"scale": scale, "dataset": P.data.dataset, **metrics})
+                print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in metrics.items()) + f"  → {folders[name] / 'evaluation.json'}")
         return results
