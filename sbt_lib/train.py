@@ -238,7 +238,7 @@ def _ddp(module: nn.Module, device: torch.device, ignore: nn.Module | None = Non
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
     index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=[index] if index is not None else None,
-                                   find_unused_parameters=False)
+                                   find_unused_parameters=False, gradient_as_bucket_view=True)
 
 
 class _HeldSignals:

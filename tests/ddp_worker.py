@@ -88,6 +88,7 @@ def main(out: Path, scenario: str):
     t = trainer(P, train_set, data, out / "one_step", steps=1)
     t.run()
     report["one_step_drawn"] = data.drawn
+    trainer(P, train_set, train_set, out / "one_step_micro", steps=1, micro_batch=2).run()  # 4 micro-batches per rank
     # four steps straight; the same four steps saved after two and resumed
     data = Recording(train_set)
     straight = trainer(P, train_set, data, out / "straight", steps=4)

@@ -79,9 +79,10 @@ def test_a_ddp_step_on_two_half_batches_is_the_step_on_the_whole_batch(setup, su
     out, _ = suite
     alone = _single(P, train_set, steps=1)
     alone.train_step()
-    ddp = _weights(out / "one_step")
-    for name, value in alone.model.state_dict().items():
-        torch.testing.assert_close(ddp[name], value, atol=1e-6, rtol=0, msg=name)
+    for run in ("one_step", "one_step_micro"):  # the second: each half-batch as 4 micro-batches (no_sync)
+        ddp = _weights(out / run)
+        for name, value in alone.model.state_dict().items():
+            torch.testing.assert_close(ddp[name], value, atol=1e-6, rtol=0, msg=f"{run}: {name}")
     loss_single = json.loads((out / "one_step" / "history.json").read_text())[0]["loss"]
     assert loss_single > 0  # the logged loss is the mean over both ranks' halves
 
@@ -166,7 +167,7 @@ def test_the_train_and_evaluate_commands_run_under_torchrun(tmp_path):
     for what in ("tokenizer", "stage2", "generator"):
         run = _torchrun("-m", "sbt_lib", "train", what, *common)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        assert run.stdout.count("on 2 process(es) (gloo)") == 1  # rank 0 speaks, rank 1 does not
+        assert run.stdout.count("on 2 process(es) (DDP on gloo)") == 1  # rank 0 speaks, rank 1 does not
     for folder in ("04_aligner_scaling/stage1", "04_aligner_scaling/runs/two-stage_xs/seed0",
                    "05_generation/generators/global"):
         _, meta = load_checkpoint(tmp_path / folder / "checkpoint")

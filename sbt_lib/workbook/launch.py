@@ -66,7 +66,8 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         folders = run_folders(out, P)
         main, progress = rank == 0, rank == 0 and P.training.progress
         say = print if main else (lambda *a, **k: None)
-        say(f"train {what} at scale {scale} on {world_size} process(es) ({dist.backend() if world_size > 1 else 'single'}); "
+        group = f"DDP on {dist.backend()}" if dist.in_process_group() else "no process group"
+        say(f"train {what} at scale {scale} on {world_size} process(es) ({group}); "
             f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
         with dist.main_first():  # rank 0 fills the caches on disk, the others read them
             train_set, test_set = builders.load_data(P)
