@@ -535,11 +535,13 @@ class Trainer:
 
 
 def _with_new_switches(saved, current):
-    """``saved`` (a config dict from a checkpoint) with the entries it lacks that are ``None`` in ``current``:
-    a switch added to a config after the run was saved, off by default, does not make it another run."""
+    """``saved`` (a config dict from a checkpoint) with the entries it lacks that are off in ``current``
+    (``None``, ``False``, 0): a switch or weight added to a config after the run was saved, off, does not
+    make it another run."""
     if not isinstance(saved, dict) or not isinstance(current, dict):
         return saved
-    return {**{k: v for k, v in current.items() if k not in saved and v is None}, **saved}
+    return {**{k: v for k, v in current.items() if k not in saved and (v is None or v is False or v == 0)},
+            **saved}
 
 
 def _read_json(path: Path):

@@ -56,6 +56,7 @@ from torch import nn
 from .aligners import ALIGNER_2D_PRESETS, LocalAligner1D, LocalAligner2D
 from .blocks import CrossAttentionBlock, TokenMix, init_weights, num_params, self_attention_blocks
 from ..config import Config
+from .residual import ResidualRecovery
 from .quantizer import Quantized, SoftVQ
 
 GROUPS = ("global", "local_1d", "local_2d")
@@ -87,6 +88,7 @@ class TokenizerConfig(Config):
     keep_norm: bool = False  # gain-shape SoftVQ: the codebook quantizes each token's direction, its length is kept
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
     encoder_init: str | None = None  # a pretrained ViT the encoder starts from (dinov2_b: the paper's); see encoder_init.py
+    residual_recovery: bool = False  # GloTok's residual recovery module on z_global before decoding (models/residual.py)
     local_1d: bool = False  # the local 1D aligner (Eq. 8)
     local_2d: str | None = None  # size preset of the local 2D aligner (Eq. 9), None = off
     num_local_tokens: int | None = None  # N_l, tokens of z_local_2d; None = num_tokens
@@ -442,7 +444,10 @@ class SelfBootTok(nn.Module):
         self.fusion = Fusion(c)
         self.decoder = Decoder(c)
         self.linear_path = LinearPath(c) if c.linear_path else None
+        self.residual = ResidualRecovery(c.token_dim) if c.residual_recovery else None
         self.apply(init_weights)
+        if self.residual is not None:
+            self.residual.init_identity()
         if self.linear_path is not None:  # start as the linear path alone: the networks add to it from zero
             for layer in (self.encoder.to_tokens, self.last_layer_module):
                 nn.init.zeros_(layer.weight)
@@ -526,6 +531,8 @@ class SelfBootTok(nn.Module):
         if unknown:
             raise ValueError(f"unknown group(s) {unknown} in scales; this model has {list(self.cfg.groups)}")
         tokens = {g: tokens[g] * scales.get(g, 1.0) for g in self.cfg.groups}
+        if self.residual is not None:  # GloTok: what quantization took from z_global, predicted and added back
+            tokens["global"] = self.residual(tokens["global"])
         images = self.decoder(self.fusion.memory(tokens))
         if self.linear_path is not None:
             images = images + self.linear_path.decode(tokens["global"])
@@ -559,5 +566,5 @@ class SelfBootTok(nn.Module):
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part (parts that are switched off count 0)."""
-        parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "decoder")
+        parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "residual", "decoder")
         return {**{p: num_params(getattr(self, p)) for p in parts}, "total": num_params(self)}

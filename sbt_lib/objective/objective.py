@@ -13,6 +13,9 @@
 | L_OT | λ3 μ3 | ``ot`` | ``z_local_2d`` vs the 2D VAE latents (:mod:`sbt_lib.objective.ot`) |
 | L_KL | λ4 ``kl_weight`` | ``kl`` | :func:`~sbt_lib.models.quantizer.kl_to_uniform`, summed over groups |
 | (SoftVQ regulariser) | ``entropy_weight`` | ``entropy`` | :func:`~sbt_lib.models.quantizer.entropy_loss` |
+| (CRT) | ``crt_weight`` | ``crt`` | next-code prediction by a small causal transformer (:mod:`sbt_lib.objective.crt`) |
+| (GloTok) | ``glotok_weight`` | ``glotok`` | code-histogram relations vs the global teacher's (:mod:`sbt_lib.objective.glotok`) |
+| (GloTok) | ``residual_weight`` | ``residual`` | the residual recovery module regressing ẑ − z (:mod:`sbt_lib.models.residual`) |
 
 :class:`Objective` is called as ``objective(model, batch)`` (a :class:`~sbt_lib.batch.Batch`) and
 returns the dict of already-weighted terms, the shape the training engine expects.  It is an
@@ -37,6 +40,8 @@ from ..config import Config
 from ..data.cache import FeatureCache
 from ..models.quantizer import kl_to_uniform
 from .adversarial import ADVERSARIAL_DEFAULTS, Adversarial
+from .crt import CausalRegularizer
+from .glotok import histogram_relation_loss
 from .ot import OTAlignment
 from .repa import REPAlignment
 
@@ -67,6 +72,9 @@ class ObjectiveConfig(Config):
     ot_eps: float = 0.05  # ε of the entropic OT, in units of the cosine cost (0 … 4)
     ot_tol: float = 1e-5  # Sinkhorn stopping tolerance on the marginal error
     kl_weight: float = 0.0  # λ4
+    crt_weight: float = 0.0  # CRT: next-code prediction loss of z_global, into the encoder (objective/crt.py)
+    glotok_weight: float = 0.0  # GloTok: histogram relations vs repa_global_teacher's (objective/glotok.py)
+    residual_weight: float = 0.0  # GloTok: the residual recovery module regresses ẑ − z (needs residual_recovery)
 
     def __post_init__(self):
         if self.repa_local_group not in REPA_GROUPS:
@@ -98,6 +106,12 @@ class Objective(nn.Module):
         self.repa_global = self._repa("global", c.repa_global_weight, tokenizer_cfg, "global")
         self.repa_local = self._repa("local", c.repa_local_weight, tokenizer_cfg, c.repa_local_group)
         self.ot = self._ot(tokenizer_cfg) if c.ot_weight else None
+        self.crt = self._crt(tokenizer_cfg) if c.crt_weight else None
+        if c.glotok_weight and not isinstance(self.teacher_features.get("relation"), FeatureCache):
+            raise ValueError("glotok_weight > 0 needs teacher_features['relation']: a FeatureCache of one global "
+                             "teacher feature per training image (see sbt_lib.workbook.builders.build_objective)")
+        if c.residual_weight and not (tokenizer_cfg is not None and tokenizer_cfg.residual_recovery):
+            raise ValueError("residual_weight > 0 needs a tokenizer with residual_recovery=True; or set it to 0")
         self.adversarial = self._adversarial(tokenizer_cfg) if c.adv_weight else None
         self._fake: torch.Tensor | None = None  # this step's reconstructions, for the discriminator step
 
@@ -124,6 +138,11 @@ class Objective(nn.Module):
                              "(see sbt_lib.workbook.builders.latents_2d_cache)")
         return OTAlignment(tokenizer_cfg.token_dim, self.latents_2d.shape[-1], eps=self.cfg.ot_eps,
                            tol=self.cfg.ot_tol)
+
+    def _crt(self, tokenizer_cfg) -> CausalRegularizer:
+        if tokenizer_cfg is None:
+            raise ValueError("the CRT term needs tokenizer_cfg (token size, count and codebook size)")
+        return CausalRegularizer(tokenizer_cfg.token_dim, tokenizer_cfg.num_tokens, tokenizer_cfg.codebook_size)
 
     def _adversarial(self, tokenizer_cfg) -> Adversarial:
         c = self.cfg
@@ -165,6 +184,15 @@ class Objective(nn.Module):
         if self.ot is not None:
             loss, _ = self.ot(self.latents_2d[batch.indices].to(images.device), enc.z_local_2d)
             terms["ot"] = c.align_weight * c.ot_weight * loss
+        if self.crt is not None:
+            terms["crt"] = c.crt_weight * self.crt(enc.z_global, enc.probs["global"])
+        if c.glotok_weight:
+            target = self.teacher_features["relation"][batch.indices].to(images.device)
+            terms["glotok"] = c.glotok_weight * histogram_relation_loss(enc.probs["global"], target)
+        if c.residual_weight:
+            z = enc.z_global.detach()
+            lost = (enc.unquantized["global"] - enc.z_global).detach()
+            terms["residual"] = c.residual_weight * F.mse_loss(model.residual.residual(z).float(), lost.float())
         if self.adversarial is not None:
             anchor = terms["rec"] + (terms[self.perceptual_name] if c.perceptual_weight else 0)
             terms.update(self.adversarial.generator_loss(recon, batch.step, anchor, model.last_layer))

@@ -105,6 +105,8 @@ def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = T
     teachers = {which: teacher_cache(name, P, train_set, tokens[which], progress)
                 for which, weight, name in (("global", cfg.repa_global_weight, cfg.repa_global_teacher),
                                             ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
+    if cfg.glotok_weight:  # GloTok's relations: one global feature per image of the same semantic teacher
+        teachers["relation"] = teacher_cache(cfg.repa_global_teacher, P, train_set, 1, progress)
     return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)
 
 
