@@ -283,6 +283,23 @@ def test_notebook_05_generation(tiny_run):
         assert (run / fig).stat().st_size > 1000, fig
 
 
+def test_notebook_06_tokenizers_compared(tiny_run):
+    run = tiny_run / "06_tokenizers_compared"
+    m = json.loads((run / "metrics.json").read_text())
+    names = ["SoftVQ", "SelfBootTok", "SoftVQ + CRT 0.1", "SoftVQ + CRT 1", "SoftVQ + GloTok 0.1", "SelfBootTok + CRT 0.1"]
+    assert list(m["summary"]) == names and all(s["seeds"] == 2 for s in m["summary"].values())
+    assert m["variants"]["SoftVQ + GloTok 0.1"]["residual_recovery"] is True
+    for row in m["rows"]:  # every tokenizer run has its generator, measured with the same label
+        assert row["gfd_label"] == m["label"] and row["generator_steps"] > 0 and row["tokens"] == 8
+        assert {"test_psnr", "test_ssim", m["feature_distance"], "gfd", "gkid", "generator_gflops_forward"} <= set(row)
+    flops = {row["generator_gflops_forward"] for row in m["rows"]}
+    assert len(flops) == 1  # the same generator on the same global tokens for every tokenizer
+    assert {"bicubic", "PCA"} <= set(m["anchors"]) and len(m["claims"]) == 5
+    assert [r["tokenizer"] for r in m["paper_rows"]] == ["SoftVQ", "SelfBootTok", "CRT", "GloTok"]
+    for fig in ("compression_generation.png", "crt_weight.png"):
+        assert (run / fig).stat().st_size > 1000, fig
+
+
 def test_failing_notebook_names_itself_and_its_cell(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('scale = "cpu"\ndataset = None\nseed = 0\nout_dir = None')

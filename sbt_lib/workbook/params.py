@@ -111,12 +111,18 @@ class GeneratorConfig(Config):
 @dataclass
 class StudyConfig(Config):
     """What a notebook sweeps: seeds per variant, the local teachers of Table 2 and their REPA
-    weight μ2, the batch of the OT solver benchmark."""
+    weight μ2, the batch of the OT solver benchmark, and the weights of the related methods' terms in
+    notebook 06 (CRT's at each of ``crt_weights``; GloTok's histogram relation and residual terms)."""
 
     seeds: int = 1
     local_teachers: list[str] = field(default_factory=lambda: ["hog"])
     local_teacher_weight: float = 0.1
     bench_batch: int = 64
+    crt_weights: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    # (histogram relation, residual regression): the relation's KL is ~8× the reconstruction MSE on CIFAR-10 at
+    # cpu (0.13-0.15 against 0.016-0.02), so 0.1 puts the two on one scale (at 1.0 it costs 1.15 dB); the residual
+    # regression is an MSE on the token scale already
+    glotok_weights: tuple[float, float] = (0.1, 1.0)
 
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": TrainConfig, "eval": EvalConfig,

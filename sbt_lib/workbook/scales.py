@@ -156,6 +156,15 @@ _GENERATOR = {
                   generator_sampler="sde", generator_sampling_steps=250, generator_samples=50_000),
 }
 
+# Notebook 06: six tokenizers × 2 seeds at notebook 02's size (100 steps of 32 at cpu), each with a small
+# SiT (notebook 05's, 80 steps), 500 held-out images and 300 samples: within 10 minutes on 2 cores.
+_COMPARE = {
+    "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
+    "cpu": dict(seeds=2, crt_weights=[0.1, 1.0], test_size=500, generator_steps=80, generator_samples=300),
+    "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_steps=20_000, generator_samples=10_000),
+    "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
+}
+
 # The 2D aligner of stage 1 in notebooks 04-05 (the smallest; stage 2 grows it).
 _STAGE1_ALIGNER = {"tiny": "xs", "cpu": "xs", "gpu": "xs", "paper": "10M"}
 
@@ -182,6 +191,11 @@ NOTEBOOKS = {
     },
     "05_generation": {
         s: {**_BOOTSTRAP[s], **_STAGE2[s], **_GENERATOR[s], "local_1d": True, "local_2d": _STAGE1_ALIGNER[s],
+            "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    "06_tokenizers_compared": {
+        s: {**_BOOTSTRAP[s], **_GENERATOR[s], **_COMPARE[s], "local_2d": _STAGE1_ALIGNER[s],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },

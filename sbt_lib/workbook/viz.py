@@ -225,3 +225,42 @@ def generation_explorer(generate, class_names: list[str], samplers=("heun", "eul
         seed=widgets.IntText(value=0, description="seed"))
     display(panel)
     return panel
+
+
+def tradeoff_scatter(rows: list[dict], x: str, y: str, path=None, xlabel: str | None = None,
+                     ylabel: str | None = None, title: str | None = None):
+    """One point per run (``rows``: dicts with ``variant``, ``x`` and ``y``), a colour per variant, and each
+    variant's mean as a cross: e.g. reconstruction distance against generation distance, the compression–
+    generation trade-off (lower-left is better on both)."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for i, name in enumerate(dict.fromkeys(r["variant"] for r in rows)):
+        pts = np.array([[r[x], r[y]] for r in rows if r["variant"] == name], dtype=float)
+        ax.scatter(pts[:, 0], pts[:, 1], color=f"C{i}", s=28, alpha=0.8, label=name)
+        ax.scatter(*pts.mean(0), color=f"C{i}", marker="x", s=90)
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title or "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sweep_plot(summary: dict[str, dict], points: dict[float, str], metrics: dict[str, str], path=None,
+               xlabel: str = "", title: str | None = None):
+    """One panel per metric (``metrics``: key → axis label) of a sweep: ``points`` maps each x value to its
+    variant in ``summary`` (:func:`~sbt_lib.workbook.ablations.summarize`); mean ± std over seeds with every seed
+    as a dot, so a trend is read against the spread."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    xs = np.array(list(points), dtype=float)
+    for ax, (metric, label) in zip(axes[0], metrics.items()):
+        means = np.array([summary[points[x]][f"{metric}_mean"] for x in points])
+        stds = np.array([summary[points[x]][f"{metric}_std"] for x in points])
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, color="C0")
+        for x in points:
+            vals = summary[points[x]].get("values", {}).get(metric, [])
+            ax.plot([x] * len(vals), vals, "k.", ms=4)
+        ax.set(xlabel=xlabel, ylabel=label)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
