@@ -155,7 +155,7 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_at_its_default(tiny_conf
     cfg = _cfg(steps=2)
     train(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path)
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
-    del meta["train"]["micro_batch"]
+    del meta["train"]["min_lr_ratio"]  # as if the run predates the setting (this run uses its default)
     (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
     assert Trainer(_model(tiny_config), Objective(), tiny_shapes, cfg, out_dir=tmp_path).resume()
     with pytest.raises(ValueError, match="lr"):

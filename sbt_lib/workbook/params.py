@@ -122,7 +122,7 @@ class StudyConfig(Config):
     # (histogram relation, residual regression): the relation's KL is ~8× the reconstruction MSE on CIFAR-10 at
     # cpu (0.13-0.15 against 0.016-0.02), so 0.1 puts the two on one scale (at 1.0 it costs 1.15 dB); the residual
     # regression is an MSE on the token scale already
-    glotok_weights: tuple[float, float] = (0.1, 1.0)
+    glotok_weights: list[float] = field(default_factory=lambda: [0.1, 1.0])  # a list: papermill passes lists, not tuples
 
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": TrainConfig, "eval": EvalConfig,
