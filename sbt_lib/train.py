@@ -407,11 +407,20 @@ class Trainer:
             )
 
     # -------------------------------------------------------------------- steps
-    def _micro_batches(self) -> list[torch.Tensor]:
-        """This rank's shard of the step's global batch, split into micro-batches of ``micro_batch``."""
+    def _micro_batches(self, step: int | None = None) -> list[torch.Tensor]:
+        """This rank's shard of the global batch of ``step`` (default: the current one), split into micro-batches
+        of ``micro_batch``."""
         cfg = self.cfg
-        indices = batch_indices(len(self.data), cfg.batch_size, self.step, cfg.seed, self.rank, self.world_size)
+        step = self.step if step is None else step
+        indices = batch_indices(len(self.data), cfg.batch_size, step, cfg.seed, self.rank, self.world_size)
         return list(indices.split(cfg.micro_batch)) if cfg.micro_batch else [indices]
+
+    def _prefetch_next(self) -> None:
+        """Hand the next step's batches to a data set that decodes in the background (a lazily read folder), so
+        decoding overlaps this step's compute.  Data sets held in memory have nothing to prefetch."""
+        if hasattr(self.data, "prefetch") and self.step + 1 < self.cfg.steps:
+            for indices in self._micro_batches(self.step + 1):
+                self.data.prefetch(indices)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -430,6 +439,7 @@ class Trainer:
             self.loss_module.train()
         self.opt.zero_grad(set_to_none=True)
         chunks = self._micro_batches()
+        self._prefetch_next()
         n = sum(len(c) for c in chunks)
         logged: dict[str, torch.Tensor] = {}
         for k, indices in enumerate(chunks):

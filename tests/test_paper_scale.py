@@ -119,3 +119,22 @@ def test_a_vit_with_layer_scale_copies_into_the_encoder_exactly():
     block = timm.models.vision_transformer.Block(32, 2, qkv_bias=True)
     copy_block(block, vit.blocks[1])
     torch.testing.assert_close(block(x), vit.blocks[1](x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_engine_prefetches_the_next_steps_batch_of_a_lazy_folder(imagenet):
+    train_set = load_dataset("imagenet", "train", image_size=16, root=str(imagenet))
+    fresh = load_dataset("imagenet", "train", image_size=16, root=str(imagenet))
+    asked = []
+    real_prefetch = train_set.prefetch
+    train_set.prefetch = lambda indices: asked.append(indices.tolist()) or real_prefetch(indices)
+    P = resolve("05_generation", "tiny")
+    cfg = TrainConfig(steps=3, batch_size=4, progress=False)
+    from sbt_lib.objective.objective import Objective
+    from sbt_lib.batch import batch_indices
+    result = train(SelfBootTok(P.tokenizer), Objective(), train_set, cfg)
+    assert result.step == 3
+    assert asked == [batch_indices(12, 4, s, 0).tolist() for s in (1, 2)]  # steps 1 and 2, while 0 and 1 ran
+    step2 = batch_indices(12, 4, 2, 0)
+    train_set.prefetch(batch_indices(12, 4, 0, 0))
+    assert torch.equal(train_set.images_at(batch_indices(12, 4, 0, 0)), fresh.images_at(batch_indices(12, 4, 0, 0)))
+    assert torch.equal(train_set.images_at(step2), fresh.images_at(step2))

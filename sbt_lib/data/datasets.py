@@ -34,7 +34,7 @@ import importlib.util
 import os
 import socket
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -560,7 +560,8 @@ class LazyImageFolder(Dataset):
     """An image folder too large for memory: the files are decoded when a batch asks for them (a thread pool,
     centre crop and bicubic resize to ``image_size``, as ADM's ImageNet preprocessing), with the interface of
     :class:`ImageDataset` that training and evaluation use (``images_at``, ``get_batch``, ``targets``,
-    ``classes``)."""
+    ``classes``).  :meth:`prefetch` decodes a batch in the background: the training engine asks for the next
+    step's batch (a pure function of the step) while the current step computes."""
 
     def __init__(self, files: list[Path], targets: np.ndarray, classes: list[str], name: str, split: str,
                  image_size: int, workers: int = 16):
@@ -568,6 +569,8 @@ class LazyImageFolder(Dataset):
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
         self.image_size, self.workers = image_size, workers
         self._last: tuple = ((), None)
+        self._ahead: dict[tuple, Future] = {}
+        self._pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -575,15 +578,30 @@ class LazyImageFolder(Dataset):
     def __getitem__(self, i):
         return self.images_at(torch.tensor([i]))[0], int(self.targets[i])
 
+    def _decoders(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(the pool that decodes files, the one thread that runs prefetches), created on first use."""
+        if self._pools is None:
+            self._pools = ThreadPoolExecutor(self.workers), ThreadPoolExecutor(1)
+        return self._pools
+
+    def _decode(self, key: tuple) -> torch.Tensor:
+        decode = functools.partial(_decode, image_size=self.image_size, resize=True)
+        arrays = list(self._decoders()[0].map(decode, [self.files[i] for i in key]))
+        return to_float(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+
+    def prefetch(self, indices: torch.Tensor) -> None:
+        """Start decoding the images at ``indices`` in the background; :meth:`images_at` picks them up."""
+        key = tuple(int(i) for i in indices)
+        if key != self._last[0] and key not in self._ahead:
+            self._ahead[key] = self._decoders()[1].submit(self._decode, key)
+
     def images_at(self, indices: torch.Tensor) -> torch.Tensor:
-        """The images at ``indices``, decoded now (the last call's are kept: a step's frozen teachers ask for
-        the batch it has just drawn)."""
+        """The images at ``indices``: prefetched, or decoded now (the last call's are kept: a step's frozen
+        teachers ask for the batch it has just drawn)."""
         key = tuple(int(i) for i in indices)
         if key != self._last[0]:
-            decode = functools.partial(_decode, image_size=self.image_size, resize=True)
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                arrays = list(pool.map(decode, [self.files[i] for i in key]))
-            self._last = (key, to_float(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)))
+            ahead = self._ahead.pop(key, None)
+            self._last = (key, ahead.result() if ahead is not None else self._decode(key))
         return self._last[1]
 
     def get_batch(self, indices: torch.Tensor, step: int = 0) -> Batch:
