@@ -54,16 +54,21 @@ def _stage1(folders: dict[str, Path]):
     return load_tokenizer(run)
 
 
+def _resolve(what: str, scale: str, dataset: str | None, out, overrides: dict | None) -> tuple[Params, Path, dict]:
+    """The parameters of notebook 05's bundle at ``scale``, the root folder and the run folders of a command."""
+    if what not in WHAT:
+        raise ValueError(f"unknown {what!r}; valid: {WHAT}")
+    P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
+    out = Path(out) if out else REPO / "runs" / scale
+    return P, out, run_folders(out, P)
+
+
 def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
                   overrides: dict | None = None) -> dict[str, TrainResult]:
     """Train ``what`` at ``scale`` (alone, or as one rank of a ``torchrun`` launch); returns the results by
     run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``)."""
-    if what not in WHAT:
-        raise ValueError(f"unknown training {what!r}; valid: {WHAT}")
     with dist.process_group() as (rank, world_size):
-        P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
-        out = Path(out) if out else REPO / "runs" / scale
-        folders = run_folders(out, P)
+        P, out, folders = _resolve(what, scale, dataset, out, overrides)
         main, progress = rank == 0, rank == 0 and P.training.progress
         say = print if main else (lambda *a, **k: None)
         group = f"DDP on {dist.backend()}" if dist.in_process_group() else "no process group"
@@ -103,12 +108,8 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
                      overrides: dict | None = None) -> dict[str, dict]:
     """Evaluate the run(s) that ``train_command(what, ...)`` trained, on the held-out split (all of it, as
     ``test_size`` says), sharded over the processes; returns the metrics by run name (every rank)."""
-    if what not in WHAT:
-        raise ValueError(f"unknown evaluation {what!r}; valid: {WHAT}")
     with dist.process_group() as (rank, world_size):
-        P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
-        out = Path(out) if out else REPO / "runs" / scale
-        folders = run_folders(out, P)
+        P, out, folders = _resolve(what, scale, dataset, out, overrides)
         with dist.main_first():
             train_set, test_set = builders.load_data(P)
         device = resolve_device(P.training.device)
