@@ -112,10 +112,6 @@ def any_ranks(flags: list[bool]) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
-    return any_ranks([flag])[0]
-
 
 def gather(values: torch.Tensor) -> torch.Tensor:
     """``values`` of every rank concatenated along dim 0 in rank order, on every rank (the shards may differ
