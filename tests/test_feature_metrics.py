@@ -116,3 +116,18 @@ def test_metrics_from_features_equal_torch_fidelitys_on_the_images(offline, phot
     for key in ("fd_effnet", "kid_effnet", "kid_effnet_std"):
         assert from_features[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
     assert from_features["feature_space"] == whole["feature_space"]
+
+
+def test_kid_draws_one_subset_when_a_subset_is_every_image():
+    """With as many images as the subset size, every subset is the whole set reordered: one draw gives
+    torch-fidelity's 100-draw mean; with fewer images per subset it still draws many."""
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(60, 16, generator=g), torch.randn(60, 16, generator=g) + 0.3
+    full = kid_featuresdict_to_metric({"f": fake}, {"f": real}, "f", kid_subsets=100, kid_subset_size=60,
+                                      rng_seed=2020, verbose=False)
+    ours = fm.metrics_from_features(real, fake, fm.EFFNET_EXTRACTOR)
+    assert ours["kid_effnet"] == pytest.approx(full["kernel_inception_distance_mean"], rel=1e-5)
+    assert fm._kid_subsets(60, 60, 60, 100) == 1
+    assert fm._kid_subsets(50, 60, 60, 100) == 100 and fm._kid_subsets(60, 60, 80, 100) == 100
