@@ -38,3 +38,21 @@ def test_probe_accuracy_accepts_arrays():
     y = (x[:, 0] > 20).astype(int)
     assert probe_accuracy(x, y, x, y) >= 0.95
     assert probe_accuracy(x, y, x, y, c=100.0) == 1.0
+
+
+def test_probe_groups_reference_rows():
+    """The PCA row is a linear code of the pixels; the teacher row (a frozen ImageNet network) reads the
+    object's position, which no linear code of these images does: the factor is there, non-linearly."""
+    from sbt_lib.data.datasets import load_dataset
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.workbook.analysis import probe_groups
+
+    train = load_dataset("shapes", "train", 32, size=600)
+    test = load_dataset("shapes", "test", 32, size=300)
+    model = SelfBootTok(image_size=32, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=8,
+                        token_dim=4, codebook_size=16)
+    table = probe_groups(model, train, test)
+    assert {"global", "pixels (PCA)", "teacher (effnet_lite0)", "chance"} <= set(table["position"])
+    pos = table["position"]
+    assert pos["teacher (effnet_lite0)"] > pos["pixels (PCA)"] + 0.25 and pos["teacher (effnet_lite0)"] > pos["chance"] + 0.4
+    assert "teacher (effnet_lite0)" not in probe_groups(model, train, test, teacher=None)["position"]

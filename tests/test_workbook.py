@@ -189,7 +189,7 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     # linear probes: every factor of shapes, from every group, with chance beside it
     assert set(m["probes"]) == {"shape", "colour", "position", "size", "texture", "frequency", "orientation"}
     for row in m["probes"].values():
-        assert set(row) == {"global", "local_1d", "local_2d", "pixels (PCA)", "chance"}
+        assert set(row) == {"global", "local_1d", "local_2d", "pixels (PCA)", "teacher (effnet_lite0)", "chance"}
         assert all(0 <= v <= 1 for v in row.values())
 
 

@@ -8,6 +8,7 @@ from ..batch import map_batches
 from ..eval.flops import flops_by_module, num_params
 from ..eval.probes import probe_table
 from ..models.pca import PCA
+from ..models.teachers import available_teachers, load_teacher
 from ..models.tokenizer import SelfBootTok
 
 
@@ -34,13 +35,17 @@ def decode_groups(model: SelfBootTok, images: torch.Tensor) -> dict[str, torch.T
     return {label: model.decode(enc, scales=sc).clamp(-1, 1) for label, sc in settings.items()}
 
 
-def probe_groups(model: SelfBootTok, train_set, test_set, reference: bool = True) -> dict[str, dict[str, float]]:
+def probe_groups(model: SelfBootTok, train_set, test_set, reference: bool = True,
+                 teacher: str | None = "effnet_lite0") -> dict[str, dict[str, float]]:
     """Linear-probe accuracy from every token group to every ground-truth factor of ``train_set``
     (``shapes``), fit on ``train_set`` and scored on ``test_set``; with the chance level per factor.
 
     ``reference`` adds the row ``pixels (PCA)``: the same probe on as many principal components of the
     pixels as the tokenizer has values.  It is what a linear code of that size makes linearly readable,
-    the reference for tokens that start as such a code (the linear path)."""
+    the reference for tokens that start as such a code (the linear path).  ``teacher`` adds the row
+    ``teacher (<name>)``: the probe on a frozen ImageNet network's patch features of the same images
+    (where its weights resolve), which shows whether a factor is in the images at all, in a
+    non-linear form."""
     if train_set.factors is None or test_set.factors is None:
         raise ValueError(f"linear probes need ground-truth factors; dataset {train_set.name!r} has none (use 'shapes')")
     images = [d.images_at(torch.arange(len(d))) for d in (train_set, test_set)]
@@ -49,6 +54,11 @@ def probe_groups(model: SelfBootTok, train_set, test_set, reference: bool = True
         pca = PCA.fit(images[0], model.cfg.token_values)
         for f, x in zip(feats, images):
             f["pixels (PCA)"] = pca.encode(x)
+    if teacher and available_teachers(model.cfg.image_size)[teacher]:
+        net = load_teacher(teacher, model.cfg.image_size).eval()
+        with torch.no_grad():
+            for f, x in zip(feats, images):
+                f[f"teacher ({teacher})"] = map_batches(net, x)
     factors = [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.factors.items()}
                for d in (train_set, test_set)]
     return probe_table(feats[0], feats[1], factors[0], factors[1])

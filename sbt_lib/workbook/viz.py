@@ -84,8 +84,9 @@ def probe_chart(table: dict[str, dict[str, float]], path=None, kinds: dict[str, 
     ax.plot(x, [table[f]["chance"] for f in factors], "k_", ms=30, mew=2, label="chance")
     kind_of = {f: k for k, fs in (kinds or {}).items() for f in fs}
     ax.set_xticks(x, [f"{f}\n({kind_of[f]})" if f in kind_of else f for f in factors])
-    ax.set(ylim=(0, 1.05), ylabel="held-out accuracy", title="linear probes: which tokens carry which factor")
-    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper right")
+    ax.set(ylim=(0, 1.22), yticks=np.linspace(0, 1, 6), ylabel="held-out accuracy",
+           title="linear probes: which tokens carry which factor")
+    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper center", frameon=False)  # above the bars (≤ 1)
     fig.tight_layout()
     return save_figure(fig, path)
 
