@@ -146,7 +146,7 @@ def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig, exclude=()) -> 
         skip = p.ndim < 2 or any(k in name for k in ("pos", "latents", "queries", "codebook"))
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)  # one kernel per op, CPU too
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
