@@ -68,6 +68,10 @@ LossFn = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
+class DifferentRunError(ValueError):
+    """A run folder holds a checkpoint written with other settings (see ``Trainer._check_same_run``)."""
+
+
 class CriticLoss(Protocol):
     """What a loss module with a critic of its own (a GAN) offers the engine.  The engine knows
     nothing else about it: the tokenizer objective implements it for its adversarial term."""
@@ -401,7 +405,7 @@ class Trainer:
         diff = sorted({k for k in current["train"] if saved["train"].get(k) != current["train"][k]}
                       | {k for k in self.meta if saved[k] != current[k]})
         if diff:
-            raise ValueError(
+            raise DifferentRunError(
                 f"the run folder {self.out_dir} holds a run with different parameters ({', '.join(diff)}): "
                 f"choose another output folder, or delete {self.ckpt_path}.* to start afresh"
             )

@@ -49,3 +49,26 @@ def test_verdict_reads_a_difference_against_the_seed_spread():
     assert "within the seed-to-seed spread" in ab.verdict(s, "C", "B")
     assert "more than every variant's seed std" in ab.seed_spread(s)
     assert "does not separate" in ab.seed_spread({k: s[k] for k in ("B", "C")})
+
+
+def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_path):
+    """Notebook 03's baseline is notebook 02's full model: a finished run with the same parameters in the other
+    folder is evaluated there, not retrained; a run with other parameters there is left alone."""
+    from sbt_lib.workbook import builders
+    from sbt_lib.workbook.params import resolve
+
+    P = resolve("02_bootstrapping", "tiny", steps=4, seeds=1, test_size=16)
+    train_set, test_set = builders.load_data(P)
+    full = {"G+L1+L2": dict(local_1d=True, local_2d="xs")}
+    first = ab.run_variants(P, full, train_set, test_set, tmp_path / "02", progress=False)
+    shared = variant_run(tmp_path / "02", "G+L1+L2", P.seed)
+    saved = (shared / "checkpoint.safetensors").stat().st_mtime_ns
+    baseline = {"without L_OT": dict(local_1d=True, local_2d="xs", ot_weight=0.0)}
+    reuse = {"without L_OT": (tmp_path / "02", "G+L1+L2")}
+    again = ab.run_variants(P, baseline, train_set, test_set, tmp_path / "03", progress=False, reuse=reuse)
+    assert again[0]["run"] == str(shared) and again[0]["test_psnr"] == first[0]["test_psnr"]
+    assert not (tmp_path / "03").exists() and (shared / "checkpoint.safetensors").stat().st_mtime_ns == saved
+    other = ab.run_variants(P.replace(steps=3), baseline, train_set, test_set, tmp_path / "03", progress=False,
+                            reuse=reuse)
+    assert other[0]["run"] == str(variant_run(tmp_path / "03", "without L_OT", P.seed)) and other[0]["steps"] == 3
+    assert (shared / "checkpoint.safetensors").stat().st_mtime_ns == saved

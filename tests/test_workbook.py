@@ -226,6 +226,12 @@ def test_notebook_03_ot_with_and_without(tiny_run):
     for v in m["variants"].values():
         assert v["seeds"] == len(m["seeds"]) and 5 < v["test_psnr_mean"] < 60
     assert m["psnr_gain_with_ot"] == pytest.approx(m["psnr[with L_OT]"] - m["psnr[without L_OT]"])
+    # the baseline is notebook 02's full model, evaluated from its folder rather than trained twice
+    m02 = json.loads((tiny_run / "02_bootstrapping" / "metrics.json").read_text())
+    for r in (r for r in m["runs"] if r["variant"] == "without L_OT"):
+        assert "02_bootstrapping" in r["run"]
+        twin = next(q for q in m02["runs"] if q["variant"] == "G+L1+L2" and q["seed"] == r["seed"])
+        assert r["test_psnr"] == pytest.approx(twin["test_psnr"])
     assert m["toy_check"]["library_vs_pot"] < 1e-8 and m["toy_check"]["naive_vs_pot"] < 1e-6
     assert m["num_latents_2d"] == (16 // 2) ** 2
     spread = m["source_spread"]

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..eval.reconstruction import evaluate_tokenizer
+from ..train import DifferentRunError
 from .builders import global_token_cache, train_stage2, train_tokenizer
 from .params import Params
 from .runs import load_tokenizer, variant_run
@@ -52,16 +53,30 @@ def fusion_variants(aligner_2d: str) -> dict[str, dict]:
 
 
 def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out: Path,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, reuse: dict[str, tuple[Path, str]] | None = None) -> list[dict]:
     """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run.
 
     Runs land in :func:`~sbt_lib.workbook.runs.variant_run` ``(out, variant, seed)``; each resumes from
     its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
     batch order.  ``progress`` shows one bar over the runs (one per training step would slow a 2-core
-    notebook kernel)."""
+    notebook kernel).
+
+    ``reuse`` maps a variant to ``(root, name)``: the same run kept by another notebook in
+    ``variant_run(root, name, seed)`` (notebook 03's baseline is notebook 02's full model).  Where that folder
+    holds a run with exactly these parameters, it is resumed or only re-evaluated there; where it holds
+    another run or nothing, the variant trains in ``out`` as usual."""
+    reuse = reuse or {}
+
     def train_one(name, seed, run):
-        return train_tokenizer(P.replace(**variants[name], seed=seed), train_set, test_set, run, progress=False,
-                               evaluate=False)
+        params = P.replace(**variants[name], seed=seed)
+        if name in reuse:
+            shared = variant_run(reuse[name][0], reuse[name][1], seed)
+            if (shared / "checkpoint.json").exists():
+                try:
+                    return train_tokenizer(params, train_set, test_set, shared, progress=False, evaluate=False), shared
+                except DifferentRunError:
+                    pass
+        return train_tokenizer(params, train_set, test_set, run, progress=False, evaluate=False), run
 
     return _sweep(P, list(variants), train_one, test_set, out, progress)
 
@@ -74,7 +89,7 @@ def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, prog
 
     def train_one(name, seed, run):
         return train_stage2(P.replace(seed=seed), parent, sizes[name], train_set, test_set, run, z_global=z_global,
-                            progress=False)
+                            progress=False), run
 
     return _sweep(P, list(sizes), train_one, test_set, out, progress)
 
@@ -104,14 +119,14 @@ def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path
 
 
 def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress: bool) -> list[dict]:
-    """``train_one(name, seed, run_folder)`` for every name and seed, each run evaluated on ``test_set``."""
+    """``train_one(name, seed, run_folder) -> (result, the folder it trained in)`` for every name and seed, each
+    run evaluated on ``test_set``."""
     runs = [(name, seed) for name in names for seed in P.seeds]
     rows = []
     bar = tqdm(runs, desc="runs", disable=not progress, mininterval=1.0)
     for name, seed in bar:
         bar.set_postfix_str(f"{name}, seed {seed}")
-        run = variant_run(out, name, seed)
-        result = train_one(name, seed, run)
+        result, run = train_one(name, seed, variant_run(out, name, seed))
         model = result.best_model
         metrics = evaluate_tokenizer(model, test_set, fd_size=P.eval.fd_size)
         rows.append({
@@ -125,6 +140,11 @@ def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress
             "fusion_weights": model.fusion.weights(),
         })
     return rows
+
+
+def run_of(rows: list[dict], variant: str, seed: int) -> Path:
+    """The folder that the run of ``variant`` with ``seed`` trained in: its own, or the one it reused."""
+    return Path(next(r["run"] for r in rows if r["variant"] == variant and r["seed"] == seed))
 
 
 def feature_key(rows_or_summary) -> str | None:
