@@ -64,6 +64,8 @@ def cell_names(path: Path) -> list[str]:
 def test_notebooks_are_committed_clean_and_parameterized():
     for path in rp.notebooks():
         nb = nbformat.read(path, as_version=4)
+        raw = json.loads(path.read_text())  # nbformat.read adds missing ids silently: read the file itself
+        assert all("id" in c for c in raw["cells"]), f"{path.name}: every cell needs an id (nbformat 4.5)"
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
