@@ -27,16 +27,8 @@ from sbt_lib.batch import map_batches
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.pca import PCA
+from sbt_lib.models.tokenizer import ResBlock
 from sbt_lib.workbook.runs import load_tokenizer
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.net(x)
 
 
 def refiner(channels: int = 32, blocks: int = 3) -> nn.Module:
