@@ -10,6 +10,7 @@ from sbt_lib.batch import Batch
 from sbt_lib.generation.path import interpolate, score_from_velocity, target_velocity
 from sbt_lib.generation.samplers import dopri5, euler, euler_maruyama, guided, heun, sample
 from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer, sample_time
+from sbt_lib.models.gaussian_flow import GaussianFlow
 from sbt_lib.models.sit import SIT_PRESETS, SiT
 from sbt_lib.train import TrainConfig, train
 
@@ -141,6 +142,71 @@ def test_time_sampling_and_normalizer():
     assert set(norm.state_dict()) == {"mean", "std"}  # saved with the generator
 
 
+def test_the_gaussian_flow_is_the_closed_form_velocity():
+    flow = GaussianFlow(num_classes=1, dim=4).double()
+    flow.mean[0], flow.variance[0] = MU, SIGMA**2  # the basis is the identity: the diagonal case above
+    x, t = torch.randn(7, 4, dtype=torch.float64), torch.rand(7, dtype=torch.float64)
+    v = flow(x, t, torch.zeros(7, dtype=torch.long))
+    assert torch.allclose(v, exact_velocity(x, t[:, None]), atol=1e-10)
+
+
+def correlated_gaussians(n=3000, dim=6, classes=2, seed=0):
+    """``n`` samples of each of ``classes`` Gaussians with random means and full covariances, and their labels."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(classes, dim, dim, generator=g) / dim**0.5
+    means = 2 * torch.randn(classes, dim, generator=g)
+    x = torch.cat([means[k] + torch.randn(n, dim, generator=g) @ mixing[k].T for k in range(classes)])
+    return x, torch.arange(classes).repeat_interleave(n), means, mixing @ mixing.transpose(1, 2)
+
+
+def test_an_untrained_sit_with_a_gaussian_prior_samples_each_class_gaussian():
+    x, y, means, covs = correlated_gaussians()
+    model = SiT(num_tokens=3, token_dim=2, num_classes=2, size="tiny", prior="gaussian")
+    model.prior.fit(x.reshape(-1, 3, 2), y)
+    assert torch.allclose(model.prior.mean[:2], means, atol=0.1)
+    classes = torch.tensor([0, 1]).repeat_interleave(3000)
+    z = sample(model, classes, "heun", steps=30, generator=torch.Generator().manual_seed(1)).reshape(-1, 6)
+    for k in range(2):
+        zk = z[classes == k]
+        assert torch.allclose(zk.mean(0), means[k], atol=0.08), k  # the class's own mean and covariance,
+        assert torch.allclose(torch.cov(zk.T), covs[k], atol=0.12), k  # off-diagonal terms included
+    null = sample(model, torch.full((3000,), 2), "heun", steps=30, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(null.reshape(-1, 6).mean(0), means.mean(0), atol=0.12)  # the null class: both together
+
+
+def test_the_gaussian_prior_sees_the_dropped_label_and_lowers_the_first_loss():
+    x, y, *_ = correlated_gaussians(n=256, dim=8)
+    tokens = x.reshape(-1, 2, 4)
+    model = trained_like(SiT(num_tokens=2, token_dim=4, num_classes=2, size="tiny", prior="gaussian",
+                             class_dropout=1.0))
+    model.prior.fit(tokens, y)
+    xt, t, labels = torch.randn(4, 2, 4), torch.rand(4), torch.tensor([0, 1, 1, 0])
+    model.train()
+    dropped = model(xt, t, labels)
+    model.eval()
+    assert torch.allclose(dropped, model(xt, t, torch.full_like(labels, 2)), atol=1e-6)
+
+    normalizer = TokenNormalizer(4).fit(tokens)
+    batch = Batch(torch.zeros(512, 3, 2, 2), y, torch.arange(512), 0)
+    first = {}
+    for prior in ("none", "gaussian"):
+        plain = SiT(num_tokens=2, token_dim=4, num_classes=2, size="tiny", prior=prior, class_dropout=0.0)
+        if plain.prior is not None:
+            plain.prior.fit(normalizer.normalize(tokens), y)
+        torch.manual_seed(0)
+        first[prior] = FlowMatchingLoss(tokens, normalizer)(plain, batch)["flow"].item()
+    assert first["gaussian"] < 0.8 * first["none"], first  # training starts where the Gaussian ends
+
+
+def test_the_gaussian_prior_says_what_is_wrong():
+    with pytest.raises(ValueError, match="prior='none'"):
+        GaussianFlow(num_classes=1000, dim=2048)
+    with pytest.raises(ValueError, match="class 1 has 1"):
+        GaussianFlow(num_classes=2, dim=3).fit(torch.randn(5, 3), torch.tensor([0, 0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="valid"):
+        SiT(prior="mixture")
+
+
 class TokenData:
     """A stand-in for a data set of cached tokens: class k's tokens sit at k + noise."""
 
@@ -188,6 +254,8 @@ def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, 
     assert result.step == 6 and result.model.cfg.num_tokens == n
     generator, normalizer = load_generator(tmp_path)
     assert not torch.equal(normalizer.std, torch.ones_like(normalizer.std))  # fitted, and saved with it
+    assert P.generator.prior == "gaussian" and torch.equal(generator.prior.mean, result.model.prior.mean)
+    assert not torch.equal(generator.prior.variance, torch.ones_like(generator.prior.variance))  # fitted too
     stats = {}
     images = builders.generate_images(tokenizer, generator, normalizer, torch.tensor([0, 1, 2]), groups,
                                       sampler="euler", steps=3, scale=2.0, stats=stats)

@@ -286,8 +286,11 @@ def test_notebook_05_generation(tiny_run):
     assert 0 < m["accounting"]["saving"] < 1 and m["accounting"]["per_size_tflops"] > m["accounting"]["once_tflops"]
     assert {"euler", "heun", "sde", "dopri5"} <= {k.split(" ")[0] for k in m["samplers"]}
     assert list(m["guidance"]) == ["1.0", "2.0", "4.0"]
-    for fig in ("samples_by_class.png", "samples_compared.png", "gfd_by_aligner_size.png", "samplers.png",
-                "guidance.png", "trajectory.png"):
+    steps = [s["steps"] for s in m["starts"].values()]  # the Gaussian anchor, the SiT without it, (a)
+    assert steps == [0, a["steps"], a["steps"]] and m["starts"]["SiT + Gaussian (a)"]["gfd"] == a["gfd"]
+    assert set(m["floors"]) == {"real", "decoded"} and all(v > 0 for v in m["floors"].values())
+    for fig in ("samples_by_class.png", "samples_by_start.png", "samples_compared.png", "gfd_by_aligner_size.png",
+                "samplers.png", "guidance.png", "trajectory.png"):
         assert (run / fig).stat().st_size > 1000, fig
 
 

@@ -11,6 +11,10 @@ Blocks as in DiT (Peebles & Xie 2023) and SiT (Ma et al. 2024): LayerNorm withou
 shift/scale/gate from ``c``, the gates zero-initialised so every block starts as the identity; attention
 is timm's (torch SDPA).  The output layer starts at zero, so the untrained model predicts zero velocity.
 Label dropout replaces a class by the null class with probability ``class_dropout`` during training.
+
+With ``prior="gaussian"`` the model adds the closed-form velocity of a class-conditional Gaussian fitted to
+the training tokens (:class:`~sbt_lib.models.gaussian_flow.GaussianFlow`, fitted before training): the
+untrained model is then that Gaussian's exact generator, and the network learns the residual.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from ..config import Config
+from .gaussian_flow import GaussianFlow
 
 # --------------------------------------------------------------------------------------------- sizes
 
@@ -38,6 +43,8 @@ SIT_PRESETS: dict[str, dict] = {
     "XL": dict(width=1152, depth=28, num_heads=16),
 }
 
+PRIORS = ("none", "gaussian")
+
 
 @dataclass
 class SiTConfig(Config):
@@ -49,10 +56,13 @@ class SiTConfig(Config):
     size: str = "cpu"  # a preset of SIT_PRESETS
     mlp_ratio: float = 4.0
     class_dropout: float = 0.1  # probability of the null class in training (classifier-free guidance)
+    prior: str = "none"  # none | gaussian: the velocity the network's output is added to
 
     def __post_init__(self):
         if self.size not in SIT_PRESETS:
             raise ValueError(f"unknown SiT size {self.size!r}; valid: {list(SIT_PRESETS)}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown SiT prior {self.prior!r}; valid: {PRIORS}")
 
     @property
     def width(self) -> int:
@@ -89,10 +99,14 @@ class LabelEmbedder(nn.Module):
         self.num_classes, self.dropout = num_classes, dropout
         self.table = nn.Embedding(num_classes + 1, width)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def drop(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with each class replaced by the null class with probability ``dropout`` (training only)."""
         if self.training and self.dropout > 0:
             drop = torch.rand(y.shape, device=y.device) < self.dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return y
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.table(y)
 
 
@@ -149,6 +163,7 @@ class SiT(nn.Module):
         self.y_embed = LabelEmbedder(c.num_classes, w, c.class_dropout)
         self.blocks = nn.ModuleList(SiTBlock(w, size["num_heads"], c.mlp_ratio) for _ in range(size["depth"]))
         self.final = FinalLayer(w, c.token_dim)
+        self.prior = GaussianFlow(c.num_classes, c.num_tokens * c.token_dim) if c.prior == "gaussian" else None
         self.initialize_weights()
 
     @property
@@ -176,8 +191,10 @@ class SiT(nn.Module):
         if x.ndim != 3 or x.shape[1:] != (n, d):
             raise ValueError(f"SiT expects tokens of shape B×{n}×{d}, got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(len(x))
+        y = self.y_embed.drop(y)                                       # the null class, sometimes, in training
         h = self.embed(x) + self.pos                                   # B×N×w
         c = self.t_embed(t) + self.y_embed(y)                          # B×w
         for block in self.blocks:
             h = block(h, c)
-        return self.final(h, c)                                        # B×N×d
+        v = self.final(h, c)                                           # B×N×d
+        return v if self.prior is None else v + self.prior(x, t, y)

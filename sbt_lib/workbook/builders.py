@@ -190,17 +190,28 @@ def token_cache(tokenizer: SelfBootTok, train_set, P: Params, groups: str = "glo
                         progress=progress)
 
 
-def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
-                    tokens: FeatureCache | None = None, progress: bool = True) -> TrainResult:
-    """A class-conditional SiT of ``P.generator`` trained by flow matching on the cached tokens of
-    ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine (checkpoints, resume,
-    the NaN guard).  The tokens' per-channel mean and std are saved with it (the loss's normaliser)."""
-    tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
+def build_generator(P: Params, tokens: FeatureCache, train_set) -> tuple[SiT, TokenNormalizer]:
+    """An untrained class-conditional SiT of ``P.generator`` for the cached ``tokens`` of ``train_set``, and the
+    tokens' per-channel normaliser.  With ``P.generator.prior == "gaussian"`` its Gaussian prior is fitted to the
+    normalised tokens here, so this untrained model already samples each class's Gaussian (the anchor)."""
     g = P.generator
     normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)
     torch.manual_seed(P.seed)
     model = SiT(num_tokens=tokens.shape[0], token_dim=tokens.shape[-1], num_classes=len(train_set.classes),
-                size=g.size, class_dropout=g.class_dropout)
+                size=g.size, class_dropout=g.class_dropout, prior=g.prior)
+    if model.prior is not None:
+        model.prior.fit(normalizer.normalize(tokens.features.float()), train_set.targets)
+    return model, normalizer
+
+
+def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
+                    tokens: FeatureCache | None = None, progress: bool = True) -> TrainResult:
+    """A class-conditional SiT of ``P.generator`` (:func:`build_generator`) trained by flow matching on the
+    cached tokens of ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine
+    (checkpoints, resume, the NaN guard).  The normaliser and the Gaussian prior are saved with it."""
+    tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
+    g = P.generator
+    model, normalizer = build_generator(P, tokens, train_set)
     cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, progress=progress)
     meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
             "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}

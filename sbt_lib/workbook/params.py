@@ -101,6 +101,7 @@ class GeneratorConfig(Config):
     batch_size: int = 128
     lr: float = 3e-4
     class_dropout: float = 0.1
+    prior: str = "gaussian"  # none | gaussian: start from the tokens' class-conditional Gaussian (GaussianFlow)
     time_sampling: str = "uniform"  # uniform | logit_normal
     sampler: str = "heun"  # euler | heun | dopri5 | sde
     sampling_steps: int = 20
