@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/generator_throughput.py [--scale cpu] [--sizes tiny cpu] [--batch-size 64]
                                                         [--sample-batch 16] [--steps 10] [--warmup 2]
-                                                        [--sampling-steps 20] [--guidance 2.0] [--device auto]
+                                                        [--sampling-steps 20] [--guidance 2.0] [--prior gaussian]
+                                                        [--device auto]
 
 The generator (:class:`sbt_lib.models.sit.SiT`, paper §3.2, notebook 05) is trained by flow matching on a
 frozen tokenizer's cached tokens and sampled from noise.  Its cost depends only on its size preset
@@ -34,6 +35,10 @@ An untrained SiT predicts exactly zero velocity (adaLN-Zero and a zero output la
 field degenerate; the zero-initialised layers are therefore drawn from N(0, 0.02²) here.  This changes no
 fixed-step sampler's cost, but dopri5's NFE follows the field: on a random network it only indicates the
 adaptive sampler's cost, a trained generator's field sets the real one.
+
+The SiT carries the scale's prior (``--prior``; the class-conditional Gaussian of
+:class:`~sbt_lib.models.gaussian_flow.GaussianFlow` on every scale but paper), fitted to random tokens: it adds
+two D×D products (D = tokens × dim) per class present to every evaluation, counted in the FLOPs and the times.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ from sbt_lib.batch import Batch
 from sbt_lib.eval.flops import flops_by_module, num_params  # importing it registers the CPU attention's FLOP formula
 from sbt_lib.generation.samplers import sample
 from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer
-from sbt_lib.models.sit import SIT_PRESETS, SiT
+from sbt_lib.models.sit import PRIORS, SIT_PRESETS, SiT
 from sbt_lib.train import _optimizer, resolve_device
 from sbt_lib.workbook.params import Params, resolve
 
@@ -79,12 +84,16 @@ def token_sets(P: Params) -> dict[str, int]:
     return {"global": t.num_tokens, "all": t.num_tokens + t.num_tokens + t.local_tokens}
 
 
-def build(size: str, num_tokens: int, token_dim: int, device: torch.device) -> SiT:
-    """A SiT with DiT's initialisation, its zero-initialised layers then drawn from N(0, 0.02²) (see above)."""
+def build(size: str, num_tokens: int, token_dim: int, device: torch.device, prior: str = "none") -> SiT:
+    """A SiT with DiT's initialisation, its zero-initialised layers then drawn from N(0, 0.02²) (see above);
+    with ``prior="gaussian"`` its Gaussian prior fitted to random tokens (its cost does not depend on them)."""
     torch.manual_seed(0)
-    model = SiT(num_tokens=num_tokens, token_dim=token_dim, num_classes=NUM_CLASSES, size=size)
+    model = SiT(num_tokens=num_tokens, token_dim=token_dim, num_classes=NUM_CLASSES, size=size, prior=prior)
     for layer in [block.ada[-1] for block in model.blocks] + [model.final.ada[-1], model.final.out]:
         nn.init.normal_(layer.weight, std=0.02)
+    if model.prior is not None:
+        labels = torch.arange(NUM_CLASSES).repeat(64)
+        model.prior.fit(torch.randn(len(labels), num_tokens, token_dim), labels)
     return model.to(device)
 
 
@@ -156,9 +165,11 @@ def main():
     ap.add_argument("--sampling-steps", type=int, default=20, help="steps of euler, heun and sde (not dopri5)")
     ap.add_argument("--guidance", type=float, default=2.0,
                     help="classifier-free guidance scale (above 1 doubles the batch of every evaluation)")
+    ap.add_argument("--prior", choices=PRIORS, help="the SiT's prior (default: the scale's generator_prior)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     P = resolve("04_aligner_scaling", args.scale)
+    prior = args.prior or P.generator.prior
     device = resolve_device(args.device)
     sizes = args.sizes or DEFAULT_SIZES[args.scale]
     token_dim = P.tokenizer.token_dim
@@ -166,7 +177,7 @@ def main():
     rows = []
     for size in sizes:
         for name, num_tokens in token_sets(P).items():
-            model = build(size, num_tokens, token_dim, device)
+            model = build(size, num_tokens, token_dim, device, prior)
             params = num_params(model)
             flops = forward_flops(model, min(args.batch_size, 8), device)
             ips = train_speed(P, model, args.batch_size, args.steps, args.warmup, device)
@@ -180,7 +191,7 @@ def main():
 
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"\nscale {args.scale}: device {device}{gpu}, {torch.get_num_threads()} torch CPU threads; "
-          f"{NUM_CLASSES} classes, random tokens and labels; training batch {args.batch_size}, {args.steps} timed "
+          f"{NUM_CLASSES} classes, random tokens and labels; prior {prior}; training batch {args.batch_size}, {args.steps} timed "
           f"steps after {args.warmup} warm-up steps (flow-matching forward"
           f"{' under bf16 autocast' if P.training.bf16 and device.type == 'cuda' else ''}, backward, "
           f"grad clipping, AdamW at lr {P.generator.lr}); sampling {args.sample_batch} images per call at guidance "
