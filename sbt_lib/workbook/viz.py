@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import torch
 
@@ -198,8 +199,11 @@ def metric_lines(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylab
     for i, (name, points) in enumerate(curves.items()):
         xs, ys = zip(*sorted(points)) if points else ((), ())
         ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
-    if logx:
+    if logx:  # ticks at 1, 2, 5, 10, 20, ... written as plain numbers (not 4×10^0, 6×10^0, ...)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
