@@ -27,7 +27,7 @@ from sbt_lib.batch import map_batches
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.pca import PCA
-from sbt_lib.models.tokenizer import ResBlock
+from sbt_lib.models.blocks import ResBlock
 from sbt_lib.workbook.runs import load_tokenizer
 
 

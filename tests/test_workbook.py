@@ -178,8 +178,11 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
     assert 5 < m["test_psnr"] < 60 and 5 < m["bicubic_psnr"] < 60
     assert -1 <= m["test_ssim"] <= 1
+    # the refine stage: a pixel refiner trained with the rest frozen, the global tokens unchanged
+    assert m["refined_same_z_global"] is True and m["refiner_channels"] > 0 and m["refiner_params"] > 0
+    assert 5 < m["refined_psnr"] < 60 and "refined_fd_effnet" in m
     for fig in ("training_curve.png", "reconstructions.png", "codebook_usage.png", "groups_removed.png",
-                "linear_probes.png"):
+                "linear_probes.png", "refined.png"):
         assert (run / fig).stat().st_size > 1000, fig
     assert (run / "checkpoint.safetensors").exists()
     assert m["groups"] == ["global", "local_1d", "local_2d"]

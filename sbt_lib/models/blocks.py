@@ -29,6 +29,18 @@ def self_attention_blocks(width: int, depth: int, num_heads: int, mlp_ratio: flo
     return nn.ModuleList(Block(width, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
 
 
+class ResBlock(nn.Module):
+    """Pre-activation residual block of two 3×3 convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                 nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
 class TokenMix(nn.Module):
     """A learned linear map along the token axis: B×n_in×w → B×n_out×w (as in MLP-Mixer)."""
 

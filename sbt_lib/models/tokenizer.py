@@ -45,6 +45,9 @@ The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tok
 - ``linear_path=True``: a fixed linear map pixels → ``z_global`` → pixels (:class:`LinearPath`), set to
   the training set's principal components, beside the networks, whose last layers start at zero.  The
   tokenizer starts as the best linear code at its number of values and learns the non-linear rest.
+
+``refiner``: a pixel-space residual CNN after the decoder (:mod:`sbt_lib.models.refiner`), added to a trained
+tokenizer and trained with everything else frozen (notebook 01's refine stage); it sees decoded pixels only.
 """
 from __future__ import annotations
 
@@ -54,10 +57,11 @@ import torch
 from torch import nn
 
 from .aligners import ALIGNER_2D_PRESETS, LocalAligner1D, LocalAligner2D
-from .blocks import CrossAttentionBlock, TokenMix, init_weights, num_params, self_attention_blocks
+from .blocks import CrossAttentionBlock, ResBlock, TokenMix, init_weights, num_params, self_attention_blocks
 from ..config import Config
 from .residual import ResidualRecovery
 from .quantizer import Quantized, SoftVQ
+from .refiner import PixelRefiner
 
 GROUPS = ("global", "local_1d", "local_2d")
 FUSIONS = ("residual", "concat")
@@ -89,6 +93,7 @@ class TokenizerConfig(Config):
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
     encoder_init: str | None = None  # a pretrained ViT the encoder starts from (dinov2_b: the paper's); see encoder_init.py
     residual_recovery: bool = False  # GloTok's residual recovery module on z_global before decoding (models/residual.py)
+    refiner: int = 0  # channels of a pixel-space refiner after the decoder (models/refiner.py); 0 = none
     local_1d: bool = False  # the local 1D aligner (Eq. 8)
     local_2d: str | None = None  # size preset of the local 2D aligner (Eq. 9), None = off
     num_local_tokens: int | None = None  # N_l, tokens of z_local_2d; None = num_tokens
@@ -105,6 +110,8 @@ class TokenizerConfig(Config):
         for f in ("num_tokens", "token_dim", "codebook_size", "width", "encoder_depth", "decoder_depth"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        if self.refiner < 0:
+            raise ValueError(f"refiner is a number of channels (0 = no refiner), got {self.refiner}")
         if self.local_2d is not None and self.local_2d not in ALIGNER_2D_PRESETS:
             raise ValueError(f"unknown local_2d preset {self.local_2d!r}; valid: {list(ALIGNER_2D_PRESETS)} or None")
         if self.num_local_tokens is not None and self.num_local_tokens < 1:
@@ -188,18 +195,6 @@ class PatchHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.to_pixels(x).transpose(1, 2).reshape(len(x), -1, self.grid, self.grid)
         return self.refine(nn.functional.pixel_shuffle(x, self.p))
-
-
-class ResBlock(nn.Module):
-    """Pre-activation residual block of two 3×3 convolutions."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
-                                 nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
 
 
 def _stage_channels(cfg: TokenizerConfig) -> list[int]:
@@ -445,6 +440,7 @@ class SelfBootTok(nn.Module):
         self.decoder = Decoder(c)
         self.linear_path = LinearPath(c) if c.linear_path else None
         self.residual = ResidualRecovery(c.token_dim) if c.residual_recovery else None
+        self.refiner = PixelRefiner(c.refiner) if c.refiner else None
         self.apply(init_weights)
         if self.residual is not None:
             self.residual.init_identity()
@@ -536,6 +532,8 @@ class SelfBootTok(nn.Module):
         images = self.decoder(self.fusion.memory(tokens))
         if self.linear_path is not None:
             images = images + self.linear_path.decode(tokens["global"])
+        if self.refiner is not None:  # trained after the tokenizer, the rest frozen (two_stage.refined_tokenizer)
+            images = self.refiner(images)
         return images
 
     def decode_from_global(self, z_global: torch.Tensor) -> torch.Tensor:
@@ -566,5 +564,5 @@ class SelfBootTok(nn.Module):
 
     def num_params(self) -> dict[str, int]:
         """Parameter counts by part (parts that are switched off count 0)."""
-        parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "residual", "decoder")
+        parts = ("encoder", "aligner_1d", "aligner_2d", "quantizers", "fusion", "residual", "decoder", "refiner")
         return {**{p: num_params(getattr(self, p)) for p in parts}, "total": num_params(self)}

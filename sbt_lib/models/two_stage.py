@@ -10,6 +10,9 @@ The paper gives two readings of what else stays frozen, and :func:`stage2_tokeni
   aligner and its codebook train.
 
 Anything that would train the encoder or the global codebook is refused: it would change ``z_global``.
+
+:func:`refined_tokenizer` is the same idea for the decoder side: a copy of a trained tokenizer with a
+pixel-space refiner (:mod:`~sbt_lib.models.refiner`) added after its decoder, where only the refiner trains.
 """
 from __future__ import annotations
 
@@ -58,6 +61,25 @@ def stage2_tokenizer(parent: SelfBootTok, local_2d: str, freeze: str = "encoder"
                            f"missing {missing}, unexpected {unexpected}")
     for name, p in child.named_parameters():
         p.requires_grad_(is_trainable(name, freeze))
+    return child
+
+
+def refined_tokenizer(parent: SelfBootTok, channels: int = 16, seed: int = 0) -> SelfBootTok:
+    """A copy of the trained tokenizer ``parent`` with a fresh pixel refiner of ``channels`` channels after its
+    decoder (seeded by ``seed``; the identity until trained) and every other part loaded from the parent and
+    frozen: ``z_global`` and the decoder's own output stay exactly the parent's, and only the refiner trains."""
+    if parent.refiner is not None:
+        raise ValueError("this tokenizer already has a refiner; refine its parent, or train this one further")
+    if channels < 1:
+        raise ValueError(f"the refiner needs channels ≥ 1, got {channels}")
+    torch.manual_seed(seed)
+    child = SelfBootTok(parent.cfg, refiner=channels)
+    missing, unexpected = child.load_state_dict(parent.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("refiner.") for k in missing):
+        raise RuntimeError(f"parent and refined tokenizer differ beyond the refiner: missing {missing}, "
+                           f"unexpected {unexpected}")
+    for name, p in child.named_parameters():
+        p.requires_grad_(name.startswith("refiner."))
     return child
 
 

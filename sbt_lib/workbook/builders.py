@@ -20,10 +20,10 @@ from ..files import content_key
 from ..generation.samplers import sample
 from ..generation.transport import FlowMatchingLoss, TokenNormalizer
 from ..models.sit import SiT
-from ..models.two_stage import frozen_state, stage2_tokenizer
+from ..models.two_stage import frozen_state, refined_tokenizer, stage2_tokenizer
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..objective.objective import Objective
-from ..objective.stage2 import Stage2Loss
+from ..objective.stage2 import RefinerLoss, Stage2Loss
 from ..objective.repa import patches_to_tokens, teacher_tokens
 from ..objective.vae_latents import train_vae2d
 from ..train import TrainResult, resolve_device, train
@@ -163,6 +163,37 @@ def train_stage2(P: Params, parent: SelfBootTok, local_2d: str, train_set, test_
                      "train_size": P.data.train_size, "seed": P.seed}}
     return train(model, Stage2Loss(z_global), train_set, cfg, out_dir=out_dir,
                  eval_fn=eval_fn if evaluate else None, meta=meta)
+
+
+def reconstruction_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
+    """The frozen ``model``'s reconstruction of every image of ``train_set``, computed once (float16: a rounding
+    error near 1e-3 of the [-1, 1] range); named by all of the model's weights."""
+    device = resolve_device(P.training.device)
+    model = model.to(device).eval()
+    key = content_key(*[x for k, v in model.state_dict().items() for x in (k, v)], length=12)
+    return FeatureCache(lambda x: model(x)[0], train_set, f"recon-{key}", device=device, progress=progress)
+
+
+def train_refiner(P: Params, parent: SelfBootTok, train_set, out_dir: Path, progress: bool = True) -> TrainResult:
+    """The refine stage: a pixel refiner of ``P.stage2.refiner`` channels added after the decoder of the trained
+    ``parent`` (:func:`~sbt_lib.models.two_stage.refined_tokenizer`: everything else frozen, ``z_global``
+    unchanged), trained for ``P.stage2.refiner_steps`` steps of ``P.training`` on the parent's reconstructions
+    of ``P.stage2.refiner_images`` training images (a seeded subset of the training split; all of ``train_set``
+    when it is not larger), computed once: checkpoints in ``out_dir``, exact resume, progress."""
+    s = P.stage2
+    if s.refiner < 1 or s.refiner_steps < 1:
+        raise ValueError(f"the refine stage needs stage2_refiner ≥ 1 channels and stage2_refiner_steps ≥ 1, "
+                         f"got {s.refiner} and {s.refiner_steps}")
+    if s.refiner_images and s.refiner_images < len(train_set):
+        train_set = load_dataset(P.data.dataset, "train", size=s.refiner_images, image_size=P.tokenizer.image_size,
+                                 seed=P.seed)
+    model = refined_tokenizer(parent, s.refiner, seed=P.seed)
+    recon = reconstruction_cache(parent, train_set, P, progress)
+    cfg = replace(P.training, steps=s.refiner_steps, progress=progress)
+    meta = {"tokenizer": model.cfg.to_dict(), "refine": {"channels": s.refiner, "reconstructions": recon.name},
+            "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size, "train_size": len(train_set),
+                     "seed": P.seed}}
+    return train(model, RefinerLoss(recon), train_set, cfg, out_dir=out_dir, meta=meta)
 
 
 # ----------------------------------------------------------------------------- the generator (paper §3.2)
