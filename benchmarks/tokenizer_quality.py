@@ -9,10 +9,12 @@ and measures in the same run the two anchors at the same number of values per im
 
 Prints one table per data set (PSNR/SSIM at every evaluation point, mean ± std over seeds, and
 the anchors) and saves the curves as a PNG.  ``--variant`` names other recipes to compare
-(``previous`` is the recipe before the conv trunk, gain-shape SoftVQ and the linear path).
+(``previous`` is the recipe before the conv trunk, gain-shape SoftVQ and the linear path).  ``--refine``
+adds notebook 01's refine stage after each run (a pixel refiner trained with the rest frozen,
+:func:`sbt_lib.workbook.builders.train_refiner`) and a row for it in the end-of-run table.
 
     python benchmarks/tokenizer_quality.py [--datasets cifar10 photos] [--seeds 0 1 2]
-        [--variants recipe previous] [--scale cpu] [--steps N] [--evals 8] [--out DIR]
+        [--variants recipe previous] [--scale cpu] [--steps N] [--evals 8] [--refine] [--out DIR]
 
 CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from sbt_lib.eval.metrics import psnr, ssim
 from sbt_lib.eval.reconstruction import anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct
 from sbt_lib.train import train
-from sbt_lib.workbook.builders import build_tokenizer, load_data
+from sbt_lib.workbook.builders import build_tokenizer, load_data, train_refiner
 from sbt_lib.workbook.params import Params, resolve
 from sbt_lib.workbook.runs import load_tokenizer
 
@@ -73,6 +76,7 @@ def main():
     ap.add_argument("--steps", type=int, help="training steps (default: the scale's)")
     ap.add_argument("--evals", type=int, default=6, help="evaluation points during training")
     ap.add_argument("--test-size", type=int, default=2000, help="held-out images of the test split (evenly spaced)")
+    ap.add_argument("--refine", action="store_true", help="add notebook 01's refine stage after every run")
     ap.add_argument("--out", default="runs/benchmarks/tokenizer_quality")
     ap.add_argument("--report-only", action="store_true",
                     help="skip training: report on the runs saved in --out by an earlier call with the same arguments")
@@ -88,16 +92,25 @@ def main():
         test_images = held_out_images(test_set, args.test_size)
         values = base.tokenizer.num_tokens * base.tokenizer.token_dim
         anchors = anchor_metrics(train_set, test_images, values)
-        curves = {}
+        curves, refine_seconds = {}, {}
         for variant in args.variants:
-            curves[variant] = [run(base.replace(**VARIANTS[variant], seed=seed), train_set, test_images,
-                                   out / dataset / variant.replace(" ", "_") / f"seed{seed}", args.evals)
-                               for seed in args.seeds]
+            folders = [out / dataset / variant.replace(" ", "_") / f"seed{seed}" for seed in args.seeds]
+            curves[variant] = [run(base.replace(**VARIANTS[variant], seed=seed), train_set, test_images, folder,
+                                   args.evals) for seed, folder in zip(args.seeds, folders)]
+            if args.refine:
+                refine_seconds[variant] = [refine(base.replace(**VARIANTS[variant], seed=seed), train_set, folder)
+                                           for seed, folder in zip(args.seeds, folders)]
         results[dataset] = results_so_far = {"anchors": anchors, "values": values, "test_images": len(test_images),
-                            "train_images": len(train_set), "curves": curves}
+                            "train_images": len(train_set), "curves": curves, "refine_seconds": refine_seconds}
         print_table(dataset, results[dataset], args.seeds)
         (out / f"results-{dataset}.json").write_text(json.dumps(results_so_far, indent=1))
     report(args, out)
+
+
+def refine(P: Params, train_set, folder: Path) -> float:
+    """Notebook 01's refine stage on the tokenizer trained in ``folder``, into ``folder/refiner``; its seconds."""
+    shutil.rmtree(folder / "refiner", ignore_errors=True)  # the tokenizer was just retrained from scratch
+    return train_refiner(P, load_run(folder), train_set, folder / "refiner").seconds
 
 
 def load_run(folder: Path) -> torch.nn.Module:
@@ -122,14 +135,19 @@ def report(args, out: Path) -> None:
         print("| recipe | PSNR (dB) | SSIM | rFD-EffNet ↓ | global perplexity | seconds |\n|---|---|---|---|---|---|")
         for variant in args.variants:
             folder = out / name / variant.replace(" ", "_")
-            rows = [evaluate_tokenizer(load_run(folder / f"seed{s}"), test_set, limit=args.test_size,
-                                       fd_size=P.eval.fd_size) for s in args.seeds]
-            fd = "fid" if "fid" in rows[0] else "fd_effnet"
             seconds = [run[-1]["seconds"] for run in curves[variant]]
-            print(f"| {variant} | {_mean_std([r['test_psnr'] for r in rows])} | "
-                  f"{_mean_std([r['test_ssim'] for r in rows], 3)} | {_mean_std([r[fd] for r in rows], 1)} | "
-                  f"{_mean_std([r['codebook_perplexity'] for r in rows], 0)} of {rows[0]['codebook_size']} | "
-                  f"{_mean_std(seconds, 0)} |")
+            stages = [(variant, lambda s: load_run(folder / f"seed{s}"), seconds)]
+            if args.refine and variant in results[name].get("refine_seconds", {}):
+                stages.append((f"{variant} + refine stage", lambda s: load_tokenizer(folder / f"seed{s}" / "refiner"),
+                               [a + b for a, b in zip(seconds, results[name]["refine_seconds"][variant])]))
+            for label, load, secs in stages:
+                rows = [evaluate_tokenizer(load(s), test_set, limit=args.test_size, fd_size=P.eval.fd_size)
+                        for s in args.seeds]
+                fd = "fid" if "fid" in rows[0] else "fd_effnet"
+                print(f"| {label} | {_mean_std([r['test_psnr'] for r in rows])} | "
+                      f"{_mean_std([r['test_ssim'] for r in rows], 3)} | {_mean_std([r[fd] for r in rows], 1)} | "
+                      f"{_mean_std([r['codebook_perplexity'] for r in rows], 0)} of {rows[0]['codebook_size']} | "
+                      f"{_mean_std(secs, 0)} |")
     if len(data) > 1 and "recipe" in args.variants:
         transfer(data, args, out)
 
