@@ -131,13 +131,19 @@ def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: boo
 
 # ----------------------------------------------------------------------------- stage 2 (paper §3.4)
 
+def _weights_key(state: dict[str, torch.Tensor], length: int | None = None) -> str:
+    """A content key of a model's tensors (names and values): what names a cache of that model's outputs."""
+    kw = {} if length is None else {"length": length}
+    return content_key(*[x for k, v in state.items() for x in (k, v)], **kw)
+
+
 def global_token_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
     """``z_global`` of every training image under the frozen encoder and global codebook of ``model``,
     computed once on the training device and kept in float32 (exact); named by those frozen weights, so
     every stage-2 run of one stage-1 tokenizer shares it."""
     device = resolve_device(P.training.device)
     frozen = frozen_state(model)
-    key = content_key(*[x for k, v in frozen.items() for x in (k, v)])
+    key = _weights_key(frozen)
     encoder = model.to(device).eval().encode_global
     return FeatureCache(encoder, train_set, f"zglobal-{key}", dtype=torch.float32, device=device, progress=progress)
 
@@ -170,7 +176,7 @@ def reconstruction_cache(model: SelfBootTok, train_set, P: Params, progress: boo
     error near 1e-3 of the [-1, 1] range); named by all of the model's weights."""
     device = resolve_device(P.training.device)
     model = model.to(device).eval()
-    key = content_key(*[x for k, v in model.state_dict().items() for x in (k, v)], length=12)
+    key = _weights_key(model.state_dict(), length=12)
     return FeatureCache(lambda x: model(x)[0], train_set, f"recon-{key}", device=device, progress=progress)
 
 
@@ -210,7 +216,7 @@ def token_cache(tokenizer: SelfBootTok, train_set, P: Params, groups: str = "glo
         raise ValueError(f"unknown token groups {groups!r}; valid: {GROUPS}")
     device = resolve_device(P.training.device)
     model = tokenizer.to(device).eval()
-    key = content_key(*[x for k, v in model.state_dict().items() for x in (k, v)], length=12)
+    key = _weights_key(model.state_dict(), length=12)
     if groups == "global":
         encoder = model.encode_global
     else:
