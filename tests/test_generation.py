@@ -254,7 +254,7 @@ def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, 
     assert result.step == 6 and result.model.cfg.num_tokens == n
     generator, normalizer = load_generator(tmp_path)
     assert not torch.equal(normalizer.std, torch.ones_like(normalizer.std))  # fitted, and saved with it
-    assert P.generator.prior == "gaussian" and torch.equal(generator.prior.mean, result.model.prior.mean)
+    assert P.generator.prior == "gaussian" and torch.equal(generator.prior.mean, result.model.prior.mean.cpu())
     assert not torch.equal(generator.prior.variance, torch.ones_like(generator.prior.variance))  # fitted too
     stats = {}
     images = builders.generate_images(tokenizer, generator, normalizer, torch.tensor([0, 1, 2]), groups,
