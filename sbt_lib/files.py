@@ -1,5 +1,5 @@
-"""Small helpers for files every part of the library writes: the repository root, atomic writes,
-and content keys that name caches.
+"""Small helpers for files every part of the library writes: the repository root, the cache folder,
+atomic writes, and content keys that name caches.
 
 Writes are atomic (a temporary file beside the target, then ``os.replace``), so an interrupted run
 never leaves half a checkpoint, metrics file or cache; the result gets the ordinary permissions of
@@ -18,6 +18,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    """Where computed things are cached on disk (decoded data sets, features, PCA fits): $SBT_CACHE, else
+    ``<repo>/data/cache``."""
+    return Path(os.environ.get("SBT_CACHE") or REPO / "data" / "cache").expanduser()
 
 
 def _umask() -> int:

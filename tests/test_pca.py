@@ -32,3 +32,26 @@ def test_clear_errors():
         PCA.fit(torch.zeros(10, 12), 2)
     with pytest.raises(ValueError, match="k ≤"):
         PCA.fit(images(5), 10)
+
+
+def test_a_fit_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
+    """A new process (an empty memory cache) reads the fit from disk instead of fitting again; a file it
+    cannot read is fitted again and replaced."""
+    from sbt_lib.models import pca as module
+
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path))
+    monkeypatch.setattr(module, "_CACHE", {})
+    train = images(200, seed=3)
+    first = PCA.fit(train, 12)
+    (saved,) = (tmp_path / "pca").iterdir()
+    module._CACHE.clear()
+    with monkeypatch.context() as m:
+        m.setattr(PCA, "_fit", classmethod(lambda cls, *a: pytest.fail("fitted again instead of read from disk")))
+        again = PCA.fit(train, 12)
+    for name in ("mean", "basis", "std"):
+        assert torch.equal(getattr(again, name), getattr(first, name)), name
+    assert again.shape == first.shape and PCA.fit(train, 11).k == 11  # another k: another fit
+    saved.write_bytes(b"not a safetensors file")
+    module._CACHE.clear()
+    assert torch.equal(PCA.fit(train, 12).basis, first.basis)
+    assert PCA._load(saved, first.shape) is not None  # replaced by a good file

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..files import atomic_write, content_key
-from .datasets import cache_dir, dataset_fingerprint
+from ..files import cache_dir
+from .datasets import dataset_fingerprint
 
 
 class FeatureCache:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from .. import weights
 from ..batch import Batch
-from ..files import REPO, atomic_write, content_key
+from ..files import REPO, atomic_write, cache_dir, content_key
 
 DATASETS = ("photos", "shapes", "cifar10", "imagenet", "auto")
 SPLITS = ("train", "test")
@@ -468,11 +468,6 @@ def data_dir(root: str | None = None) -> Path:
     """
     path = Path(root or os.environ.get("SBT_DATA") or REPO / "data").expanduser()
     return (path if root or path.is_absolute() else REPO / path).resolve()
-
-
-def cache_dir() -> Path:
-    """Where decoded folder datasets are cached: $SBT_CACHE, else ``<repo>/data/cache``."""
-    return Path(os.environ.get("SBT_CACHE") or REPO / "data" / "cache").expanduser()
 
 
 def load_cifar10(split: str, image_size: int, rng: np.random.Generator, *,

@@ -189,7 +189,7 @@ def feature_metrics(real, fake, *, kid_subset_size: int | None = None, kid_subse
     _register_effnet()
     caching = {}
     if real_cache_name:  # the extractor's name, not its input size, is in torch-fidelity's key: add both
-        from ..data.datasets import cache_dir
+        from ..files import cache_dir
 
         caching = dict(cache=True, cache_root=str(cache_dir() / "fidelity"),
                        input2_cache_name=f"{real_cache_name}-{extractor}-{effnet_size}px-{Path(path).stem}")

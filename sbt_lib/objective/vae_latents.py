@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.datasets import cache_dir, dataset_fingerprint
+from ..data.datasets import dataset_fingerprint
+from ..files import cache_dir
 from ..files import content_key
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..train import TrainConfig, train
