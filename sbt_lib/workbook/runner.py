@@ -18,6 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
@@ -80,9 +81,10 @@ def run_notebook(path: Path, out: Path, params: dict, log_output: bool = False) 
     executed = out / path.name
     try:
         extra = {"kernel_manager_class": LocalKernelManager} if os.name == "posix" else {}
-        pm.execute_notebook(str(path), str(executed), parameters={**params, "out_dir": str(run_dir)},
-                            cwd=str(path.parent), kernel_name="python3", progress_bar=True, log_output=log_output,
-                            **extra)
+        with mock.patch.dict(os.environ, SBT_HEADLESS="1"):  # inherited by the kernel: explorers draw, no widgets
+            pm.execute_notebook(str(path), str(executed), parameters={**params, "out_dir": str(run_dir)},
+                                cwd=str(path.parent), kernel_name="python3", progress_bar=True,
+                                log_output=log_output, **extra)
     except pm.PapermillExecutionError as e:
         first_line = (e.source or "").strip().splitlines()[0] if (e.source or "").strip() else ""
         raise NotebookFailed(

@@ -2,6 +2,7 @@
 path, and returns it, so notebooks show it inline and the run folder keeps a PNG."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -164,25 +165,46 @@ def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], pa
     return save_figure(fig, path)
 
 
+def show(fig) -> None:
+    """Display ``fig`` where the code runs (a notebook cell, an ipywidgets ``Output``) and close it, so that the
+    cell does not show it a second time at its end."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
+
+
+def live_kernel() -> bool:
+    """Whether the explorers build widgets: not in the runner's headless kernels (it sets ``SBT_HEADLESS=1``),
+    where nobody moves a slider and the notebook client can block on widget messages (jupyter/nbclient#312,
+    seen here once in notebook 03); there they show their first state as a plain figure."""
+    return os.environ.get("SBT_HEADLESS", "0") in ("", "0")
+
+
 def group_explorer(model, images: torch.Tensor):
     """An ipywidgets explorer: one slider per token group scales that group (0 removes it) before
-    the decoder; the decoded images update as the sliders move."""
+    the decoder; the decoded images update as the sliders move.  Headless: the figure at scale 1, no widgets."""
     import ipywidgets as widgets
     from IPython.display import display
 
     with torch.no_grad():
         enc = model.encode(images)
+
+    def draw(scales: dict[str, float]):
+        with torch.no_grad():
+            decoded = model.decode(enc, scales=scales).clamp(-1, 1)
+        show(image_rows({"original": images, "decoded": decoded}, n=len(images)))
+
+    if not live_kernel():
+        return draw({g: 1.0 for g in model.cfg.groups})
     sliders = {g: widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description=g)
                for g in model.cfg.groups}
     out = widgets.Output()
 
     def redraw(_=None):
-        with torch.no_grad():
-            decoded = model.decode(enc, scales={g: s.value for g, s in sliders.items()}).clamp(-1, 1)
         with out:
             out.clear_output(wait=True)
-            fig = image_rows({"original": images, "decoded": decoded}, n=len(images))
-            plt.show(fig)
+            draw({g: s.value for g, s in sliders.items()})
 
     for s in sliders.values():
         s.observe(redraw, names="value")
@@ -213,17 +235,19 @@ def metric_lines(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylab
 
 def generation_explorer(generate, class_names: list[str], samplers=("heun", "euler", "sde", "dopri5")):
     """An ipywidgets panel (needs a live kernel): class, guidance scale, sampler, steps and seed →
-    a row of new samples.  ``generate(class_index, scale, sampler, steps, seed)`` returns images."""
+    a row of new samples.  ``generate(class_index, scale, sampler, steps, seed)`` returns images.
+    Headless: the panel's first state (the first class, guidance 2, the first sampler, 10 steps, seed 0)."""
     import ipywidgets as widgets
     from IPython.display import display
 
-    def show(klass, scale, sampler, steps, seed):
-        image_rows({f"{class_names[klass]}, {sampler} × {steps}, scale {scale}":
-                    generate(klass, scale, sampler, steps, seed)}, n=8)
-        plt.show()
+    def draw(klass, scale, sampler, steps, seed):
+        show(image_rows({f"{class_names[klass]}, {sampler} × {steps}, scale {scale}":
+                         generate(klass, scale, sampler, steps, seed)}, n=8))
 
+    if not live_kernel():  # headless: the panel's first state as a figure
+        return draw(0, 2.0, samplers[0], 10, 0)
     panel = widgets.interactive(
-        show, klass=widgets.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], description="class"),
+        draw, klass=widgets.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], description="class"),
         scale=widgets.FloatSlider(value=2.0, min=1.0, max=6.0, step=0.5, description="guidance"),
         sampler=widgets.Dropdown(options=list(samplers), description="sampler"),
         steps=widgets.IntSlider(value=10, min=2, max=50, description="steps"),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..objective.ot import sinkhorn
-from .viz import save_figure, to_numpy_image
+from .viz import live_kernel, save_figure, show, to_numpy_image
 
 
 def plot_point_transport(x: torch.Tensor, z: torch.Tensor, plan: torch.Tensor, path=None, title: str = ""):
@@ -115,19 +115,25 @@ def plot_convergence(sweep: dict, tol: float, check_every: int = 10, path=None):
 
 def epsilon_explorer(cost: torch.Tensor, image: torch.Tensor, grid: int, tokens: list[int]):
     """An ipywidgets slider for ε (log scale) that re-solves ``cost`` (N_x × N_z, one image) and
-    redraws its plan and the source maps of ``tokens`` on ``image``."""
+    redraws its plan and the source maps of ``tokens`` on ``image``.  Headless (:func:`viz.live_kernel`):
+    the figures at ε = 0.05, no widgets."""
     import ipywidgets as widgets
     from IPython.display import display
 
+    def draw(eps: float):
+        t = sinkhorn(cost.unsqueeze(0), eps=eps, tol=1e-6, max_iter=5000)
+        show(plot_plans({f"ε = {eps:.3g}, {t.iterations} iterations": t.plan[0]}))
+        show(plot_token_sources(image[None], t.plan, tokens, grid))
+
+    if not live_kernel():
+        return draw(0.05)
     slider = widgets.FloatLogSlider(value=0.05, base=10, min=-3, max=0.5, step=0.05, description="ε")
     out = widgets.Output()
 
     def redraw(_=None):
-        t = sinkhorn(cost.unsqueeze(0), eps=slider.value, tol=1e-6, max_iter=5000)
         with out:
             out.clear_output(wait=True)
-            plt.show(plot_plans({f"ε = {slider.value:.3g}, {t.iterations} iterations": t.plan[0]}))
-            plt.show(plot_token_sources(image[None], t.plan, tokens, grid))
+            draw(slider.value)
 
     slider.observe(redraw, names="value")
     redraw()
