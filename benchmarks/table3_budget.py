@@ -4,7 +4,7 @@ Trains the Table 3 variants of notebook 02 (default G, G+L1, G+L1+L2) with its t
 changing only the steps and batch of each run (warm-up: a seventh of the steps, at least the notebook's 15),
 for every seed, through :func:`sbt_lib.workbook.ablations.run_variants` (runs resume from their checkpoints),
 and prints the table (held-out PSNR / SSIM / FD-EffNet, mean ± std), the span of the means against the
-largest seed std, and each variant against G.  On a GPU the runs use bf16 autocast, as the engine does there.
+largest seed std, and each variant against G; ``table3_psnr.png`` in the run folder shows the means, stds and seeds.  On a GPU the runs use bf16 autocast, as the engine does there.
 
     python benchmarks/table3_budget.py [--steps 1000] [--batch-size 64] [--seeds 0 1 2]
         [--variants G G+L1 G+L1+L2] [--out DIR]
@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from sbt_lib.workbook import ablations as ab
+from sbt_lib.workbook import ablations as ab, viz
 from sbt_lib.workbook.builders import load_data
 from sbt_lib.workbook.params import notebook_params
 
@@ -66,6 +66,9 @@ def main():
           + ("every variant's seed std is below the span" if max(stds) < span else "the seed spread covers the span"))
     print("\n".join(ab.verdict(summary, v, args.variants[0]) for v in args.variants[1:]))
     print(f"seconds per run: {sum(r['train_seconds'] for r in rows) / len(rows):.1f} (training only)")
+    viz.bar_chart(summary, "test_psnr", out / "table3_psnr.png", ylabel="held-out PSNR (dB)",
+                  title=f"Table 3, {args.steps} steps of {args.batch_size} per run ({len(args.seeds)} seeds)")
+    print(f"figure: {out / 'table3_psnr.png'}")
 
 
 if __name__ == "__main__":
