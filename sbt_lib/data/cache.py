@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, content_key
-from ..files import cache_dir
+from ..files import atomic_write, cache_dir, content_key
 from .datasets import dataset_fingerprint
 
 

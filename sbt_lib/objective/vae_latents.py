@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import dataset_fingerprint
-from ..files import cache_dir
-from ..files import content_key
+from ..files import cache_dir, content_key
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..train import TrainConfig, train
 
