@@ -5,6 +5,15 @@ from sklearn.decomposition import PCA as SkPCA
 from sbt_lib.models.pca import PCA, pca_anchor
 
 
+@pytest.fixture(autouse=True)
+def fresh_fits(tmp_path, monkeypatch):
+    """Every test here fits anew: no fit kept on disk by an earlier run, none in memory."""
+    from sbt_lib.models import pca as module
+
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path))
+    monkeypatch.setattr(module, "_CACHE", {})
+
+
 def images(n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 3, 3, generator=g) * 2 - 1
@@ -39,8 +48,6 @@ def test_a_fit_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
     cannot read is fitted again and replaced."""
     from sbt_lib.models import pca as module
 
-    monkeypatch.setenv("SBT_CACHE", str(tmp_path))
-    monkeypatch.setattr(module, "_CACHE", {})
     train = images(200, seed=3)
     first = PCA.fit(train, 12)
     (saved,) = (tmp_path / "pca").iterdir()

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..files import atomic_write, cache_dir, content_key
 
 _CACHE: dict[tuple[str, int], "PCA"] = {}  # the last few fits, by (hash of the images, k)
+FIT_VERSION = 1  # part of the name of a fit kept on disk: raise it when _fit changes what it computes
 
 
 class PCA:
@@ -39,7 +40,7 @@ class PCA:
         if key not in _CACHE:
             if len(_CACHE) >= 4:
                 _CACHE.pop(next(iter(_CACHE)))
-            path = cache_dir() / "pca" / f"{key[0]}-k{k}.safetensors"
+            path = cache_dir() / "pca" / f"v{FIT_VERSION}-{key[0]}-k{k}.safetensors"
             _CACHE[key] = cls._load(path, images.shape[1:]) or cls._fit(images, k)._save(path)
         return _CACHE[key]
 
