@@ -37,7 +37,7 @@ Two cheap additions make the 1D bottleneck train in minutes on a CPU (both switc
 - **conv stem / head**: a 3×3 convolution before the patch embedding and two after the
   un-patchify, which see across patch borders and smooth patch seams.
 
-The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tokenizer_quality.py``) adds three more:
+The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tokenizer_quality.py``) adds four more:
 
 - ``trunk="conv"``: residual conv stages halve the image down to the token grid and mirror it in the
   decoder (GigaTok's hybrid CNN-transformer), in place of the 3×3 stem and patchify;
@@ -45,6 +45,10 @@ The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tok
 - ``linear_path=True``: a fixed linear map pixels → ``z_global`` → pixels (:class:`LinearPath`), set to
   the training set's principal components, beside the networks, whose last layers start at zero.  The
   tokenizer starts as the best linear code at its number of values and learns the non-linear rest.
+- ``codebook_init="kmeans"``: every codebook starts at the k-means centroids of its group's tokens on training
+  images (:meth:`SelfBootTok.init_codebooks`) instead of random directions, so quantization starts close to
+  that linear code rather than far below it: notebook 01's ``cpu`` tokenizer at initialisation reconstructs
+  CIFAR-10's 2000 test images at 26.35 dB with k-means codebooks, 25.46 dB with random ones (PCA: 26.45 dB).
 
 ``refiner``: a pixel-space residual CNN after the decoder (:mod:`sbt_lib.models.refiner`), added to a trained
 tokenizer and trained with everything else frozen (notebook 01's refine stage); it sees decoded pixels only.
@@ -67,6 +71,7 @@ GROUPS = ("global", "local_1d", "local_2d")
 FUSIONS = ("residual", "concat")
 DECODERS = ("cross", "self")
 TRUNKS = ("patch", "conv")
+CODEBOOK_INITS = ("random", "kmeans")
 
 
 @dataclass
@@ -84,6 +89,7 @@ class TokenizerConfig(Config):
     num_tokens: int = 32  # N, global tokens
     token_dim: int = 8  # d, of every group
     codebook_size: int = 1024  # per group
+    codebook_init: str = "random"  # random | kmeans: centroids of training tokens (set by init_codebooks)
     tau: float = 0.07
     normalize_codes: bool = True
     conv_channels: int = 32  # channels of the conv stem / head (first conv stage); 0 = plain linear patch (un)embedding
@@ -120,6 +126,8 @@ class TokenizerConfig(Config):
             raise ValueError(f"unknown fusion {self.fusion!r}; valid: {list(FUSIONS)}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; valid: {list(DECODERS)}")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"unknown codebook_init {self.codebook_init!r}; valid: {list(CODEBOOK_INITS)}")
         if self.trunk not in TRUNKS:
             raise ValueError(f"unknown trunk {self.trunk!r}; valid: {list(TRUNKS)}")
         if self.trunk == "conv" and (self.patch_size & (self.patch_size - 1) or not self.conv_channels):
@@ -455,6 +463,32 @@ class SelfBootTok(nn.Module):
             raise ValueError("this tokenizer has no linear path (build it with linear_path=True)")
         self.check_images(images)
         self.linear_path.fit(images.to(self.linear_path.basis.device))
+        return self
+
+    @torch.no_grad()
+    def init_codebooks(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                       iters: int = 10) -> "SelfBootTok":
+        """Start every codebook at the k-means centroids of its group's unquantized tokens on ``images``
+        (training images, B×3×S×S; B × tokens per image ≥ codebook_size).  The global codebook comes first,
+        since the local tokens are computed from the quantized global ones; a shared codebook is fitted to
+        every group's tokens together.  Seeded by ``generator``."""
+        self.check_images(images)
+        was_training = self.training
+        self.eval()
+        z_hat = self.linear_path.encode(images) if self.linear_path is not None else 0
+        head = self.encoder.to_tokens
+        if self.linear_path is None or head.weight.any() or head.bias.any():  # else the network adds exactly 0
+            z_hat = z_hat + self.encoder(images)
+        self.quantizer("global").init_codebook(z_hat, generator, iters)
+        enc = self.bootstrap(self.quantizer("global")(z_hat).z)
+        enc.unquantized["global"] = z_hat
+        if self.cfg.shared_codebook:
+            pooled = torch.cat([t.flatten(0, 1) for t in enc.unquantized.values()])
+            self.quantizer("global").init_codebook(pooled, generator, iters)
+        else:
+            for group in self.cfg.groups[1:]:
+                self.quantizer(group).init_codebook(enc.unquantized[group], generator, iters)
+        self.train(was_training)
         return self
 
     def quantizer(self, group: str) -> SoftVQ:

@@ -45,20 +45,28 @@ def load_data(P: Params):
             load_dataset(name, "test", size=P.data.test_size, **kw))
 
 
+KMEANS_IMAGES = 2048  # training images whose tokens start the codebooks (codebook_init="kmeans")
+
+
 def build_tokenizer(P: Params, train_set=None) -> SelfBootTok:
     """A tokenizer of ``P.tokenizer``; the seed fixes its initial weights, and ``encoder_init`` names a
     pretrained ViT its encoder starts from (:mod:`~sbt_lib.models.encoder_init`).  With a linear path,
     ``train_set`` is needed: the path starts at its principal components (fitted on at most
-    10,000 evenly spaced training images)."""
+    10,000 evenly spaced training images); so it is with ``codebook_init="kmeans"``: the codebooks start at
+    the k-means centroids of the tokens of at most :data:`KMEANS_IMAGES` of them (seeded by the seed)."""
     torch.manual_seed(P.seed)
     model = SelfBootTok(P.tokenizer)
     if P.tokenizer.encoder_init:
         init_encoder(model, P.tokenizer.encoder_init)
+    data_init = [name for name, on in (("linear_path=True", model.linear_path is not None),
+                                       ("codebook_init='kmeans'", P.tokenizer.codebook_init == "kmeans")) if on]
+    if data_init and train_set is None:
+        raise ValueError(f"a tokenizer with {' and '.join(data_init)} starts from the training data: "
+                         "pass train_set to build_tokenizer")
     if model.linear_path is not None:
-        if train_set is None:
-            raise ValueError("a tokenizer with linear_path=True starts at the training set's principal components: "
-                             "pass train_set to build_tokenizer")
         model.fit_linear_path(held_out_images(train_set, 10_000))
+    if P.tokenizer.codebook_init == "kmeans":
+        model.init_codebooks(held_out_images(train_set, KMEANS_IMAGES), torch.Generator().manual_seed(P.seed))
     return model
 
 

@@ -30,9 +30,10 @@ def epochs(n: float, batch_size: int, images: int = IMAGENET_TRAIN) -> int:
 
 # The recipe that learns in minutes on 2 cores (issue 11, measured by benchmarks/tokenizer_quality.py):
 # a conv trunk that halves the image down to the token grid (GigaTok), gain-shape SoftVQ (the codebook
-# quantizes each token's direction, its length is kept) at a soft τ, and a fixed linear path started at
-# the training set's principal components, so training starts at the best linear code and learns the rest.
-_RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
+# quantizes each token's direction, its length is kept) at a soft τ, a fixed linear path started at the
+# training set's principal components, so training starts at the best linear code and learns the rest, and
+# codebooks started at the k-means centroids of the training tokens, so quantization starts near that code.
+_RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3, codebook_init="kmeans")
 
 # Tokenizer sizes per scale (field names of TokenizerConfig).
 _TOKENIZER = {
