@@ -45,6 +45,7 @@ VARIANTS = {
     # τ = 0.07, no linear path, batches of 16 at lr 2e-3 with β2 = 0.95.
     "previous": dict(trunk="patch", linear_path=False, keep_norm=False, tau=0.07, batch_size=16, lr=2e-3,
                      betas=(0.9, 0.95), warmup=100, ema=0.0),
+    "random codebooks": dict(codebook_init="random"),  # the recipe before its codebooks started from k-means
     "no linear path": dict(linear_path=False),
     "no gain-shape": dict(keep_norm=False),
     "patch trunk": dict(trunk="patch"),
