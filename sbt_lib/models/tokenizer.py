@@ -478,7 +478,7 @@ class SelfBootTok(nn.Module):
         z_hat = self.linear_path.encode(images) if self.linear_path is not None else 0
         head = self.encoder.to_tokens
         if self.linear_path is None or head.weight.any() or head.bias.any():  # else the network adds exactly 0
-            z_hat = z_hat + self.encoder(images)
+            z_hat = z_hat + torch.cat([self.encoder(chunk) for chunk in images.split(256)])
         self.quantizer("global").init_codebook(z_hat, generator, iters)
         enc = self.bootstrap(self.quantizer("global")(z_hat).z)
         enc.unquantized["global"] = z_hat
