@@ -118,7 +118,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, spherical: bool = False,
         return torch.searchsorted(cum, u).clamp_max(len(weights) - 1)
 
     # k-means++ on at most 8k points (the next centre drawn ∝ squared distance to the nearest chosen one)
-    seeds = x[torch.randperm(len(x), generator=generator, device=x.device)[: max(k, 8 * k)]]
+    seeds = x[torch.randperm(len(x), generator=generator, device=x.device)[: 8 * k]]
     centres = seeds[draw(torch.ones(len(seeds), device=x.device))]
     nearest = (seeds - centres).square().sum(1)
     for _ in range(1, k):
