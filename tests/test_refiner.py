@@ -59,6 +59,18 @@ def test_the_refine_stage_learns_and_keeps_z_global(parent, tmp_path):
     assert after < 0.93 * before, (before.item(), after.item())
 
 
+def test_the_refine_stage_trains_at_its_own_learning_rate(parent, tmp_path):
+    """``stage2_refiner_lr`` sets the refiner's peak lr (cpu: 2e-3 where the tokenizer has 1e-3); unset, the
+    refiner follows ``lr``."""
+    P, model, train_set = parent
+    assert resolve("01_decomposition", "cpu").stage2.refiner_lr == 2 * resolve("01_decomposition", "cpu").training.lr
+    for refiner_lr, peak in ((3e-3, 3e-3), (None, 7e-4)):
+        Q = P.replace(stage2_refiner=4, stage2_refiner_steps=10, stage2_refiner_lr=refiner_lr, lr=7e-4, warmup=2,
+                      log_every=1)
+        history = builders.train_refiner(Q, model, train_set, tmp_path / str(refiner_lr), progress=False).history
+        assert max(h["lr"] for h in history if "lr" in h) == pytest.approx(peak)
+
+
 def test_the_refine_stage_says_what_it_needs(parent, tmp_path):
     P, model, train_set = parent
     with pytest.raises(ValueError, match="stage2_refiner"):

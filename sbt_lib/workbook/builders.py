@@ -191,9 +191,10 @@ def reconstruction_cache(model: SelfBootTok, train_set, P: Params, progress: boo
 def train_refiner(P: Params, parent: SelfBootTok, train_set, out_dir: Path, progress: bool = True) -> TrainResult:
     """The refine stage: a pixel refiner of ``P.stage2.refiner`` channels added after the decoder of the trained
     ``parent`` (:func:`~sbt_lib.models.two_stage.refined_tokenizer`: everything else frozen, ``z_global``
-    unchanged), trained for ``P.stage2.refiner_steps`` steps of ``P.training`` on the parent's reconstructions
-    of ``P.stage2.refiner_images`` training images (a seeded subset of the training split; all of ``train_set``
-    when it is not larger), computed once: checkpoints in ``out_dir``, exact resume, progress."""
+    unchanged), trained for ``P.stage2.refiner_steps`` steps of ``P.training`` at ``P.stage2.refiner_lr`` (where
+    set) on the parent's reconstructions of ``P.stage2.refiner_images`` training images (a seeded subset of the
+    training split; all of ``train_set`` when it is not larger), computed once: checkpoints in ``out_dir``, exact
+    resume, progress."""
     s = P.stage2
     if s.refiner < 1 or s.refiner_steps < 1:
         raise ValueError(f"the refine stage needs stage2_refiner ≥ 1 channels and stage2_refiner_steps ≥ 1, "
@@ -203,7 +204,7 @@ def train_refiner(P: Params, parent: SelfBootTok, train_set, out_dir: Path, prog
                                  seed=P.seed)
     model = refined_tokenizer(parent, s.refiner, seed=P.seed)
     recon = reconstruction_cache(parent, train_set, P, progress)
-    cfg = replace(P.training, steps=s.refiner_steps, progress=progress)
+    cfg = replace(P.training, steps=s.refiner_steps, lr=s.refiner_lr or P.training.lr, progress=progress)
     meta = {"tokenizer": model.cfg.to_dict(), "refine": {"channels": s.refiner, "reconstructions": recon.name},
             "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size, "train_size": len(train_set),
                      "seed": P.seed}}

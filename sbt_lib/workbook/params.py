@@ -93,6 +93,7 @@ class Stage2Config(Config):
     refiner: int = 0  # notebook 01: channels of the pixel refiner trained after the tokenizer (0: no refine stage)
     refiner_steps: int = 0
     refiner_images: int | None = 10_000  # training images the refiner learns from (None: all)
+    refiner_lr: float | None = None  # the refiner's peak learning rate (None: the tokenizer's, ``lr``)
 
 
 @dataclass
