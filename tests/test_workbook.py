@@ -151,10 +151,12 @@ def tiny_run(tmp_path_factory):
     """The whole workbook at the tiny scale, through the command line, as a user runs it."""
     out = tmp_path_factory.mktemp("reproduce")
     env = {**os.environ, "SBT_CACHE": str(tmp_path_factory.mktemp("cache"))}  # trained 2D VAEs, feature caches
+    sockets_before = set(rp.NOTEBOOK_DIR.glob("kernel-ipc*"))
     proc = subprocess.run([sys.executable, "-m", "sbt_lib", "reproduce", "--scale", "tiny", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "without encryption" not in proc.stdout + proc.stderr  # local kernels talk over IPC
+    assert set(rp.NOTEBOOK_DIR.glob("kernel-ipc*")) <= sockets_before  # ... and leave no socket in notebooks/
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -31,11 +32,14 @@ NOTEBOOK_DIR = REPO / "notebooks"
 
 class LocalKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel listens on IPC sockets: the kernel is local to the runner, so it
-    needs no TCP port (and ipykernel has nothing to warn about)."""
+    needs no TCP port (and ipykernel has nothing to warn about).  The sockets live under an absolute path in
+    the temp folder: jupyter_client's default, ``kernel-ipc`` relative to the kernel's working folder, left
+    them in ``notebooks/`` (the kernel runs there; the runner, removing them at shutdown, looked elsewhere)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.transport = "ipc"
+        self.ip = os.path.join(tempfile.gettempdir(), f"sbt-kernel-{os.getpid()}-{id(self):x}-ipc")
 
 
 class NotebookFailed(RuntimeError):
