@@ -194,7 +194,8 @@ def print_table(dataset: str, r: dict, seeds: list[int]) -> None:
 
 def plot(results: dict, refined: dict, path: Path) -> None:
     """Held-out PSNR against training seconds per data set: each variant's mean and seeds, its refine stage
-    (``refined[dataset, variant]``: seconds and PSNR per seed) as a point after it, and the anchors."""
+    (``refined[dataset, variant]``: seconds and PSNR per seed) as a point after it with the sample std of the
+    seeds (as the tables), and the anchors."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +211,7 @@ def plot(results: dict, refined: dict, path: Path) -> None:
                 ax.plot(t, seed_curve, color=line.get_color(), lw=0.7, alpha=0.5)
             if (dataset, variant) in refined:
                 secs, values = refined[dataset, variant]
-                ax.errorbar(np.mean(secs), np.mean(values), yerr=np.std(values), color=line.get_color(), marker="*",
+                ax.errorbar(np.mean(secs), np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, color=line.get_color(), marker="*",
                             ms=10, ls="none", capsize=3, label=f"{variant} + refine stage")
         for (name, a), style in zip(r["anchors"].items(), ("--", ":")):
             ax.axhline(a["psnr"], color="k", ls=style, lw=1, label=f"{name}, {a.get('values', r['values'])} values")

@@ -60,9 +60,9 @@ _TRAINING = {
     # About 2 minutes of training on 2 cores; the held-out PSNR is flat from about 200 steps (26.40 dB at 198 steps,
     # 26.41 at 400: benchmarks/tokenizer_quality.py --steps 400; 26.402 at 200 and 26.412 at 300 in notebook 01).
     # lr 1e-3, not 2e-3: at 2e-3 one seed in three spiked just after the warm-up (the encoder's token head; loss
-    # ×100, held-out PSNR −3 dB at step 66, recovered by step 130); at 1e-3 no seed did, and the end is the same
-    # (benchmarks/tokenizer_quality.py, 3 seeds: CIFAR-10 26.44 ± 0.00 against 26.44 ± 0.01, photos 31.36 ± 0.01
-    # against 31.37 ± 0.03).
+    # ×100, held-out PSNR −3 dB at step 66, recovered by the evaluation at step 132); at 1e-3 no seed did, and the
+    # end is the same (benchmarks/tokenizer_quality.py, 3 seeds: CIFAR-10 26.44 ± 0.00 against 26.44 ± 0.01, photos
+    # 31.36 ± 0.01 against 31.37 ± 0.03).
     "cpu": dict(dataset="auto", train_size=None, test_size=2000, steps=200, batch_size=32, lr=1e-3, warmup=50,
                 betas=(0.9, 0.99), ema=0.0, eval_every=100, eval_size=1000, seed=0, log_every=10, ckpt_every=100,
                 fd_size=112),
