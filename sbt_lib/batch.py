@@ -61,11 +61,20 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, 
     return torch.cat(parts)  # a copy: the cached permutation stays untouched
 
 
+def inference_batch_size(device: torch.device | str | None = None) -> int:
+    """Images per forward when a frozen network runs over a whole set: 250 on a GPU; 64 on a CPU, where a
+    smaller batch keeps its activations in cache (2 cores, 1000 CIFAR-10 images: notebook 01's tokenizer 5.0 s
+    at 64 against 6.4 s at 250, EfficientNet-Lite0 and HOG features 2.3× faster; 32 gains nothing more)."""
+    return 250 if torch.device(device or "cpu").type == "cuda" else 64
+
+
 @torch.no_grad()
-def map_batches(fn, images: torch.Tensor, batch_size: int = 250, device: torch.device | str | None = None):
-    """``fn`` over ``images`` in batches of ``batch_size`` on ``device``, outputs gathered on the CPU in
-    float32: a tensor, or a tuple / dict of tensors when ``fn`` returns one (concatenated entry by entry).
-    Inference over a whole evaluation set without holding its activations at once."""
+def map_batches(fn, images: torch.Tensor, batch_size: int | None = None, device: torch.device | str | None = None):
+    """``fn`` over ``images`` in batches of ``batch_size`` (default :func:`inference_batch_size` of the device)
+    on ``device``, outputs gathered on the CPU in float32: a tensor, or a tuple / dict of tensors when ``fn``
+    returns one (concatenated entry by entry).  Inference over a whole evaluation set without holding its
+    activations at once."""
+    batch_size = batch_size or inference_batch_size(device if device is not None else images.device)
     outs = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]

@@ -565,12 +565,12 @@ def _read_json(path: Path):
 # Settings that do not change the trained weights; a run may be resumed with other values.
 # ``micro_batch`` changes only the summation order and the batches of batch-coupled terms, as the world size does
 # (which is not a setting at all): a run moved to fewer or smaller GPUs resumes with another micro-batch.
-_RESULT_NEUTRAL = {"progress", "device", "eval_every", "ckpt_every", "log_every", "micro_batch"}
+RESULT_NEUTRAL = {"progress", "device", "eval_every", "ckpt_every", "log_every", "micro_batch"}
 
 
 def _fingerprint(train_cfg: dict, meta: dict) -> dict:
     """What determines a run's weights, as it reads back from JSON (tuples become lists)."""
-    train_cfg = {k: v for k, v in train_cfg.items() if k not in _RESULT_NEUTRAL}
+    train_cfg = {k: v for k, v in train_cfg.items() if k not in RESULT_NEUTRAL}
     return json.loads(json.dumps({"train": train_cfg, **meta}))
 
 

@@ -62,3 +62,13 @@ def test_a_fit_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
     module._CACHE.clear()
     assert torch.equal(PCA.fit(train, 12).basis, first.basis)
     assert PCA._load(saved, first.shape) is not None  # replaced by a good file
+
+
+@pytest.mark.parametrize("n", [200, 60])  # more images than values (192 each): covariance; fewer: Gram matrix
+def test_the_components_are_scikit_learns_with_its_signs(n):
+    train = images(n, seed=2) + 0.05 * torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    ours = PCA.fit(train, 20)
+    sk = SkPCA(n_components=20, svd_solver="full").fit(train.flatten(1).double().numpy())
+    torch.testing.assert_close(ours.basis, torch.from_numpy(sk.components_.T).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.std, torch.from_numpy(sk.explained_variance_).float().sqrt(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(ours.basis.T @ ours.basis, torch.eye(20), atol=1e-5, rtol=0)

@@ -44,7 +44,7 @@ def test_vae_trains_once_and_is_cached(cache, tiny_shapes):
         err_trained = (vae.decode(vae.posterior(images)[0]) - images).square().mean()
         err_init = (VAE2D(cfg).decode(VAE2D(cfg).posterior(images)[0]) - images).square().mean()
     assert err_trained < 0.5 * err_init  # it learned something
-    again = train_vae2d(tiny_shapes, cfg, steps=30, batch_size=16, progress=False)
+    again = train_vae2d(tiny_shapes, cfg, steps=30, batch_size=16, progress=True)  # a bar changes nothing
     assert again.fingerprint() == vae.fingerprint()  # loaded, not retrained
     assert len(list((cache / "vae2d").iterdir())) == 1
     other = load_dataset("shapes", "train", image_size=16, size=128, seed=1)  # other images: another key
@@ -131,3 +131,21 @@ def test_builders_make_the_ot_objective_from_parameters(cache, tiny_shapes):
     assert objective.ot is not None and objective.cfg.ot_weight == params.objective.ot_weight
     assert objective.latents_2d.shape == (64, params.vae.latent_channels)  # (16/2)² positions
     assert ex.build_objective(params.replace(ot_weight=0.0), model, tiny_shapes).ot is None
+
+
+def test_inference_batches_default_to_the_device_and_do_not_change_the_result(cache, tiny_shapes):
+    from sbt_lib.batch import inference_batch_size, map_batches
+
+    assert inference_batch_size("cpu") == 64 and inference_batch_size(torch.device("cuda", 0)) == 250
+    calls = []
+
+    def encoder(images):
+        calls.append(len(images))
+        return images.mean((2, 3))
+
+    cached = FeatureCache(encoder, tiny_shapes, "mean-rgb-default-batch", progress=False)
+    assert calls == [64, 64]  # 128 images in batches of 64 on the CPU
+    images = tiny_shapes.images_at(torch.arange(len(tiny_shapes)))
+    whole = encoder(images)
+    assert torch.equal(map_batches(encoder, images), whole) and calls[-1] == 128 - 64
+    assert torch.allclose(cached[torch.arange(len(tiny_shapes))], whole, atol=1e-2)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..batch import inference_batch_size
 from ..files import atomic_write, cache_dir, content_key
 from .datasets import dataset_fingerprint
 
@@ -29,11 +30,12 @@ class FeatureCache:
 
     ``name`` identifies the encoder *and its weights and settings* (e.g. ``"vae2d-3f2a…"`` or
     ``"effnet_lite0-64px-stage3"``): two encoders must not share a name.  ``folder=None`` uses
-    ``<cache>/features``; ``folder=False`` keeps the features in memory only.
+    ``<cache>/features``; ``folder=False`` keeps the features in memory only.  ``batch_size``: images per
+    forward (default :func:`~sbt_lib.batch.inference_batch_size` of ``device``); it does not change the features.
     """
 
     def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], dataset, name: str, *,
-                 batch_size: int = 250, dtype: torch.dtype = torch.float16, folder: str | Path | None | bool = None,
+                 batch_size: int | None = None, dtype: torch.dtype = torch.float16, folder: str | Path | None | bool = None,
                  device: str | torch.device = "cpu", progress: bool = True):
         self.name, self.dataset = name, dataset
         spec = json.dumps({"encoder": name, "data": dataset_fingerprint(dataset), "dtype": str(dtype)}, sort_keys=True)
@@ -51,6 +53,7 @@ class FeatureCache:
     @torch.no_grad()
     def _compute(self, encoder, batch_size, dtype, device, progress) -> torch.Tensor:
         n = len(self.dataset)
+        batch_size = batch_size or inference_batch_size(device)
         chunks = []
         for start in tqdm(range(0, n, batch_size), desc=f"features {self.name}", disable=not progress,
                           mininterval=1.0):

@@ -16,7 +16,8 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def reconstruct_with_codes(model, images: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruct_with_codes(model, images: torch.Tensor,
+                           batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstructions of ``images`` (clamped to [-1, 1]) and their global soft code assignments,
     computed in batches on the model's device, returned on the CPU."""
     model.eval()
@@ -28,7 +29,7 @@ def reconstruct_with_codes(model, images: torch.Tensor, batch_size: int = 250) -
     return map_batches(step, images, batch_size, _device(model))
 
 
-def reconstruct(model, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+def reconstruct(model, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Reconstructions of ``images``, clamped to [-1, 1]."""
     return reconstruct_with_codes(model, images, batch_size)[0]
 
@@ -50,7 +51,7 @@ def anchor_metrics(train_set, images: torch.Tensor, values: int) -> dict[str, di
             for k, r in recon.items()}
 
 
-def evaluate_tokenizer(model, dataset, limit: int | None = None, batch_size: int = 250,
+def evaluate_tokenizer(model, dataset, limit: int | None = None, batch_size: int | None = None,
                        fd_size: int | None = None, train_set=None) -> dict:
     """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor
     (and, given ``train_set``, the PCA anchor).  With ``limit``, an evenly spaced subset.

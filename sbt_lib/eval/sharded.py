@@ -42,7 +42,7 @@ def reconstruction_metrics(model, dataset, limit: int | None = None, effnet_size
     originals, recons, values = [], [], {"psnr": [], "ssim": []}
     for i in range(0, len(mine), batch_size):
         x = dataset.images_at(mine[i:i + batch_size])
-        r = map_batches(lambda b: model.reconstruct(b)[0].clamp(-1, 1), x, batch_size, device)
+        r = map_batches(lambda b: model.reconstruct(b)[0].clamp(-1, 1), x, device=device)
         values["psnr"].append(psnr(r, x))
         values["ssim"].append(ssim(r, x))
         originals.append(x)

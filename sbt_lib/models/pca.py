@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..files import atomic_write, cache_dir, content_key
 
 _CACHE: dict[tuple[str, int], "PCA"] = {}  # the last few fits, by (hash of the images, k)
-FIT_VERSION = 1  # part of the name of a fit kept on disk: raise it when _fit changes what it computes
+FIT_VERSION = 2  # part of the name of a fit kept on disk: raise it when _fit changes what it computes
 
 
 class PCA:
@@ -32,7 +32,8 @@ class PCA:
 
     @classmethod
     def fit(cls, images: torch.Tensor, k: int) -> "PCA":
-        """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64; exact SVD, seconds for 10,000 images of 32×32.
+        """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64, exactly (:func:`_principal_directions`): 5 s for
+        10,000 images of 32×32 on 2 cores.
         Fits are remembered by a hash of the images and ``k``: the last few in memory (an ablation that builds
         many tokenizers on one training set fits once) and on disk, under ``cache_dir()/pca`` (3 MB for 256
         components of 32×32 images; the notebooks that share a training split fit once between them)."""
@@ -66,9 +67,9 @@ class PCA:
             raise ValueError(f"PCA needs 1 ≤ k ≤ min(values per image, images - 1) = "
                              f"{min(x.shape[1], len(x) - 1)}; got k={k} for {len(x)} images")
         mean = x.mean(0)
-        _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
-        std = s[:k] / (len(x) - 1) ** 0.5
-        return cls(mean.float(), vt[:k].T.contiguous().float(), std.float(), images.shape[1:])
+        basis, var = _principal_directions(x - mean, k)
+        std = (var.clamp_min(0) / (len(x) - 1)).sqrt()
+        return cls(mean.float(), basis.contiguous().float(), std.float(), images.shape[1:])
 
     @property
     def k(self) -> int:
@@ -87,6 +88,26 @@ class PCA:
         """The PCA anchor: ``images`` projected onto the components and back, clamped to [-1, 1]."""
         return torch.cat([self.decode(self.encode(images[i : i + batch_size])).clamp(-1, 1)
                           for i in range(0, len(images), batch_size)])
+
+
+def _principal_directions(xc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` leading principal directions (D×k, orthonormal columns, by decreasing variance) of the centred
+    rows ``xc`` (N×D, float64) and their sums of squares (the squared singular values of ``xc``).
+
+    The eigendecomposition of the smaller of ``xcᵀxc`` (D×D) and ``xc xcᵀ`` (N×N) instead of an SVD of ``xc``: the
+    same directions to float64 rounding (``tests/test_pca.py`` checks them against scikit-learn), about 3× faster
+    (CIFAR-10, 10,000 images of 3072 values, 2 cores: 5.5 s against 15.3 s).  Each direction's sign is fixed as
+    scikit-learn's ``svd_flip`` fixes it (its largest entry positive), so a fit does not depend on the solver."""
+    n, d = xc.shape
+    if d <= n:
+        var, vectors = torch.linalg.eigh(xc.T @ xc)
+        var, basis = var[-k:].flip(0), vectors[:, -k:].flip(1)
+    else:  # fewer images than values: directions from the Gram matrix, re-orthonormalised (exact in exact arithmetic)
+        var, vectors = torch.linalg.eigh(xc @ xc.T)
+        var = var[-k:].flip(0)
+        basis = torch.linalg.qr(xc.T @ vectors[:, -k:].flip(1))[0]
+    largest = basis.abs().argmax(0)
+    return basis * basis[largest, torch.arange(k)].sign(), var
 
 
 def pca_anchor(train_images: torch.Tensor, test_images: torch.Tensor, values: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..data.datasets import dataset_fingerprint
 from ..files import cache_dir, content_key
 from ..models.vae2d import VAE2D, VAE2DConfig
-from ..train import TrainConfig, train
+from ..train import RESULT_NEUTRAL, TrainConfig, train
 
 
 class VAELoss:
@@ -26,12 +26,14 @@ def train_vae2d(train_set, cfg: VAE2DConfig | None = None, *, steps: int = 600, 
     """Train the 2D VAE on ``train_set`` once and cache it.
 
     The run folder is ``<cache>/vae2d/<key>``, where the key hashes the data set's images and every
-    setting, so the same call returns the cached model at once; an interrupted run resumes.
+    setting that changes the weights (not ``progress``), so the same call returns the cached model at once;
+    an interrupted run resumes.
     Trains on the default device (CUDA when present); returns the model on the CPU, frozen."""
     cfg = cfg or VAE2DConfig(image_size=train_set.images.shape[-1])
     train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10), seed=seed,
                             weight_decay=0.0, progress=progress, log_every=max(1, steps // 20))
-    spec = {"vae": cfg.to_dict(), "train": train_cfg.to_dict(), "data": dataset_fingerprint(train_set)}
+    settings = {k: v for k, v in train_cfg.to_dict().items() if k not in RESULT_NEUTRAL}  # progress bar or not: one VAE
+    spec = {"vae": cfg.to_dict(), "train": settings, "data": dataset_fingerprint(train_set)}
     key = content_key(spec, length=12)
     folder = Path(cache or cache_dir()) / "vae2d" / f"{train_set.name}-{key}"
     torch.manual_seed(seed)

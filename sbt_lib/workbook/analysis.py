@@ -12,7 +12,7 @@ from ..models.teachers import available_teachers, load_teacher
 from ..models.tokenizer import SelfBootTok
 
 
-def encode_groups(model: SelfBootTok, images: torch.Tensor, batch_size: int = 250) -> dict[str, torch.Tensor]:
+def encode_groups(model: SelfBootTok, images: torch.Tensor, batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """Every group's (soft-quantized) tokens for ``images``, batched on the model's device, on the CPU."""
     model.eval()
     return map_batches(lambda x: model.encode(x).tokens, images, batch_size, next(model.parameters()).device)
