@@ -211,7 +211,8 @@ def plot(results: dict, refined: dict, path: Path) -> None:
                 ax.plot(t, seed_curve, color=line.get_color(), lw=0.7, alpha=0.5)
             if (dataset, variant) in refined:
                 secs, values = refined[dataset, variant]
-                ax.errorbar(np.mean(secs), np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, color=line.get_color(), marker="*",
+                spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+                ax.errorbar(np.mean(secs), np.mean(values), yerr=spread, color=line.get_color(), marker="*",
                             ms=10, ls="none", capsize=3, label=f"{variant} + refine stage")
         for (name, a), style in zip(r["anchors"].items(), ("--", ":")):
             ax.axhline(a["psnr"], color="k", ls=style, lw=1, label=f"{name}, {a.get('values', r['values'])} values")

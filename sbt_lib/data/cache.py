@@ -35,8 +35,8 @@ class FeatureCache:
     """
 
     def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], dataset, name: str, *,
-                 batch_size: int | None = None, dtype: torch.dtype = torch.float16, folder: str | Path | None | bool = None,
-                 device: str | torch.device = "cpu", progress: bool = True):
+                 batch_size: int | None = None, dtype: torch.dtype = torch.float16,
+                 folder: str | Path | None | bool = None, device: str | torch.device = "cpu", progress: bool = True):
         self.name, self.dataset = name, dataset
         spec = json.dumps({"encoder": name, "data": dataset_fingerprint(dataset), "dtype": str(dtype)}, sort_keys=True)
         key = content_key(spec)
