@@ -72,3 +72,69 @@ def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_
                             reuse=reuse)
     assert other[0]["run"] == str(variant_run(tmp_path / "03", "without L_OT", P.seed)) and other[0]["steps"] == 3
     assert (shared / "checkpoint.safetensors").stat().st_mtime_ns == saved
+
+
+def test_map_runs_keeps_the_order_and_names_a_failed_run():
+    """Results come back in the order of the jobs from spawned workers; a run that fails is raised in the caller
+    with the job's name and its cause."""
+    import math
+
+    from sbt_lib.workbook.pool import RunFailed, map_runs, sweep_workers
+
+    assert map_runs(math.sqrt, [9.0, 4.0, 1.0, 16.0], workers=2, progress=False) == [3.0, 2.0, 1.0, 4.0]
+    with pytest.raises(RunFailed, match=r"the run job -1\.0 failed .*ValueError: math domain error"):
+        map_runs(math.sqrt, [4.0, -1.0, 9.0], workers=2, progress=False, label=lambda j: f"job {j}")
+    import torch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert sweep_workers(0, 10, gpu) == 1 and sweep_workers(0, 10, cpu, lazy_data=True) == 1
+    assert sweep_workers(0, 1, cpu) == 1 and sweep_workers(3, 2, cpu) == 2
+    assert sweep_workers(0, 10, cpu) == min(10, torch.get_num_threads())
+    with pytest.raises(ValueError, match="workers must be"):
+        sweep_workers(-1, 10, cpu)
+
+
+def test_runs_in_parallel_workers_give_the_rows_of_runs_one_after_another(tmp_path):
+    """Two workers of one thread each give, run for run, the numbers that one thread gives running them in turn
+    (the same arithmetic): parallel training changes the wall time, not the result."""
+    import torch
+
+    from sbt_lib.workbook import builders
+    from sbt_lib.workbook.params import resolve
+
+    P = resolve("02_bootstrapping", "tiny", steps=4, seeds=2, test_size=16, workers=2)
+    train_set, test_set = builders.load_data(P)
+    variants = {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)}
+    parallel = ab.run_variants(P, variants, train_set, test_set, tmp_path / "parallel", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = ab.run_variants(P.replace(workers=1), variants, train_set, test_set, tmp_path / "serial",
+                                 progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["variant"], r["seed"]) for r in parallel] == [(n, s) for n in variants for s in P.seeds]
+    keys = ("test_psnr", "test_ssim", "codebook_perplexity", "steps")
+    assert [[r[k] for k in keys] for r in parallel] == [[r[k] for k in keys] for r in serial]
+    assert all(str(tmp_path / "parallel") in r["run"] for r in parallel)
+
+
+def _started_at(job):
+    """A job of the pool test: when it started (CLOCK_MONOTONIC, one clock for every process), after a short wait."""
+    import time
+
+    started = time.monotonic()
+    time.sleep(0.3)
+    return abs(job), started
+
+
+def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_order():
+    """The jobs that are only resumed or re-evaluated start last (they fill the end); results keep the jobs' order."""
+    from sbt_lib.workbook.pool import map_runs
+
+    jobs = [-1, 2, -3, 4, 5]  # negative: cheap
+    out = map_runs(_started_at, jobs, workers=2, progress=False, cheap=lambda j: j < 0)
+    assert [value for value, _ in out] == [1, 2, 3, 4, 5]
+    by_start = [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: out[i][1])]
+    assert by_start[0] > 0 and by_start[1] > 0 and by_start[-1] < 0  # in order of dispatch: 2, 4, 5, -1, -3
+    assert map_runs(_started_at, [], workers=2, progress=False) == []

@@ -51,6 +51,22 @@ def anchor_metrics(train_set, images: torch.Tensor, values: int) -> dict[str, di
             for k, r in recon.items()}
 
 
+def _real_cache_name(dataset, images: torch.Tensor) -> str:
+    """What names the held-out images' features in torch-fidelity's cache: the data set and the images' content."""
+    return f"{dataset.name}-{content_key(to_uint8(images))}"
+
+
+def prepare_evaluation(dataset, limit: int | None = None, fd_size: int | None = None) -> None:
+    """Compute and cache on disk what :func:`evaluate_tokenizer` (same ``limit`` and ``fd_size``) reads of
+    ``dataset`` alone: its images' features for the distribution distance.  A sweep calls it before its runs are
+    evaluated in parallel processes, which then read them rather than each compute (and write) them."""
+    if fd_size:
+        from .fidelity import feature_metrics
+
+        images = held_out_images(dataset, limit)  # the real side is what is cached; two images stand in for the fake
+        feature_metrics(images, images[:2], effnet_size=fd_size, real_cache_name=_real_cache_name(dataset, images))
+
+
 def evaluate_tokenizer(model, dataset, limit: int | None = None, batch_size: int | None = None,
                        fd_size: int | None = None, train_set=None) -> dict:
     """Held-out PSNR/SSIM of ``model`` on ``dataset`` and codebook usage, plus the bicubic anchor
@@ -68,8 +84,7 @@ def evaluate_tokenizer(model, dataset, limit: int | None = None, batch_size: int
         from ..models.lpips_net import lpips_available
         from .fidelity import feature_metrics, lpips_metric
 
-        fm = feature_metrics(images, recon, effnet_size=fd_size,
-                             real_cache_name=f"{dataset.name}-{content_key(to_uint8(images))}")
+        fm = feature_metrics(images, recon, effnet_size=fd_size, real_cache_name=_real_cache_name(dataset, images))
         extra = {k: v for k, v in fm.items() if k not in ("num_real", "num_fake")}
         if lpips_available():
             extra["test_lpips"] = lpips_metric(recon, images).mean().item()

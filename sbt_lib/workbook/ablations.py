@@ -1,22 +1,24 @@
 """Ablations in miniature: train tokenizer variants over seeds, evaluate, summarise (paper Table 3).
 
-A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid
-over a notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair into its own
-run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained
-— and returns one row of held-out metrics per run; :func:`summarize` turns the rows into
-mean ± standard deviation per variant.
+A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid over a
+notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair
+into its own run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained;
+on a CPU several at once (:mod:`~sbt_lib.workbook.pool`) — and returns one row of held-out metrics per run;
+:func:`summarize` turns the rows into mean ± standard deviation per variant.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..eval.reconstruction import evaluate_tokenizer
-from ..train import DifferentRunError
-from .builders import global_token_cache, train_stage2, train_tokenizer
+from ..data.datasets import LazyImageFolder
+from ..eval.reconstruction import evaluate_tokenizer, prepare_evaluation
+from ..train import DifferentRunError, resolve_device
+from .builders import global_token_cache, prepare_training, train_stage2, train_tokenizer
 from .params import Params
+from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
 from .tables import markdown_table, mean_std
 
@@ -54,44 +56,39 @@ def fusion_variants(aligner_2d: str) -> dict[str, dict]:
 
 def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out: Path,
                  progress: bool = True, reuse: dict[str, tuple[Path, str]] | None = None) -> list[dict]:
-    """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run.
+    """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run, in the order
+    variant by variant, seed by seed.
 
     Runs land in :func:`~sbt_lib.workbook.runs.variant_run` ``(out, variant, seed)``; each resumes from
     its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
-    batch order.  ``progress`` shows one bar over the runs (one per training step would slow a 2-core
-    notebook kernel).
+    batch order.  ``P.study.workers`` runs train at once (:mod:`~sbt_lib.workbook.pool`: on a CPU, one process
+    of one thread per core); what new runs read from disk caches (principal components, 2D latents, teacher and
+    evaluation features) is computed here first.  ``progress`` shows one bar over the runs (one per training step
+    would slow a 2-core notebook kernel).
 
     ``reuse`` maps a variant to ``(root, name)``: the same run kept by another notebook in
     ``variant_run(root, name, seed)`` (notebook 03's baseline is notebook 02's full model).  Where that folder
     holds a run with exactly these parameters, it is resumed or only re-evaluated there; where it holds
     another run or nothing, the variant trains in ``out`` as usual."""
     reuse = reuse or {}
-
-    def train_one(name, seed, run):
-        params = P.replace(**variants[name], seed=seed)
-        if name in reuse:
-            shared = variant_run(reuse[name][0], reuse[name][1], seed)
-            if (shared / "checkpoint.json").exists():
-                try:
-                    return train_tokenizer(params, train_set, test_set, shared, progress=False, evaluate=False), shared
-                except DifferentRunError:
-                    pass
-        return train_tokenizer(params, train_set, test_set, run, progress=False, evaluate=False), run
-
-    return _sweep(P, list(variants), train_one, test_set, out, progress)
+    jobs = [_Job(name, seed, P.replace(**variants[name], seed=seed), variant_run(out, name, seed),
+                 {"reuse": variant_run(reuse[name][0], reuse[name][1], seed) if name in reuse else None})
+            for name in variants for seed in P.seeds]
+    workers = _workers(P, train_set, len(jobs))
+    if workers > 1:  # what a new run reads, computed once here rather than by each worker at once
+        for name in dict.fromkeys(job.variant for job in jobs if not _started(job)):
+            prepare_training(P.replace(**variants[name]), train_set, progress)
+    return _sweep(P, jobs, _train_variant, (train_set, test_set), workers, progress)
 
 
 def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True) -> list[dict]:
     """Stage 2 of two-stage scaling for every aligner size of ``P.stage2.aligners`` and every seed of
     ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its cached global tokens ``z_global``;
     one row per run (variant ``two-stage <size>``), as :func:`run_variants` gives."""
-    sizes = {f"two-stage {size}": size for size in P.stage2.aligners}
-
-    def train_one(name, seed, run):
-        return train_stage2(P.replace(seed=seed), parent, sizes[name], train_set, test_set, run, z_global=z_global,
-                            progress=False), run
-
-    return _sweep(P, list(sizes), train_one, test_set, out, progress)
+    jobs = [_Job(f"two-stage {size}", seed, P.replace(seed=seed), variant_run(out, f"two-stage {size}", seed),
+                 {"size": size}) for size in P.stage2.aligners for seed in P.seeds]
+    workers = _workers(P, train_set, len(jobs))
+    return _sweep(P, jobs, _train_stage2, (train_set, test_set, parent, z_global), workers, progress)
 
 
 def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path,
@@ -118,29 +115,82 @@ def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path
     return stage1.cpu().eval(), stage2, str(root)
 
 
-def _sweep(P: Params, names: list[str], train_one, test_set, out: Path, progress: bool) -> list[dict]:
-    """``train_one(name, seed, run_folder) -> (result, the folder it trained in)`` for every name and seed, each
-    run evaluated on ``test_set``."""
-    runs = [(name, seed) for name in names for seed in P.seeds]
-    rows = []
-    bar = tqdm(runs, desc="runs", disable=not progress, mininterval=1.0)
-    for name, seed in bar:
-        bar.set_postfix_str(f"{name}, seed {seed}")
-        result, run = train_one(name, seed, variant_run(out, name, seed))
-        model = result.best_model
-        metrics = evaluate_tokenizer(model, test_set, fd_size=P.eval.fd_size)
-        rows.append({
-            "variant": name, "seed": seed, "run": str(run),
-            "test_psnr": metrics["test_psnr"], "test_ssim": metrics["test_ssim"],
-            **{k: metrics[k] for k in (*FEATURE_KEYS, "kid", "kid_effnet", "feature_space", "test_lpips")
-               if k in metrics},
-            "codebook_perplexity": metrics["codebook_perplexity"],
-            "params": model.num_params()["total"], "aligner_2d_params": model.num_params()["aligner_2d"],
-            "train_seconds": result.seconds, "steps": result.step,
-            "fusion_weights": model.fusion.weights(),
-        })
-    return rows
+# ----------------------------------------------------------------------------- one run of a sweep
 
+@dataclass
+class _Job:
+    """One run of a sweep: the variant, its seed, its parameters (the seed set), the folder it trains in, and
+    what its kind of run needs besides (``reuse``: another notebook's folder of the same run; ``size``: stage 2's
+    aligner)."""
+
+    variant: str
+    seed: int
+    params: Params
+    folder: Path
+    options: dict
+
+    def __str__(self) -> str:
+        return f"{self.variant}, seed {self.seed}"
+
+
+def _workers(P: Params, train_set, jobs: int) -> int:
+    return sweep_workers(P.study.workers, jobs, resolve_device(P.training.device),
+                         lazy_data=isinstance(train_set, LazyImageFolder))
+
+
+def _sweep(P: Params, jobs: list[_Job], train_one, shared: tuple, workers: int, progress: bool) -> list[dict]:
+    """``train_one(job, *shared) -> row`` for every job, ``workers`` at a time, runs to train from the start handed
+    out first; the test set (``shared[1]``) is prepared for evaluation here first when runs are evaluated in parallel
+    processes."""
+    if workers > 1:
+        prepare_evaluation(shared[1], fd_size=P.eval.fd_size)
+    return map_runs(train_one, jobs, shared, workers, progress, cheap=_started)
+
+
+def _started(job: _Job) -> bool:
+    """Whether a run has checkpoints to resume from (or is finished, to be re-evaluated), here or where it is reused."""
+    return any(folder is not None and (folder / "checkpoint.json").exists()
+               for folder in (job.folder, job.options.get("reuse")))
+
+
+def _train_variant(job: _Job, train_set, test_set) -> dict:
+    """A run of :func:`run_variants`: trained in another notebook's folder when that holds this very run, else in
+    its own; then evaluated."""
+    shared = job.options["reuse"]
+    if shared is not None and (shared / "checkpoint.json").exists():
+        try:
+            result = train_tokenizer(job.params, train_set, test_set, shared, progress=False, evaluate=False)
+            return _row(job, result, shared, test_set)
+        except DifferentRunError:
+            pass
+    result = train_tokenizer(job.params, train_set, test_set, job.folder, progress=False, evaluate=False)
+    return _row(job, result, job.folder, test_set)
+
+
+def _train_stage2(job: _Job, train_set, test_set, parent, z_global) -> dict:
+    """A run of :func:`run_stage2`, then evaluated."""
+    result = train_stage2(job.params, parent, job.options["size"], train_set, test_set, job.folder,
+                          z_global=z_global, progress=False)
+    return _row(job, result, job.folder, test_set)
+
+
+def _row(job: _Job, result, run: Path, test_set) -> dict:
+    """The held-out metrics of a trained run, with what the tables report beside them."""
+    model = result.best_model
+    metrics = evaluate_tokenizer(model, test_set, fd_size=job.params.eval.fd_size)
+    return {
+        "variant": job.variant, "seed": job.seed, "run": str(run),
+        "test_psnr": metrics["test_psnr"], "test_ssim": metrics["test_ssim"],
+        **{k: metrics[k] for k in (*FEATURE_KEYS, "kid", "kid_effnet", "feature_space", "test_lpips")
+           if k in metrics},
+        "codebook_perplexity": metrics["codebook_perplexity"],
+        "params": model.num_params()["total"], "aligner_2d_params": model.num_params()["aligner_2d"],
+        "train_seconds": result.seconds, "steps": result.step,
+        "fusion_weights": model.fusion.weights(),
+    }
+
+
+# ----------------------------------------------------------------------------- summaries
 
 def run_of(rows: list[dict], variant: str, seed: int) -> Path:
     """The folder that the run of ``variant`` with ``seed`` trained in: its own, or the one it reused."""

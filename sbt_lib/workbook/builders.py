@@ -45,6 +45,7 @@ def load_data(P: Params):
             load_dataset(name, "test", size=P.data.test_size, **kw))
 
 
+PCA_IMAGES = 10_000  # training images (evenly spaced) whose principal components start the linear path
 KMEANS_IMAGES = 2048  # training images whose tokens start the codebooks (codebook_init="kmeans")
 
 
@@ -64,7 +65,7 @@ def build_tokenizer(P: Params, train_set=None) -> SelfBootTok:
         raise ValueError(f"a tokenizer with {' and '.join(data_init)} starts from the training data: "
                          "pass train_set to build_tokenizer")
     if model.linear_path is not None:
-        model.fit_linear_path(held_out_images(train_set, 10_000))
+        model.fit_linear_path(held_out_images(train_set, PCA_IMAGES))
     if P.tokenizer.codebook_init == "kmeans":
         model.init_codebooks(held_out_images(train_set, KMEANS_IMAGES), torch.Generator().manual_seed(P.seed))
     return model
@@ -116,6 +117,17 @@ def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = T
     if cfg.glotok_weight:  # GloTok's relations: one global feature per image of the same semantic teacher
         teachers["relation"] = teacher_cache(cfg.repa_global_teacher, P, train_set, 1, progress)
     return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)
+
+
+def prepare_training(P: Params, train_set, progress: bool = True) -> None:
+    """Compute and cache on disk what training the tokenizer of ``P`` reads besides the images: the principal
+    components its linear path starts from, the 2D VAE and its latents, the teachers' features.  A sweep calls it
+    before its runs start in parallel processes, which then read these rather than each compute (and write) them."""
+    with torch.random.fork_rng(devices=[]):  # the throwaway model's initialisation leaves the caller's RNG alone
+        model = SelfBootTok(P.tokenizer)
+    if model.linear_path is not None:
+        model.fit_linear_path(held_out_images(train_set, PCA_IMAGES))
+    build_objective(P, model, train_set, progress)
 
 
 def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: bool = True,

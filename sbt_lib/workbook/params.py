@@ -118,9 +118,12 @@ class GeneratorConfig(Config):
 class StudyConfig(Config):
     """What a notebook sweeps: seeds per variant, the local teachers of Table 2 and their REPA
     weight μ2, the batch of the OT solver benchmark, and the weights of the related methods' terms in
-    notebook 06 (CRT's at each of ``crt_weights``; GloTok's histogram relation and residual terms)."""
+    notebook 06 (CRT's at each of ``crt_weights``; GloTok's histogram relation and residual terms); and how many
+    of a sweep's runs train at once (``workers``; 0: one per CPU thread on a CPU, one on a GPU; see
+    :mod:`~sbt_lib.workbook.pool`)."""
 
     seeds: int = 1
+    workers: int = 0
     local_teachers: list[str] = field(default_factory=lambda: ["hog"])
     local_teacher_weight: float = 0.1
     bench_batch: int = 64
