@@ -129,7 +129,7 @@ def _started_at(job):
 
 
 def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_order():
-    """The jobs that are only resumed or re-evaluated start last (they fill the end); results keep the jobs' order."""
+    """The jobs that are only re-evaluated start last (they fill the end); results keep the jobs' order."""
     from sbt_lib.workbook.pool import map_runs
 
     jobs = [-1, 2, -3, 4, 5]  # negative: cheap
@@ -138,3 +138,93 @@ def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_
     by_start = [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: out[i][1])]
     assert by_start[0] > 0 and by_start[1] > 0 and by_start[-1] < 0  # in order of dispatch: 2, 4, 5, -1, -3
     assert map_runs(_started_at, [], workers=2, progress=False) == []
+
+
+SWEEP_SCRIPT = """
+import sys
+from sbt_lib.workbook import ablations as ab, builders
+from sbt_lib.workbook.params import resolve
+
+if __name__ == "__main__":
+    P = resolve("02_bootstrapping", "tiny", steps=100_000, seeds=1, test_size=16, workers=2, ckpt_every=10)
+    train_set, test_set = builders.load_data(P)
+    ab.run_variants(P, {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)},
+                    train_set, test_set, sys.argv[1], progress=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_path):
+    """Ctrl-C in the caller of a sweep: the caller stops at once, the worker processes end, and each run in training
+    saves a checkpoint at the step it had reached (so a rerun resumes it)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    marks = [variant_run(out, name, 0) / "checkpoint.json" for name in ("G", "G+L1")]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(m.exists() for m in marks) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(m.exists() for m in marks), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 120 s"
+        workers = _children(proc.pid)
+        before = {m: json.loads(m.read_text())["step"] for m in marks}
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            for pid in _children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    gone = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert len(workers) >= 2 and not any(_alive(pid) for pid in workers)
+    after = {m: json.loads(m.read_text())["step"] for m in marks}
+    assert all(before[m] <= after[m] < 100_000 for m in marks)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, ended but not yet reaped, does not count)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_script_without_a_main_guard_gets_an_error_that_says_how_to_fix_it(tmp_path):
+    """Spawned workers import the main script again: without ``if __name__ == "__main__":`` the sweep stops (it does
+    not hang) with an error that names the guard and ``workers=1``."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(SWEEP_SCRIPT.replace('if __name__ == "__main__":\n', "if True:\n").replace("100_000", "5"))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr and "workers=1" in done.stderr

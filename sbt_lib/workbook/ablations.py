@@ -8,6 +8,7 @@ on a CPU several at once (:mod:`~sbt_lib.workbook.pool`) — and returns one row
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
             for name in variants for seed in P.seeds]
     workers = _workers(P, train_set, len(jobs))
     if workers > 1:  # what a new run reads, computed once here rather than by each worker at once
-        for name in dict.fromkeys(job.variant for job in jobs if not _started(job)):
+        for name in dict.fromkeys(job.variant for job in jobs if not _finished(job)):
             prepare_training(P.replace(**variants[name]), train_set, progress)
     return _sweep(P, jobs, _train_variant, (train_set, test_set), workers, progress)
 
@@ -139,18 +140,22 @@ def _workers(P: Params, train_set, jobs: int) -> int:
 
 
 def _sweep(P: Params, jobs: list[_Job], train_one, shared: tuple, workers: int, progress: bool) -> list[dict]:
-    """``train_one(job, *shared) -> row`` for every job, ``workers`` at a time, runs to train from the start handed
-    out first; the test set (``shared[1]``) is prepared for evaluation here first when runs are evaluated in parallel
+    """``train_one(job, *shared) -> row`` for every job, ``workers`` at a time, the finished runs (only to
+    re-evaluate) handed out last; the test set (``shared[1]``) is prepared for evaluation here first when runs are evaluated in parallel
     processes."""
     if workers > 1:
         prepare_evaluation(shared[1], fd_size=P.eval.fd_size)
-    return map_runs(train_one, jobs, shared, workers, progress, cheap=_started)
+    return map_runs(train_one, jobs, shared, workers, progress, cheap=_finished)
 
 
-def _started(job: _Job) -> bool:
-    """Whether a run has checkpoints to resume from (or is finished, to be re-evaluated), here or where it is reused."""
-    return any(folder is not None and (folder / "checkpoint.json").exists()
-               for folder in (job.folder, job.options.get("reuse")))
+def _finished(job: _Job) -> bool:
+    """Whether a run is finished (here or where it is reused), so that it is only re-evaluated."""
+    for folder in (job.folder, job.options.get("reuse")):
+        if folder is not None and (folder / "checkpoint.json").exists():
+            saved = json.loads((folder / "checkpoint.json").read_text())
+            if saved.get("step", 0) >= saved.get("train", {}).get("steps", float("inf")):
+                return True
+    return False
 
 
 def _train_variant(job: _Job, train_set, test_set) -> dict:
