@@ -187,7 +187,7 @@ def test_ctrl_c_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_pa
         deadline = time.monotonic() + 120
         while not all(m.exists() for m in marks) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert all(m.exists() for m in marks), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 120 s"
+        assert all(m.exists() for m in marks), proc.stderr.read() if proc.poll() is not None else "none in 120 s"
         workers = _children(proc.pid)
         before = {m: json.loads(m.read_text())["step"] for m in marks}
         proc.send_signal(signal.SIGINT)
