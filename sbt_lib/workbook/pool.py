@@ -80,9 +80,10 @@ def map_runs(fn: Callable, jobs: Sequence, shared: tuple = (), workers: int = 1,
                 bar.update()
         except BrokenProcessPool as error:
             raise RuntimeError(
-                "the worker processes of the sweep stopped before their runs finished. They are spawned: each imports "
-                "the main script again, so a script that starts a sweep must keep its top level under "
-                "`if __name__ == \"__main__\":`; or run the sweep here, one run at a time, with workers=1") from error
+                "a worker process of the sweep ended before its runs finished: it crashed (out of memory?), or the "
+                "main script is not guarded. Workers are spawned and each imports the main script again, so a script "
+                "that starts a sweep must keep its top level under `if __name__ == \"__main__\":`. Or run the sweep "
+                "here, one run at a time, with workers=1") from error
         except BaseException:  # a run failed, or an interrupt: stop the other runs, each at the end of its step
             _stop(pool)
             raise
