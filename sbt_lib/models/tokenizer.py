@@ -63,6 +63,7 @@ from torch import nn
 from .aligners import ALIGNER_2D_PRESETS, LocalAligner1D, LocalAligner2D
 from .blocks import CrossAttentionBlock, ResBlock, TokenMix, init_weights, num_params, self_attention_blocks
 from ..config import Config
+from .pretrained import HalfPrecisionHubMixin
 from .residual import ResidualRecovery
 from .quantizer import Quantized, SoftVQ
 from .refiner import PixelRefiner
@@ -97,6 +98,7 @@ class TokenizerConfig(Config):
     linear_path: bool = False  # a linear pixels ↔ global-token path started at the principal components
     keep_norm: bool = False  # gain-shape SoftVQ: the codebook quantizes each token's direction, its length is kept
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
+    dense_path: bool = False  # a dense linear read-in of all patch features into ẑ_G, and read-out of all token values
     encoder_init: str | None = None  # a pretrained ViT the encoder starts from (dinov2_b: the paper's); see encoder_init.py
     residual_recovery: bool = False  # GloTok's residual recovery module on z_global before decoding (models/residual.py)
     refiner: int = 0  # channels of a pixel-space refiner after the decoder (models/refiner.py); 0 = none
@@ -308,16 +310,20 @@ class Encoder(nn.Module):
         self.blocks = self_attention_blocks(cfg.width, cfg.encoder_depth, cfg.num_heads, cfg.mlp_ratio)
         self.norm = nn.LayerNorm(cfg.width)
         self.to_tokens = nn.Linear(cfg.width, cfg.token_dim)
+        self.tokens = (cfg.num_tokens, cfg.token_dim)
+        self.dense = nn.Linear(cfg.grid**2 * cfg.width, cfg.token_values) if cfg.dense_path else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images) + self.patch_pos
+        x = self.patch_embed(images)
+        dense = self.dense(x.flatten(1)).view(len(x), *self.tokens) if self.dense is not None else 0
+        x = x + self.patch_pos
         latents = self.latents.expand(len(x), -1, -1)
         if self.read_in is not None:
             latents = latents + self.read_in(x)
         x = torch.cat([x, latents], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.to_tokens(self.norm(x[:, -self.latents.shape[1] :]))
+        return self.to_tokens(self.norm(x[:, -self.latents.shape[1] :])) + dense
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -374,6 +380,7 @@ class Decoder(nn.Module):
         self.token_pos = nn.Parameter(0.02 * torch.randn(1, m, cfg.width))
         self.queries = nn.Parameter(0.02 * torch.randn(1, n_queries, cfg.width))
         self.read_out = TokenMix(m, n_queries) if cfg.token_mixing else None
+        self.dense = nn.Linear(m * cfg.token_dim, n_queries * cfg.width) if cfg.dense_path else None
         self.blocks = (
             nn.ModuleList(CrossAttentionBlock(cfg.width, cfg.num_heads, cfg.mlp_ratio)
                           for _ in range(cfg.decoder_depth))
@@ -388,6 +395,8 @@ class Decoder(nn.Module):
         x = self.queries.expand(len(tokens), -1, -1)
         if self.read_out is not None:
             x = x + self.read_out(tokens)
+        if self.dense is not None:
+            x = x + self.dense(memory.flatten(1)).view_as(x)
         tokens = tokens + self.token_pos
         if self.cross:
             for block in self.blocks:
@@ -427,13 +436,18 @@ class Encoding:
         return self.tokens.get("local_2d")
 
 
-class SelfBootTok(nn.Module):
-    """The tokenizer.  With its local parts switched off it is the SoftVQ-VAE baseline."""
+class SelfBootTok(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags=["image-tokenizer", "selfboottok"],
+                  paper_url="https://arxiv.org/abs/2606.05552"):
+    """The tokenizer.  With its local parts switched off it is the SoftVQ-VAE baseline.
 
-    def __init__(self, cfg: TokenizerConfig | None = None, **overrides):
+    ``save_pretrained(folder)`` writes its config and float16 weights; ``SelfBootTok.from_pretrained(folder
+    or Hub id)`` reads them back (:mod:`~sbt_lib.models.pretrained`)."""
+
+    def __init__(self, cfg: TokenizerConfig | dict | None = None, **overrides):
         super().__init__()
-        cfg = cfg or TokenizerConfig()
-        self.cfg = c = TokenizerConfig.from_dict({**cfg.to_dict(), **overrides})
+        cfg = cfg.to_dict() if isinstance(cfg, TokenizerConfig) else dict(cfg or {})
+        self.cfg = c = TokenizerConfig.from_dict({**cfg, **overrides})
+        self._hub_mixin_config = {"cfg": c.to_dict()}  # config.json: the resolved config, whatever was passed
         self.encoder = Encoder(c)
         self.aligner_1d = LocalAligner1D(c.token_dim) if c.local_1d else None
         self.aligner_2d = (
