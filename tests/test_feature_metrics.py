@@ -131,3 +131,23 @@ def test_kid_draws_one_subset_when_a_subset_is_every_image():
     assert ours["kid_effnet"] == pytest.approx(full["kernel_inception_distance_mean"], rel=1e-5)
     assert fm._kid_subsets(60, 60, 60, 100) == 1
     assert fm._kid_subsets(50, 60, 60, 100) == 100 and fm._kid_subsets(60, 60, 80, 100) == 100
+
+
+def test_hog_distance_is_the_frechet_distance_of_the_hog_descriptors():
+    import numpy as np
+    from scipy import linalg
+
+    from sbt_lib.eval.fidelity import hog_distance
+    from sbt_lib.models.teachers import hog
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(300, 3, 32, 32, generator=g) * 2 - 1
+    fake = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
+    a, b = (hog(x, 8).flatten(1).double().numpy() for x in (fake, real))
+    covmean = linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False)).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(np.cov(a, rowvar=False) + np.cov(b, rowvar=False)
+                                                              - 2 * covmean)
+    assert hog_distance(real, fake) == pytest.approx(expected, rel=1e-4)
+    assert abs(hog_distance(real, real)) < 1e-4 < hog_distance(real, fake)
+    with pytest.raises(ValueError, match="at least 2"):
+        hog_distance(real[:1], fake[:1])

@@ -121,3 +121,50 @@ def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
     assert resumed.step == 4
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+# ----------------------------------------------------------------------------- variants on a base tokenizer
+
+BASE = dict(image_size=16, patch_size=8, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=8,
+            token_dim=4, codebook_size=32, conv_channels=8, trunk="conv", dense_path=True, local_1d=True,
+            local_2d="xs")
+
+
+@pytest.mark.parametrize("switches", [dict(local_1d=False, local_2d=None), dict(local_2d=None), dict(causal=False),
+                                      dict(fusion="concat"), dict(shared_codebook=True), dict(decoder_depth=2)])
+def test_a_variant_on_a_base_has_exactly_its_global_tokens_and_trains_only_after_them(switches):
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import on_base
+
+    torch.manual_seed(0)
+    base = SelfBootTok(**BASE).eval()
+    variant = on_base(base, seed=1, **switches).eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    torch.testing.assert_close(variant.encode_global(x), base.encode_global(x), rtol=0, atol=0)
+    trainable = {n for n, p in variant.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith(("encoder.", "quantizers.global.", "quantizers.shared.")) for n in trainable)
+    assert any(n.startswith("decoder.") for n in trainable)
+
+
+def test_a_variant_on_a_base_inherits_the_decoder_where_it_fits_or_starts_fresh():
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import on_base
+
+    torch.manual_seed(0)
+    base = SelfBootTok(**BASE)
+    same = on_base(base, seed=1)
+    for k, v in base.state_dict().items():
+        torch.testing.assert_close(same.state_dict()[k], v)  # the same switches: the base itself
+    fresh = on_base(base, seed=1, inherit_decoder=False)
+    assert not torch.equal(fresh.decoder.queries, base.decoder.queries)
+    g = on_base(base, seed=1, local_1d=False, local_2d=None)  # a shorter memory: token positions cannot be inherited
+    torch.testing.assert_close(g.decoder.queries, base.decoder.queries)
+    assert g.decoder.token_pos.shape != base.decoder.token_pos.shape
+
+
+def test_a_variant_on_a_base_cannot_change_the_global_tokens():
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import on_base
+
+    with pytest.raises(ValueError, match="num_tokens"):
+        on_base(SelfBootTok(**BASE), num_tokens=4)

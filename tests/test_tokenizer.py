@@ -18,6 +18,7 @@ VARIANTS = {
     "N_l != N": {**FULL, "num_local_tokens": 6},
     "conv trunk": {**FULL, "trunk": "conv"},
     "gain-shape SoftVQ": {**FULL, "keep_norm": True, "tau": 0.3},
+    "dense path": {**FULL, "trunk": "conv", "patch_size": 8, "dense_path": True},
 }
 RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
 
@@ -143,9 +144,10 @@ def test_scales_explore_the_groups():
         m.decode(enc, scales={"local_3d": 0.0})
 
 
-def test_decoder_sees_only_the_tokens():
+@pytest.mark.parametrize("variant", ["G+L1+L2", "dense path"])
+def test_decoder_sees_only_the_tokens(variant):
     """Reconstructions of two images differ only through their global tokens."""
-    m = build(**FULL).eval()
+    m = build(**VARIANTS[variant]).eval()
     z = m.encode(images(2)).z_global
     same = m.decode_from_global(z[:1].expand(2, -1, -1))
     torch.testing.assert_close(same[0], same[1])
@@ -240,3 +242,15 @@ def test_clear_errors():
         TokenizerConfig(fusion="sum")
     with pytest.raises(ValueError, match="cross"):
         TokenizerConfig(decoder="unet")
+
+
+def test_swapping_local_tokens_changes_only_what_the_local_tokens_carry():
+    from sbt_lib.eval.reconstruction import reconstruct, swapped_local_tokens
+
+    m = build(**FULL).eval()
+    x = images(4)
+    assert not torch.allclose(swapped_local_tokens(m, x), reconstruct(m, x))
+    same = x[:1].expand(4, -1, -1, -1).contiguous()  # identical images: swapping their local tokens changes nothing
+    torch.testing.assert_close(swapped_local_tokens(m, same), reconstruct(m, same))
+    with pytest.raises(ValueError, match="no local tokens"):
+        swapped_local_tokens(build().eval(), x)

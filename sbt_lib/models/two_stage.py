@@ -11,6 +11,10 @@ The paper gives two readings of what else stays frozen, and :func:`stage2_tokeni
 
 Anything that would train the encoder or the global codebook is refused: it would change ``z_global``.
 
+:func:`on_base` is stage 2 for the notebooks' variants: a tokenizer with other decoder-side switches (which local
+groups, causal or not, fusion, decoder, shared codebook) on the frozen encoder and global codebook of a base
+tokenizer, so every variant has *equal* global tokens (Table 3's "at equal global tokens" taken literally).
+
 :func:`refined_tokenizer` is the same idea for the decoder side: a copy of a trained tokenizer with a
 pixel-space refiner (:mod:`~sbt_lib.models.refiner`) added after its decoder, where only the refiner trains.
 """
@@ -61,6 +65,42 @@ def stage2_tokenizer(parent: SelfBootTok, local_2d: str, freeze: str = "encoder"
                            f"missing {missing}, unexpected {unexpected}")
     for name, p in child.named_parameters():
         p.requires_grad_(is_trainable(name, freeze))
+    return child
+
+
+# Switches that change what the encoder or the global codebook compute: a variant on a base may not set them.
+ENCODER_SWITCHES = ("image_size", "patch_size", "width", "encoder_depth", "num_heads", "mlp_ratio", "num_tokens",
+                    "token_dim", "codebook_size", "tau", "normalize_codes", "conv_channels", "trunk", "linear_path",
+                    "keep_norm", "token_mixing", "encoder_init")
+
+
+def on_base(base: SelfBootTok, seed: int = 0, inherit_decoder: bool = True, **switches) -> SelfBootTok:
+    """A tokenizer with the decoder-side ``switches`` (e.g. ``local_1d=False, local_2d=None`` for G) on the frozen
+    encoder and global codebook of ``base``: its ``z_global`` is exactly the base's.  Everything after the global
+    codebook starts fresh (seeded by ``seed``) or, with ``inherit_decoder``, from the base's tensors wherever a
+    tensor of the same name and shape exists (a shared starting point for every variant).  With
+    ``shared_codebook=True`` the one codebook is the base's global codebook, frozen.
+
+    Switches that would change ``z_global`` (:data:`ENCODER_SWITCHES`) are refused."""
+    changed = sorted(k for k in switches if k in ENCODER_SWITCHES and switches[k] != getattr(base.cfg, k))
+    if changed:
+        raise ValueError(f"a variant on a base tokenizer keeps its encoder and global codebook, so it cannot change "
+                         f"{changed}: those would change z_global. Train another base for them")
+    torch.manual_seed(seed)
+    child = SelfBootTok(base.cfg, **switches)
+    parent = base.state_dict()
+    if child.cfg.shared_codebook and not base.cfg.shared_codebook:
+        parent["quantizers.shared.codebook"] = parent["quantizers.global.codebook"]
+    frozen = {k for k in child.state_dict() if k.startswith(_ALWAYS_FROZEN)}
+    own = child.state_dict()
+    inherited = {k: v for k, v in parent.items() if k in own and v.shape == own[k].shape
+                 and (k in frozen or inherit_decoder)}
+    missing_frozen = sorted(frozen - set(inherited))
+    if missing_frozen:
+        raise RuntimeError(f"the base lacks the frozen tensors {missing_frozen} (or their shapes differ)")
+    child.load_state_dict(inherited, strict=False)
+    for name, p in child.named_parameters():
+        p.requires_grad_(name not in frozen)
     return child
 
 
