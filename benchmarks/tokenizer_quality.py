@@ -16,6 +16,12 @@ adds notebook 01's refine stage after each run (a pixel refiner trained with the
     python benchmarks/tokenizer_quality.py [--datasets cifar10 photos] [--seeds 0 1 2]
         [--variants recipe previous] [--scale cpu] [--steps N] [--evals 8] [--refine] [--out DIR]
 
+``--base RUN`` instead reports the base tokenizer's training run (``python -m sbt_lib train base``, run folder
+``runs/cpu/base/tokenizer``): held-out PSNR and rFD-EffNet against training images seen, with the PCA and
+bicubic anchors at the same number of values measured on the same held-out images, as a table and a PNG::
+
+    python benchmarks/tokenizer_quality.py --base runs/cpu/base/tokenizer [--out benchmarks]
+
 CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
 """
 from __future__ import annotations
@@ -80,9 +86,12 @@ def main():
     ap.add_argument("--test-size", type=int, default=2000, help="held-out images of the test split (evenly spaced)")
     ap.add_argument("--refine", action="store_true", help="add notebook 01's refine stage after every run")
     ap.add_argument("--out", default="runs/benchmarks/tokenizer_quality")
+    ap.add_argument("--base", metavar="RUN", help="report the base tokenizer's training run in RUN (see above)")
     ap.add_argument("--report-only", action="store_true",
                     help="skip training: report on the runs saved in --out by an earlier call with the same arguments")
     args = ap.parse_args()
+    if args.base:
+        return base_curve(Path(args.base), Path(args.out if args.out != ap.get_default("out") else "benchmarks"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
@@ -107,6 +116,81 @@ def main():
         print_table(dataset, results[dataset], args.seeds)
         (out / f"results-{dataset}.json").write_text(json.dumps(results_so_far, indent=1))
     report(args, out)
+
+
+def base_curve(run: Path, out: Path) -> None:
+    """The base tokenizer's held-out curve (its training run's evaluations) against images seen, with the
+    anchors at its number of values on the same held-out images (``eval_size`` evenly spaced test images)."""
+    meta = json.loads((run / "checkpoint.json").read_text())
+    history = [h for h in json.loads((run / "history.json").read_text()) if "eval_psnr" in h]
+    batch, cfg = meta["train"]["batch_size"], meta["tokenizer"]
+    values = cfg["num_tokens"] * cfg["token_dim"]
+    P = resolve("base", "cpu", dataset=meta["data"]["dataset"])
+    train_set, test_set = load_data(P)
+    images = held_out_images(test_set, P.eval.eval_size)
+    anchors = anchor_metrics(train_set, images, values)
+    from sbt_lib.eval.fidelity import feature_metrics
+    from sbt_lib.eval.reconstruction import _real_cache_name
+    from sbt_lib.eval.metrics import bicubic_roundtrip
+    from sbt_lib.models.pca import pca_anchor
+
+    recon = {"PCA": pca_anchor(held_out_images(train_set, 10_000), images, values),
+             "bicubic": bicubic_roundtrip(images, values)}
+    for name, r in recon.items():
+        fm = feature_metrics(images, r, effnet_size=P.eval.fd_size, real_cache_name=_real_cache_name(test_set, images))
+        anchors[name]["fd_effnet"] = fm["fd_effnet"]
+    print(f"\n## base tokenizer, {meta['data']['dataset']}: {values} values per image, {len(images)} held-out images, "
+          f"batch {batch}\n")
+    print("| step | images seen | training s | PSNR (dB) | SSIM | rFD-EffNet ↓ | rFD ÷ PCA's |\n|---|---|---|---|---|---|---|")
+    for h in history:
+        print(f"| {h['step']} | {h['step'] * batch:,} | {h['seconds']:.0f} | {h['eval_psnr']:.2f} | {h['eval_ssim']:.3f} | "
+              f"{h['eval_fd_effnet']:.1f} | {h['eval_fd_effnet'] / anchors['PCA']['fd_effnet']:.2f} |")
+    for name, a in anchors.items():
+        print(f"| {name} (anchor, {a['values']} values) | – | – | {a['psnr']:.2f} | {a['ssim']:.3f} | {a['fd_effnet']:.1f} | "
+              f"{a['fd_effnet'] / anchors['PCA']['fd_effnet']:.2f} |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seen = np.array([h["step"] * batch for h in history])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (dB) ↑"), (axes[1], "fd_effnet", "rFD-EffNet ↓")):
+        ax.plot(seen, [h[f"eval_{key}"] for h in history], marker="o", ms=3, lw=2, label="base tokenizer")
+        for (name, a), style in zip(anchors.items(), ("--", ":")):
+            ax.axhline(a[key], color="k", ls=style, lw=1, label=f"{name}, {a['values']} values")
+        adv = meta.get("objective", {}).get("adv_weight") and meta["objective"].get("adv_start")
+        if adv:
+            ax.axvline(adv * batch, color="tab:red", lw=0.8, alpha=0.6, label="GAN starts")
+        ax.set(xlabel="training images seen", ylabel=label, title=f"held-out {label.split(' ')[0]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"base tokenizer on {meta['data']['dataset']}: {values} values per image, "
+                 f"{len(images)} held-out test images")
+    fig.tight_layout()
+    path = out / "base_tokenizer_curve.png"
+    fig.savefig(path, dpi=120)
+    print(f"\nthe curve: {path}")
+    base_probes(run, meta)
+
+
+def base_probes(run: Path, meta: dict) -> None:
+    """Linear probes on ``shapes`` (3000 training, 1000 test images at the base's size) from the base's token
+    groups, against the same probe on as many principal components of the shapes images (the linear code)."""
+    from sbt_lib.data.datasets import SHAPE_FACTORS, load_dataset
+    from sbt_lib.workbook.analysis import probe_groups
+
+    size = meta["tokenizer"]["image_size"]
+    shapes = [load_dataset("shapes", split, image_size=size, size=n, seed=0) for split, n in (("train", 3000),
+                                                                                             ("test", 1000))]
+    probes = probe_groups(load_tokenizer(run), *shapes)
+    groups = [g for g in next(iter(probes.values())) if g != "chance"]
+    print(f"\n## linear probes on shapes from the {meta['data']['dataset']} base (accuracy; global factors first)\n")
+    print("| factor | " + " | ".join(groups) + " | chance | global − PCA |\n|" + "---|" * (len(groups) + 3))
+    for f in SHAPE_FACTORS["global"] + SHAPE_FACTORS["local"]:
+        row = probes[f]
+        print(f"| {f} | " + " | ".join(f"{row[g]:.2f}" for g in groups) + f" | {row['chance']:.2f} | "
+              f"{row['global'] - row['pixels (PCA)']:+.2f} |")
 
 
 def refine(P: Params, train_set, folder: Path) -> float:

@@ -2,9 +2,10 @@
 
 - ``python -m sbt_lib reproduce [--scale S] [--dataset NAME|PATH] [--only 01,02] [--out DIR] [-p NAME=VALUE ...]``:
   the notebooks, headlessly (papermill).
-- ``python -m sbt_lib train {tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
-  one training loop of notebooks 04-05, alone or under ``torchrun --nproc_per_node=K`` (DDP).
-- ``python -m sbt_lib evaluate {tokenizer,stage2,generator} ...`` (the same options): what ``train`` trained,
+- ``python -m sbt_lib train {base,tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
+  the base tokenizer (``--export DIR`` writes its shipped form), or one training loop of notebooks 04-05, alone
+  or under ``torchrun --nproc_per_node=K`` (DDP).
+- ``python -m sbt_lib evaluate {base,tokenizer,stage2,generator} ...`` (the same options): what ``train`` trained,
   on the held-out split, sharded over the processes under ``torchrun``.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``train`` and ``evaluate``."""
-    parser.add_argument("what", choices=("tokenizer", "stage2", "generator"))
+    parser.add_argument("what", choices=("base", "tokenizer", "stage2", "generator"))
     parser.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
     parser.add_argument("--dataset", help="auto, photos, shapes, cifar10, imagenet, or an ImageFolder path "
                                           "(default: the scale's)")
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     for command, what in (("train", "train the tokenizer, its stage-2 aligners or the generator"),
                           ("evaluate", "evaluate what train trained, on the held-out split")):
         _run_options(sub.add_parser(command, help=f"{what} (alone or under torchrun)"))
+    sub.choices["train"].add_argument("--export", metavar="DIR",
+                                      help="base only: write its save_pretrained folder here when training ends "
+                                           "(the shipped one: weights/base-tokenizer-<dataset>)")
     args = parser.parse_args(argv)
     return _reproduce(args) if args.command == "reproduce" else _train(args)
 
@@ -74,7 +78,8 @@ def _train(args) -> int:
 
     command = train_command if args.command == "train" else evaluate_command
     try:
-        command(args.what, args.scale, args.dataset, args.out, dict(args.param))
+        extra = {"export": args.export} if args.command == "train" else {}
+        command(args.what, args.scale, args.dataset, args.out, dict(args.param), **extra)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
         return 130

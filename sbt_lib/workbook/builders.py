@@ -131,16 +131,18 @@ def prepare_training(P: Params, train_set, progress: bool = True) -> None:
 
 
 def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: bool = True,
-                    evaluate: bool = True) -> TrainResult:
+                    evaluate: bool = True, distribution: bool = False) -> TrainResult:
     """Train the tokenizer of ``P`` on ``train_set`` with the objective of ``P``; held-out PSNR on
     ``test_set`` is logged every ``eval_every`` steps and at the end (``evaluate=False``: never, for
-    callers that evaluate themselves).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    callers that evaluate themselves; ``distribution=True``: also the rFID-style distance and KID at
+    ``P.eval.fd_size``, for a training curve).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
     model = build_tokenizer(P, train_set)
     objective = build_objective(P, model, train_set, progress)
 
     def eval_fn(m):
-        r = evaluate_tokenizer(m, test_set, limit=P.eval.eval_size)
-        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"], "perplexity": r["codebook_perplexity"]}
+        r = evaluate_tokenizer(m, test_set, limit=P.eval.eval_size, fd_size=P.eval.fd_size if distribution else None)
+        extra = {k: r[k] for k in ("fd_effnet", "kid_effnet", "fid", "kid") if k in r}
+        return {"psnr": r["test_psnr"], "ssim": r["test_ssim"], "perplexity": r["codebook_perplexity"], **extra}
 
     cfg = replace(P.training, progress=progress)
     data = {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size, "train_size": P.data.train_size,

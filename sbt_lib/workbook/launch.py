@@ -9,6 +9,8 @@ same ``out`` folder, scale and parameters loads what the command trained instead
 ===========  ============================================================  ==========================================
 command      trains                                                        run folder (under ``out``)
 ===========  ============================================================  ==========================================
+base         the base tokenizer (:mod:`~sbt_lib.workbook.base`, bundle ``base``)  ``base/tokenizer``; with
+             ``--export DIR`` its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
 tokenizer    stage 1 (:func:`~sbt_lib.workbook.builders.train_tokenizer`)  ``04_aligner_scaling/stage1``
 stage2       stage 2 per size of ``stage2_aligners`` (frozen encoder)       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
 generator    the SiT on the stage-1 global tokens                          ``05_generation/generators/global``
@@ -32,16 +34,18 @@ from ..eval import sharded
 from ..files import REPO, write_json
 from ..train import TrainResult, resolve_device
 from . import builders
+from .base import export_base
 from .params import Params, resolve
 from .runs import load_generator, load_tokenizer, variant_run
 
-WHAT = ("tokenizer", "stage2", "generator")
+WHAT = ("base", "tokenizer", "stage2", "generator")
 BUNDLE = "05_generation"
+BUNDLES = {"base": "base"}  # the bundle of each command (default: BUNDLE)
 
 
 def run_folders(out: Path, P: Params) -> dict[str, Path]:
     """Where each command writes (notebook 04's and 05's folders under ``out``)."""
-    return {"tokenizer": out / "04_aligner_scaling" / "stage1",
+    return {"base": out / "base" / "tokenizer", "tokenizer": out / "04_aligner_scaling" / "stage1",
             **{f"stage2 {s}": variant_run(out / "04_aligner_scaling", f"two-stage {s}", P.seed) for s in P.stage2.aligners},
             "generator": out / "05_generation" / "generators" / "global"}
 
@@ -58,15 +62,16 @@ def _resolve(what: str, scale: str, dataset: str | None, out, overrides: dict | 
     """The parameters of notebook 05's bundle at ``scale``, the root folder and the run folders of a command."""
     if what not in WHAT:
         raise ValueError(f"unknown {what!r}; valid: {WHAT}")
-    P = resolve(BUNDLE, scale, dataset=dataset, **(overrides or {}))
+    P = resolve(BUNDLES.get(what, BUNDLE), scale, dataset=dataset, **(overrides or {}))
     out = Path(out) if out else REPO / "runs" / scale
     return P, out, run_folders(out, P)
 
 
 def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
-                  overrides: dict | None = None) -> dict[str, TrainResult]:
+                  overrides: dict | None = None, export: str | Path | None = None) -> dict[str, TrainResult]:
     """Train ``what`` at ``scale`` (alone, or as one rank of a ``torchrun`` launch); returns the results by
-    run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``)."""
+    run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``); ``export``: for ``base``, the
+    folder its ``save_pretrained`` weights and record go to when training has finished."""
     with dist.process_group() as (rank, world_size):
         P, out, folders = _resolve(what, scale, dataset, out, overrides)
         main, progress = rank == 0, rank == 0 and P.training.progress
@@ -76,7 +81,7 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
             f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
         with dist.main_first():  # rank 0 fills the caches on disk, the others read them
             train_set, test_set = builders.load_data(P)
-            if what == "tokenizer":
+            if what in ("base", "tokenizer"):
                 builders.build_objective(P, builders.build_tokenizer(P, train_set), train_set, progress)
             else:
                 parent = _stage1(folders)
@@ -85,7 +90,10 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 else:
                     tokens = builders.token_cache(parent, train_set, P, "global", progress)
         t0, results = time.perf_counter(), {}
-        if what == "tokenizer":
+        if what == "base":
+            results["base"] = builders.train_tokenizer(P, train_set, test_set, folders["base"], progress,
+                                                       distribution=True)
+        elif what == "tokenizer":
             results["tokenizer"] = builders.train_tokenizer(P, train_set, test_set, folders["tokenizer"], progress)
         elif what == "stage2":
             for s in P.stage2.aligners:
@@ -101,6 +109,12 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 f"over {world_size} process(es)" + (f"; last evaluation {json.dumps(evals[-1])}" if evals else "")
                 + f"; checkpoint in {folders[name]}")
         say(f"done in {time.perf_counter() - t0:.1f} s")
+        if what == "base" and export and main:
+            command = f"python -m sbt_lib train base --scale {scale} --dataset {P.data.dataset} --export {export}" + "".join(
+                f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+            record = export_base(folders["base"], export, train_set, test_set, command, P.eval.fd_size)
+            say(f"exported to {export}: " + json.dumps({k: record["test"].get(k) for k in ("test_psnr", "fd_effnet")})
+                + f" (PCA: {json.dumps(record['anchors']['PCA'])})")
         return results
 
 
@@ -114,8 +128,8 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
             train_set, test_set = builders.load_data(P)
         device = resolve_device(P.training.device)
         results = {}
-        if what in ("tokenizer", "stage2"):
-            names = ["tokenizer"] if what == "tokenizer" else [f"stage2 {s}" for s in P.stage2.aligners]
+        if what in ("base", "tokenizer", "stage2"):
+            names = [what] if what != "stage2" else [f"stage2 {s}" for s in P.stage2.aligners]
             for name in names:
                 if not (folders[name] / "checkpoint.json").exists():
                     raise FileNotFoundError(f"no trained run in {folders[name]}: python -m sbt_lib train {what} first")

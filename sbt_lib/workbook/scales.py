@@ -191,7 +191,31 @@ _REFINE = {
     "paper": dict(stage2_refiner=0, stage2_refiner_steps=0),
 }
 
+# The base tokenizer: learned once, at a budget where a learned code overtakes the linear one, and shipped
+# (weights/, sbt_lib.workbook.base); the notebooks' experiments stand on it as the paper's stage 2 stands on stage 1.
+# 16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path: the
+# networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
+# channels, and the dense path beside the latent tokens: the choices benchmarks/base_recipe.py measures (images/s
+# and held-out PSNR / rFD at equal images seen).  MSE + the perceptual loss, the GAN from half-way, EMA weights.
+_BASE_TOKENIZER = dict(_TOKENIZER["cpu"], patch_size=8, width=128, encoder_depth=2, decoder_depth=2, num_heads=4,
+                       num_tokens=16, token_dim=4, codebook_size=1024, conv_channels=16, linear_path=False,
+                       dense_path=True, local_1d=True, local_2d="xs", decoder="cross")
+_BASE_CPU = dict(dataset="cifar10", train_size=None, test_size=2000, steps=9000, batch_size=64, lr=1e-3,
+                 warmup=200, betas=(0.9, 0.99), ema=0.999, eval_every=500, eval_size=1000, seed=0, log_every=25,
+                 ckpt_every=250, fd_size=112, perceptual_weight=0.5, adv_weight=0.1, adv_start=4500,
+                 disc_channels=16, entropy_weight=0.0)
+_BASE = {
+    "tiny": {**_TRAINING["tiny"], **_TOKENIZER["tiny"], **_SELFBOOTTOK["tiny"], "linear_path": False,
+             "perceptual_weight": 0.5, "adv_weight": 0.1, "adv_start": 10, "ema": 0.9, "entropy_weight": 0.0},
+    "cpu": {**_BASE_TOKENIZER, **_BASE_CPU},
+    "gpu": {**_BASE_TOKENIZER, **_BASE_CPU, "steps": 40_000, "batch_size": 256, "warmup": 1000, "adv_start": 20_000,
+            "eval_every": 2000, "ckpt_every": 2000},
+    "paper": {**_TRAINING["paper"], **_TOKENIZER["paper"], **_SELFBOOTTOK["paper"], **_PAPER_OBJECTIVE},
+}
+
 NOTEBOOKS = {
+    # Not a notebook: the bundle of ``python -m sbt_lib train base`` (the shipped base tokenizer).
+    "base": _BASE,
     "01_decomposition": {
         s: {**_TRAINING[s], **_TOKENIZER[s], **_SELFBOOTTOK[s], **_PROBES[s], **_REFINE[s],
             "entropy_weight": 0.0}
