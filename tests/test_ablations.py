@@ -119,25 +119,22 @@ def test_runs_in_parallel_workers_give_the_rows_of_runs_one_after_another(tmp_pa
     assert all(str(tmp_path / "parallel") in r["run"] for r in parallel)
 
 
-def _started_at(job):
-    """A job of the pool test: when it started (CLOCK_MONOTONIC, one clock for every process), after a short wait."""
-    import time
-
-    started = time.monotonic()
-    time.sleep(0.3)
-    return abs(job), started
+def _negate(job):
+    """A job of the pool test: a module-level function, so that spawned workers can unpickle it."""
+    return -job
 
 
 def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_order():
-    """The jobs that are only re-evaluated start last (they fill the end); results keep the jobs' order."""
-    from sbt_lib.workbook.pool import map_runs
+    """The jobs that are only re-evaluated are handed out last (they fill the end); results keep the jobs' order.
+    Which worker starts which job first depends on how fast each process starts, so the test reads the order of
+    dispatch, not start times."""
+    from sbt_lib.workbook.pool import dispatch_order, map_runs
 
     jobs = [-1, 2, -3, 4, 5]  # negative: cheap
-    out = map_runs(_started_at, jobs, workers=2, progress=False, cheap=lambda j: j < 0)
-    assert [value for value, _ in out] == [1, 2, 3, 4, 5]
-    by_start = [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: out[i][1])]
-    assert by_start[0] > 0 and by_start[1] > 0 and by_start[-1] < 0  # in order of dispatch: 2, 4, 5, -1, -3
-    assert map_runs(_started_at, [], workers=2, progress=False) == []
+    assert [jobs[i] for i in dispatch_order(jobs, cheap=lambda j: j < 0)] == [2, 4, 5, -1, -3]
+    assert dispatch_order(jobs) == [0, 1, 2, 3, 4]
+    assert map_runs(_negate, jobs, workers=2, progress=False, cheap=lambda j: j < 0) == [1, -2, 3, -4, -5]
+    assert map_runs(_negate, [], workers=2, progress=False) == []
 
 
 SWEEP_SCRIPT = """

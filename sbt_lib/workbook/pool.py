@@ -69,7 +69,7 @@ def map_runs(fn: Callable, jobs: Sequence, shared: tuple = (), workers: int = 1,
                 bar.update()
             return results
         context = torch.multiprocessing.get_context("spawn")
-        order = sorted(range(len(jobs)), key=lambda i: bool(cheap and cheap(jobs[i])))  # stable: long ones first
+        order = dispatch_order(jobs, cheap)
         pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start, initargs=(shared,))
         try:
             futures = [pool.submit(_run, (i, fn, jobs[i], label(jobs[i]))) for i in order]  # handed out in this order
@@ -90,6 +90,12 @@ def map_runs(fn: Callable, jobs: Sequence, shared: tuple = (), workers: int = 1,
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def dispatch_order(jobs: Sequence, cheap: Callable[[object], bool] | None = None) -> list[int]:
+    """The indices of ``jobs`` in the order a pool hands them out: the long ones first, then those for which
+    ``cheap(job)`` holds, each group in the jobs' own order (a stable sort)."""
+    return sorted(range(len(jobs)), key=lambda i: bool(cheap and cheap(jobs[i])))
 
 
 class RunFailed(RuntimeError):
