@@ -168,3 +168,53 @@ def test_a_variant_on_a_base_cannot_change_the_global_tokens():
 
     with pytest.raises(ValueError, match="num_tokens"):
         on_base(SelfBootTok(**BASE), num_tokens=4)
+
+
+def test_the_objective_on_cached_global_tokens_is_the_objective_on_the_frozen_encoder(tmp_path, monkeypatch):
+    """A decoder-side variant reads its global tokens from a cache: the same terms, to float precision, as running
+    the frozen encoder every step; and a term that could only train the encoder is refused."""
+    from sbt_lib.batch import Batch
+    from sbt_lib.data.cache import FeatureCache
+    from sbt_lib.data.datasets import load_dataset
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import on_base
+    from sbt_lib.objective.objective import Objective, ObjectiveConfig
+
+    monkeypatch.setenv("SBT_CACHE", str(tmp_path))
+    data = load_dataset("shapes", "train", image_size=16, size=32, seed=0)
+    torch.manual_seed(0)
+    base = SelfBootTok(**BASE).eval()
+    variant = on_base(base, seed=1, local_2d=None)
+    with torch.no_grad():
+        z = FeatureCache(base.encode_global, data, "zglobal-test", dtype=torch.float32, progress=False)
+    idx = torch.tensor([3, 7, 11])
+    batch = Batch(images=data.images_at(idx), targets=torch.zeros(3, dtype=torch.long), indices=idx)
+    cfg = ObjectiveConfig(entropy_weight=0.01)
+    grads = []
+    for objective in (Objective(cfg, variant.cfg, z_global=z), Objective(cfg, variant.cfg)):
+        variant.zero_grad()
+        terms = objective(variant, batch)
+        sum(terms.values()).backward()
+        grads.append({n: p.grad.clone() for n, p in variant.named_parameters() if p.grad is not None})
+        grads.append(terms["rec"].detach())
+    torch.testing.assert_close(grads[1], grads[3])  # the same reconstruction
+    assert set(grads[0]) == set(grads[2]) and grads[0]  # the same trainable tensors get gradients, the same ones
+    for name in grads[0]:  # (the global codebook's entropy is a constant of the frozen encoder: no gradient)
+        torch.testing.assert_close(grads[0][name], grads[2][name], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="repa_global_weight"):
+        Objective(ObjectiveConfig(repa_global_weight=0.5), variant.cfg, z_global=z)
+
+
+def test_the_parameter_matched_control_has_about_the_full_models_decoder_side():
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import decoder_side_params, on_base
+    from sbt_lib.workbook.ablations import matched_control
+
+    base = SelfBootTok(**BASE)
+    full = dict(local_1d=True, local_2d="m")
+    control = matched_control(base, full)
+    assert control["local_1d"] is False and control["local_2d"] is None and control["decoder_depth"] > 1
+    target = decoder_side_params(on_base(base, **full))
+    counts = {d: decoder_side_params(on_base(base, local_1d=False, local_2d=None, decoder_depth=d)) for d in range(1, 13)}
+    assert abs(counts[control["decoder_depth"]] - target) == min(abs(c - target) for c in counts.values())
+    assert decoder_side_params(base) < sum(p.numel() for p in base.parameters())  # the encoder is not counted

@@ -172,7 +172,7 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     run = tiny_run / "01_decomposition"
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_psnr", "test_ssim", "bicubic_psnr", "pca_psnr", "token_values", "pixel_values",
-                "train_seconds", "codebook_assignment_entropy"):
+                "scratch_seconds", "codebook_assignment_entropy", "swap_drop"):
         assert key in m, key
     assert m["pca_values"] == m["token_values"] and m["dataset_note"] is None
     assert m["scale"] == "tiny" and m["dataset"] == "shapes"
@@ -180,11 +180,16 @@ def test_notebook_01_metrics_and_figures(tiny_run):
     assert m["token_values"] == 8 * 4 and m["pixel_values"] == 3 * 16 * 16
     assert 5 < m["test_psnr"] < 60 and 5 < m["bicubic_psnr"] < 60
     assert -1 <= m["test_ssim"] <= 1
-    # the refine stage: a pixel refiner trained with the rest frozen, the global tokens unchanged
-    assert m["refined_same_z_global"] is True and m["refiner_channels"] > 0 and m["refiner_params"] > 0
-    assert 5 < m["refined_psnr"] < 60 and "refined_fd_effnet" in m
+    # at tiny there is no shipped base: it is trained beside the notebooks, and the from-scratch run in the folder
+    assert m["base_folder"].endswith("base/tokenizer") and m["base_record"] is None
+    # the table: the base, the from-scratch run and both anchors, by distortion and by perception (HOG too)
+    rows = m["table"]
+    assert list(rows)[0] == "base tokenizer" and {"PCA (anchor)", "bicubic (anchor)"} <= set(rows) and len(rows) == 4
+    for r in rows.values():
+        assert {"psnr", "ssim", "fd_effnet", "kid_effnet", "fd_hog"} <= set(r) and r["values"] == m["token_values"]
+    assert rows["base tokenizer"]["psnr"] == pytest.approx(m["test_psnr"], abs=1e-4)
     for fig in ("training_curve.png", "reconstructions.png", "codebook_usage.png", "groups_removed.png",
-                "linear_probes.png", "refined.png"):
+                "linear_probes.png"):
         assert (run / fig).stat().st_size > 1000, fig
     assert (run / "checkpoint.safetensors").exists()
     assert m["groups"] == ["global", "local_1d", "local_2d"]
@@ -203,7 +208,7 @@ def test_notebook_01_metrics_and_figures(tiny_run):
 def test_notebook_02_one_entry_per_variant(tiny_run):
     run = tiny_run / "02_bootstrapping"
     m = json.loads((run / "metrics.json").read_text())
-    variants = ["G", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)", "G+L1+L2"]
+    variants = ["G", "G (param-matched)", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)", "G+L1+L2"]
     assert list(m["variants"]) == variants
     assert list(m["fusion"]) == ["soft residual", "concat"]
     assert len(m["seeds"]) >= 2
@@ -211,16 +216,23 @@ def test_notebook_02_one_entry_per_variant(tiny_run):
         assert v["seeds"] == len(m["seeds"]), name
         assert len(v["values"]["test_psnr"]) == len(m["seeds"])
         assert v["test_psnr_std"] >= 0 and 5 < v["test_psnr_mean"] < 60
-    # the full model has more parameters than G; the shared codebook has fewer than the full model
-    p = {k: v["params"] for k, v in m["variants"].items()}
-    assert p["G"] < p["G+L1"] < p["G+L1+L2"] and p["G+L1+L2 (shared codebook)"] < p["G+L1+L2"]
+    # every variant stands on the base: the same global tokens, the base's frozen encoder in every run
+    assert m["z_global_identical"] is True and m["base"]["config"]["num_tokens"] == m["num_tokens"]
+    # the control's decoder side is the nearest in size to the full model's; G's is smaller
+    sizes = m["decoder_side_params"]
+    assert abs(sizes["G (param-matched)"] - sizes["G+L1+L2"]) <= abs(sizes["G"] - sizes["G+L1+L2"])
+    assert sizes["G"] < sizes["G+L1"] < sizes["G+L1+L2"] and m["control"]["decoder_depth"] >= 1
+    # the swap check: one entry per variant with local tokens, and the base's own
+    assert set(m["swap_drop"]) == set(variants[2:]) | {"concat"} | {k for k in m["table2"] if k != "no local REPA"}
+    assert isinstance(m["base"]["swap_drop"], float)
     # Table 2: the baseline and each local teacher of the scale (tiny: HOG), with the feature-space distance
     assert list(m["table2"]) == ["no local REPA", "REPA-local: hog"] and m["teachers_skipped"] == {}
     assert all("fd_effnet_mean" in v for v in {**m["variants"], **m["table2"]}.values())
     assert m["feature_space"].startswith("FD-EffNetLite0")
-    assert set(m["anchors"]) == {"bicubic", "PCA"} and m["anchors"]["PCA"]["values"] == 8 * 4
+    assert set(m["anchors"]) == {"bicubic", "PCA"} and m["anchors"]["PCA"]["values"] == m["num_tokens"] * m["token_dim"]
     assert len(m["runs"]) == (len(variants) + 2) * len(m["seeds"])  # + concat + REPA-local: hog
-    for fig in ("table3_psnr.png", "table3_ssim.png", "decomposition_panel.png",
+    assert all(r["steps"] == m["steps"] for r in m["runs"])
+    for fig in ("table3_psnr.png", "table3_fd.png", "decomposition_panel.png",
                 "decomposition_inside_full_model.png", "fusion_psnr.png", "table2_psnr.png"):
         assert (run / fig).stat().st_size > 1000, fig
 

@@ -104,6 +104,12 @@ def on_base(base: SelfBootTok, seed: int = 0, inherit_decoder: bool = True, **sw
     return child
 
 
+def decoder_side_params(model: SelfBootTok) -> int:
+    """Parameters after the frozen encoder and global codebook: what a variant on a base trains (the local
+    aligners and codebooks, fusion, decoder), the count a parameter-matched control matches."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(_ALWAYS_FROZEN))
+
+
 def refined_tokenizer(parent: SelfBootTok, channels: int = 16, seed: int = 0) -> SelfBootTok:
     """A copy of the trained tokenizer ``parent`` with a fresh pixel refiner of ``channels`` channels after its
     decoder (seeded by ``seed``; the identity until trained) and every other part loaded from the parent and

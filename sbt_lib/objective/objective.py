@@ -89,14 +89,27 @@ class Objective(nn.Module):
     The frozen inputs of the terms that are on: ``latents_2d`` (OT), a :class:`FeatureCache` of the
     training images' 2D latents (N_x×c each); ``teacher_features`` (REPA), ``{"global": cache,
     "local": cache}`` of teacher patch features (P×C each, raster order; see :mod:`sbt_lib.objective.repa`).
+
+    ``z_global``: a cache of the training images' global tokens under a frozen encoder and global codebook (a
+    decoder-side variant on a base tokenizer, :func:`~sbt_lib.models.two_stage.on_base`).  The global tokens are
+    then read by the batch's indices and only the decoder side runs (the local tokens bootstrapped from them, the
+    decoder), so a step costs no encoder; the terms that act on the encoder's own outputs are refused, since
+    nothing they could train is left.
     """
+
+    ENCODER_TERMS = ("repa_global_weight", "crt_weight", "glotok_weight", "residual_weight")
 
     def __init__(self, cfg: ObjectiveConfig | None = None, tokenizer_cfg=None, *,
                  latents_2d: FeatureCache | None = None, teacher_features: dict[str, FeatureCache] | None = None,
-                 **overrides):
+                 z_global: FeatureCache | None = None, **overrides):
         super().__init__()
         cfg = cfg or ObjectiveConfig()
         self.cfg = c = ObjectiveConfig.from_dict({**cfg.to_dict(), **overrides})
+        self.z_global = z_global
+        on_encoder = [k for k in self.ENCODER_TERMS if getattr(c, k)]
+        if z_global is not None and on_encoder:
+            raise ValueError(f"with cached global tokens the encoder is frozen, and {on_encoder} act only on what it "
+                             "outputs: set them to 0 for a decoder-side variant, or train a base with them")
         self.latents_2d, self.teacher_features = latents_2d, teacher_features or {}
         self._frozen: dict[str, nn.Module] = {}  # not submodules: kept out of checkpoints and optimizers
         if c.perceptual_weight:
@@ -166,7 +179,11 @@ class Objective(nn.Module):
     # ------------------------------------------------------------------ the terms
     def forward(self, model, batch) -> dict[str, torch.Tensor]:
         c, images = self.cfg, batch.images
-        recon, enc = model(images)
+        if self.z_global is not None:  # a frozen encoder's tokens, looked up: only the decoder side runs
+            enc = model.bootstrap(self.z_global[batch.indices].to(images.device))
+            recon = model.decode(enc)
+        else:
+            recon, enc = model(images)
         terms = {"rec": F.mse_loss(recon.float(), images.float())}
         if c.perceptual_weight:
             terms[self.perceptual_name] = c.perceptual_weight * self._frozen["perceptual"](recon, images)

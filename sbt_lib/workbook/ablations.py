@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.datasets import LazyImageFolder
-from ..eval.reconstruction import evaluate_tokenizer, prepare_evaluation
+from ..eval.metrics import psnr
+from ..eval.reconstruction import evaluate_tokenizer, held_out_images, prepare_evaluation, swapped_local_tokens
+from ..models.two_stage import decoder_side_params
 from ..train import DifferentRunError, resolve_device
-from .builders import global_token_cache, prepare_training, train_stage2, train_tokenizer
+from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_stage2, train_tokenizer
 from .params import Params
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
@@ -38,6 +41,21 @@ def table3_variants(aligner_2d: str) -> dict[str, dict]:
         "G+L1+L2 (shared codebook)": {**full, "shared_codebook": True},
         "G+L1+L2": full,
     }
+
+
+def matched_control(base, full: dict, most: int = 12) -> dict:
+    """The control the paper lacks: G (no local groups) with the decoder depth whose decoder side on ``base``
+    has the parameter count nearest to that of the variant ``full`` (e.g. G+L1+L2), so that a gain of the local
+    tokens is not just a gain of parameters."""
+    from ..models.two_stage import on_base
+
+    def count(**switches) -> int:
+        with torch.random.fork_rng(devices=[]):
+            return decoder_side_params(on_base(base, inherit_decoder=False, **switches))
+
+    target = count(**full)
+    depth = min(range(1, most + 1), key=lambda d: abs(count(local_1d=False, local_2d=None, decoder_depth=d) - target))
+    return dict(local_1d=False, local_2d=None, decoder_depth=depth)
 
 
 def table2_variants(aligner_2d: str, teachers: list[str], weight: float) -> dict[str, dict]:
@@ -82,12 +100,35 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
     return _sweep(P, jobs, _train_variant, (train_set, test_set), workers, progress)
 
 
-def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True) -> list[dict]:
-    """Stage 2 of two-stage scaling for every aligner size of ``P.stage2.aligners`` and every seed of
-    ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its cached global tokens ``z_global``;
-    one row per run (variant ``two-stage <size>``), as :func:`run_variants` gives."""
-    jobs = [_Job(f"two-stage {size}", seed, P.replace(seed=seed), variant_run(out, f"two-stage {size}", seed),
-                 {"size": size}) for size in P.stage2.aligners for seed in P.seeds]
+def run_on_base(P: Params, base, variants: dict[str, dict], train_set, test_set, out: Path,
+                progress: bool = True, reuse: dict[str, tuple[Path, str]] | None = None) -> list[dict]:
+    """:func:`run_variants` on a base tokenizer: every (variant, seed) trains its decoder side (local aligners,
+    their codebooks, fusion, decoder, and the objective's own parts) from a fresh start of that seed on the
+    frozen encoder and global codebook of ``base``, so every variant has the same global tokens, read once
+    from a cache (:func:`~sbt_lib.workbook.builders.train_on_base`).  A variant may only change decoder-side
+    switches and objective weights.  One row per run, as :func:`run_variants` gives; ``reuse`` as there."""
+    P = base_params(P, base)
+    z_global = global_token_cache(base, train_set, P, progress)
+    reuse = reuse or {}
+    jobs = [_Job(name, seed, P.replace(**variants[name], seed=seed), variant_run(out, name, seed),
+                 {"reuse": variant_run(reuse[name][0], reuse[name][1], seed) if name in reuse else None})
+            for name in variants for seed in P.seeds]
+    workers = _workers(P, train_set, len(jobs))
+    if workers > 1:
+        for name in dict.fromkeys(job.variant for job in jobs if not _finished(job)):
+            prepare_training(P.replace(**variants[name]), train_set, progress)
+    return _sweep(P, jobs, _train_on_base, (train_set, test_set, base, z_global), workers, progress)
+
+
+def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True,
+               plan: dict[str, tuple[str, int]] | None = None) -> list[dict]:
+    """Stage 2 of two-stage scaling, every seed of ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its
+    cached global tokens ``z_global``; one row per run, as :func:`run_variants` gives.  ``plan`` maps a variant
+    name to its (2D aligner size, stage-2 steps); by default ``two-stage <size>`` for every size of
+    ``P.stage2.aligners`` at ``P.stage2.steps`` (a control at equal compute gives a small size more steps)."""
+    plan = plan or {f"two-stage {size}": (size, P.stage2.steps) for size in P.stage2.aligners}
+    jobs = [_Job(name, seed, P.replace(seed=seed, stage2_steps=steps), variant_run(out, name, seed), {"size": size})
+            for name, (size, steps) in plan.items() for seed in P.seeds]
     workers = _workers(P, train_set, len(jobs))
     return _sweep(P, jobs, _train_stage2, (train_set, test_set, parent, z_global), workers, progress)
 
@@ -172,6 +213,20 @@ def _train_variant(job: _Job, train_set, test_set) -> dict:
     return _row(job, result, job.folder, test_set)
 
 
+def _train_on_base(job: _Job, train_set, test_set, base, z_global) -> dict:
+    """A run of :func:`run_on_base` (in another notebook's folder when that holds this very run), then evaluated."""
+    def train_in(folder: Path):
+        return train_on_base(job.params, base, train_set, test_set, folder, z_global=z_global, progress=False)
+
+    shared = job.options.get("reuse")
+    if shared is not None and (shared / "checkpoint.json").exists():
+        try:
+            return _row(job, train_in(shared), shared, test_set)
+        except DifferentRunError:
+            pass
+    return _row(job, train_in(job.folder), job.folder, test_set)
+
+
 def _train_stage2(job: _Job, train_set, test_set, parent, z_global) -> dict:
     """A run of :func:`run_stage2`, then evaluated."""
     result = train_stage2(job.params, parent, job.options["size"], train_set, test_set, job.folder,
@@ -183,6 +238,10 @@ def _row(job: _Job, result, run: Path, test_set) -> dict:
     """The held-out metrics of a trained run, with what the tables report beside them."""
     model = result.best_model
     metrics = evaluate_tokenizer(model, test_set, fd_size=job.params.eval.fd_size)
+    swap = {}
+    if model.cfg.groups[1:]:  # does the decoder read the local tokens? (another image's, same global tokens)
+        images = held_out_images(test_set)
+        swap["swap_drop"] = metrics["test_psnr"] - psnr(swapped_local_tokens(model, images), images).mean().item()
     return {
         "variant": job.variant, "seed": job.seed, "run": str(run),
         "test_psnr": metrics["test_psnr"], "test_ssim": metrics["test_ssim"],
@@ -191,7 +250,7 @@ def _row(job: _Job, result, run: Path, test_set) -> dict:
         "codebook_perplexity": metrics["codebook_perplexity"],
         "params": model.num_params()["total"], "aligner_2d_params": model.num_params()["aligner_2d"],
         "train_seconds": result.seconds, "steps": result.step,
-        "fusion_weights": model.fusion.weights(),
+        "fusion_weights": model.fusion.weights(), "decoder_side_params": decoder_side_params(model), **swap,
     }
 
 
@@ -246,15 +305,23 @@ def summary_table(summary: dict[str, dict], baseline: str | None = None, anchors
     return markdown_table(header, rows)
 
 
-def verdict(summary: dict[str, dict], a: str, b: str) -> str:
-    """One line reading variant ``a`` against ``b``: the PSNR difference, the larger seed std, and
-    whether the difference is clear (more than twice that std) or within the seed-to-seed spread."""
+def verdict(summary: dict[str, dict], a: str, b: str, metric: str = "test_psnr", unit: str = "dB",
+            lower_is_better: bool = False) -> str:
+    """One line reading variant ``a`` against ``b`` on ``metric``: the difference of means, the larger seed std,
+    and whether the difference is clear (more than twice that std) or within the seed-to-seed spread; where both
+    have one value per seed, also the difference seed by seed (the seeds are paired: same seed, same batches)."""
     sa, sb = summary[a], summary[b]
-    d = sa["test_psnr_mean"] - sb["test_psnr_mean"]
-    spread = max(sa["test_psnr_std"], sb["test_psnr_std"])
-    call = ("clearly better than" if d > 2 * spread else "clearly worse than" if d < -2 * spread
+    d = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
+    spread = max(sa[f"{metric}_std"], sb[f"{metric}_std"])
+    gain = -d if lower_is_better else d
+    call = ("clearly better than" if gain > 2 * spread else "clearly worse than" if gain < -2 * spread
             else "within the seed-to-seed spread of")
-    return f"- **{a}** vs **{b}**: {d:+.2f} dB (largest seed std {spread:.2f} dB) — {call} {b}."
+    paired = ""
+    va, vb = (x.get("values", {}).get(metric) for x in (sa, sb))
+    if va and vb and len(va) == len(vb) > 1:
+        diff = np.array(va) - np.array(vb)
+        paired = f"; seed by seed {diff.mean():+.2f} ± {diff.std(ddof=1):.2f} {unit}"
+    return (f"- **{a}** vs **{b}**: {d:+.2f} {unit} (largest seed std {spread:.2f} {unit}{paired}) — {call} {b}.")
 
 
 def seed_spread(summary: dict[str, dict]) -> str:

@@ -6,6 +6,8 @@ import torch
 
 from ..batch import map_batches
 from ..eval.flops import flops_by_module, num_params
+from ..eval.metrics import psnr
+from ..eval.reconstruction import reconstruct, swapped_local_tokens
 from ..eval.probes import probe_table
 from ..models.pca import PCA
 from ..models.teachers import available_teachers, load_teacher
@@ -16,6 +18,14 @@ def encode_groups(model: SelfBootTok, images: torch.Tensor, batch_size: int | No
     """Every group's (soft-quantized) tokens for ``images``, batched on the model's device, on the CPU."""
     model.eval()
     return map_batches(lambda x: model.encode(x).tokens, images, batch_size, next(model.parameters()).device)
+
+
+def psnr_of(model: SelfBootTok, images: torch.Tensor, swap_local: bool = False) -> float:
+    """Mean reconstruction PSNR of ``model`` on ``images``; with ``swap_local``, when every image gets the local
+    tokens of the next one (:func:`~sbt_lib.eval.reconstruction.swapped_local_tokens`): the difference is what the
+    decoder reads from the local tokens."""
+    recon = swapped_local_tokens(model, images) if swap_local else reconstruct(model, images)
+    return psnr(recon, images).mean().item()
 
 
 @torch.no_grad()

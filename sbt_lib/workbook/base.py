@@ -47,6 +47,52 @@ def load_base(folder: str | Path | None = None, dataset: str = "cifar10") -> Sel
     return SelfBootTok.from_pretrained(str(folder))
 
 
+def notebook_base_folder(P, out_root: str | Path) -> Path:
+    """Where the base tokenizer of a notebook at ``P.scale`` is: the shipped ``save_pretrained`` folder where its
+    configuration is the ``base`` bundle's at that scale (cpu and gpu share one), else the run folder
+    ``<out_root>/base/tokenizer`` that :func:`notebook_base` trains it into."""
+    from .params import resolve
+
+    shipped = base_folder("cifar10")
+    if (shipped / "config.json").exists():
+        config = json.loads((shipped / "config.json").read_text())["cfg"]
+        if config == resolve("base", P.scale).tokenizer.to_dict():
+            return shipped
+    return Path(out_root) / "base" / "tokenizer"
+
+
+def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool = True) -> SelfBootTok:
+    """The base tokenizer a notebook's experiments stand on (:func:`notebook_base_folder`): the shipped one, or
+    the ``base`` bundle of ``P.scale`` trained here on ``train_set`` (a rerun loads it; at ``tiny`` it takes
+    seconds, at ``cpu`` hours, which is why the shipped one exists).  The notebook's data need not be the
+    base's: the CIFAR-10 base applied to the built-in photos is how the offline fallback runs."""
+    from . import builders
+    from .params import resolve
+
+    folder = notebook_base_folder(P, out_root)
+    if (folder / "config.json").exists():
+        return load_base(folder)
+    bundle = resolve("base", P.scale, dataset=P.data.dataset, seed=0)
+    if not (folder / "checkpoint.json").exists():
+        print(f"no shipped base tokenizer for scale {P.scale!r}: training the base bundle into {folder} "
+              f"({bundle.training.steps} steps; a rerun loads it)")
+    result = builders.train_tokenizer(bundle, train_set, test_set, folder, progress=progress, evaluate=False)
+    return result.best_model.cpu().eval()
+
+
+def reconstruction_table(models: dict[str, SelfBootTok], images: torch.Tensor, train_set, fd_size: int) -> dict:
+    """Each model's and each anchor's (PCA and bicubic at the models' number of values) reconstruction of
+    ``images``: PSNR, SSIM, the rFID-style distance and KID, and the HOG Fréchet distance (a feature space no
+    training loss reads).  Name → metrics, the models first."""
+    from ..eval.metrics import ssim
+
+    values = next(iter(models.values())).cfg.token_values
+    recons = {name: reconstruct(m, images) for name, m in models.items()}
+    recons |= {f"{k} (anchor)": v for k, v in anchor_images(images, train_set, values).items()}
+    return {name: {"psnr": psnr(r, images).mean().item(), "ssim": ssim(r, images).mean().item(), "values": values,
+                   **distribution_metrics(images, r, fd_size)} for name, r in recons.items()}
+
+
 def check_batches(image_size: int = 32) -> dict[str, torch.Tensor]:
     """The fixed batches whose reconstruction PSNR a shipped tokenizer records: evenly spaced CIFAR-10 test
     images (when CIFAR-10 is available) and the built-in photos' test crops (always available)."""
@@ -95,8 +141,8 @@ def export_base(run: str | Path, folder: str | Path, train_set, test_set, comman
     if model.cfg.groups[1:]:
         metrics["swapped_local_psnr"] = psnr(swapped_local_tokens(model, images), images).mean().item()
     anchors = anchor_metrics(train_set, images, model.cfg.token_values)
-    for name, recon in _anchor_images(images, train_set, model.cfg.token_values).items():
-        anchors[name].update(_distribution(images, recon, fd_size))
+    for name, recon in anchor_images(images, train_set, model.cfg.token_values).items():
+        anchors[name].update(distribution_metrics(images, recon, fd_size))
     record = {
         "command": command,
         "steps": meta["step"], "batch_size": meta["train"]["batch_size"],
@@ -149,7 +195,7 @@ training loss reads):
 """
 
 
-def _anchor_images(images: torch.Tensor, train_set, values: int) -> dict[str, torch.Tensor]:
+def anchor_images(images: torch.Tensor, train_set, values: int) -> dict[str, torch.Tensor]:
     """The anchors' reconstructions of ``images`` at ``values`` numbers per image (as anchor_metrics')."""
     from ..eval.metrics import bicubic_roundtrip
     from ..models.pca import pca_anchor
@@ -158,7 +204,7 @@ def _anchor_images(images: torch.Tensor, train_set, values: int) -> dict[str, to
             "bicubic": bicubic_roundtrip(images, values)}
 
 
-def _distribution(images: torch.Tensor, recon: torch.Tensor, fd_size: int) -> dict:
+def distribution_metrics(images: torch.Tensor, recon: torch.Tensor, fd_size: int) -> dict:
     """rFD-EffNet and KID (or rFID, where Inception resolves) and the HOG Fréchet distance of ``recon``."""
     from ..eval.fidelity import feature_metrics
 

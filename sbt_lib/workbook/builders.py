@@ -20,7 +20,7 @@ from ..files import content_key
 from ..generation.samplers import sample
 from ..generation.transport import FlowMatchingLoss, TokenNormalizer
 from ..models.sit import SiT
-from ..models.two_stage import frozen_state, refined_tokenizer, stage2_tokenizer
+from ..models.two_stage import ENCODER_SWITCHES, frozen_state, on_base, refined_tokenizer, stage2_tokenizer
 from ..models.vae2d import VAE2D, VAE2DConfig
 from ..objective.objective import Objective
 from ..objective.stage2 import RefinerLoss, Stage2Loss
@@ -105,9 +105,11 @@ def teacher_cache(name: str, P: Params, train_set, num_tokens: int, progress: bo
                         f"{teacher.cache_name}-pooled{num_tokens}", device=device, progress=progress)
 
 
-def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = True) -> Objective:
+def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = True,
+                    z_global: FeatureCache | None = None) -> Objective:
     """Eq. 4-5 with the weights of ``P.objective``; the frozen inputs its terms need (2D latents,
-    teacher features of the training images) are computed and cached first."""
+    teacher features of the training images) are computed and cached first.  ``z_global``: the cached global
+    tokens of a frozen encoder, for a decoder-side variant on a base (:func:`train_on_base`)."""
     cfg = P.objective
     latents = latents_2d_cache(P, train_set, progress) if cfg.ot_weight else None
     tokens = {"global": model.cfg.num_tokens, "local": model.cfg.num_group_tokens(cfg.repa_local_group)}
@@ -116,7 +118,7 @@ def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = T
                                             ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
     if cfg.glotok_weight:  # GloTok's relations: one global feature per image of the same semantic teacher
         teachers["relation"] = teacher_cache(cfg.repa_global_teacher, P, train_set, 1, progress)
-    return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers)
+    return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers, z_global=z_global)
 
 
 def prepare_training(P: Params, train_set, progress: bool = True) -> None:
@@ -191,6 +193,33 @@ def train_stage2(P: Params, parent: SelfBootTok, local_2d: str, train_set, test_
                      "train_size": P.data.train_size, "seed": P.seed}}
     return train(model, Stage2Loss(z_global), train_set, cfg, out_dir=out_dir,
                  eval_fn=eval_fn if evaluate else None, meta=meta)
+
+
+# ----------------------------------------------------------------------------- variants on a base tokenizer
+
+def base_params(P: Params, base: SelfBootTok) -> Params:
+    """``P`` with the encoder-side fields of its tokenizer set to ``base``'s (its decoder-side switches kept):
+    the parameters of decoder-side variants on ``base`` (:func:`train_on_base`)."""
+    return P.replace(**{k: v for k, v in base.cfg.to_dict().items() if k in ENCODER_SWITCHES})
+
+
+def train_on_base(P: Params, base: SelfBootTok, train_set, test_set, out_dir: Path,
+                  z_global: FeatureCache | None = None, progress: bool = True) -> TrainResult:
+    """The decoder side of the tokenizer ``P.tokenizer`` trained on the frozen encoder and global codebook of
+    ``base`` (:func:`~sbt_lib.models.two_stage.on_base`, fresh from ``P.seed``): every variant has the base's
+    ``z_global``, read from the cache ``z_global`` (built by :func:`global_token_cache` when not given), so a
+    step runs only the local aligners and the decoder.  The objective is ``P.objective`` (REPA to a local
+    teacher and L_OT act on the local tokens); ``P.training`` sets the steps; checkpoints in ``out_dir``."""
+    switches = {k: v for k, v in P.tokenizer.to_dict().items() if k not in ENCODER_SWITCHES}
+    model = on_base(base, seed=P.seed, inherit_decoder=False, **switches)
+    z_global = z_global if z_global is not None else global_token_cache(base, train_set, P, progress)
+    objective = build_objective(P, model, train_set, progress, z_global=z_global)
+    cfg = replace(P.training, progress=progress)
+    meta = {"tokenizer": model.cfg.to_dict(), "objective": objective.cfg.to_dict(),
+            "base": {"z_global_cache": z_global.name},
+            "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size,
+                     "train_size": P.data.train_size, "seed": P.seed}}
+    return train(model, objective, train_set, cfg, out_dir=out_dir, meta=meta)
 
 
 def reconstruction_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
