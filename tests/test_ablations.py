@@ -7,12 +7,15 @@ from sbt_lib.models.tokenizer import TokenizerConfig
 
 def test_table3_variants_are_the_paper_rows():
     v = ab.table3_variants("xs")
-    assert list(v) == ["G", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)", "G+L1+L2"]
+    assert list(v) == ["G", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)",
+                       "G+L1+L2 (gain-shape locals)", "G+L1+L2"]
     groups = {name: TokenizerConfig(**sw).groups for name, sw in v.items()}
     assert groups["G"] == ("global",) and groups["G+L1"] == ("global", "local_1d")
     assert all(g == ("global", "local_1d", "local_2d") for n, g in groups.items() if "L2" in n)
     assert TokenizerConfig(**v["G+L1+L2 (non-causal)"]).causal is False
     assert TokenizerConfig(**v["G+L1+L2 (shared codebook)"]).shared_codebook is True
+    gain_shape = TokenizerConfig(**v["G+L1+L2 (gain-shape locals)"])
+    assert gain_shape.local_keep_norm is True and gain_shape.local_scale == 1.0
     f = ab.fusion_variants("s")
     assert [TokenizerConfig(**sw).fusion for sw in f.values()] == ["residual", "concat"]
 

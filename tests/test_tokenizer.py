@@ -18,6 +18,7 @@ VARIANTS = {
     "N_l != N": {**FULL, "num_local_tokens": 6},
     "conv trunk": {**FULL, "trunk": "conv"},
     "gain-shape SoftVQ": {**FULL, "keep_norm": True, "tau": 0.3},
+    "unit-length locals": {**FULL, "keep_norm": True, "local_keep_norm": False, "local_scale": 10.0},
     "dense path": {**FULL, "trunk": "conv", "patch_size": 8, "dense_path": True},
 }
 RECIPE = dict(trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
@@ -254,3 +255,23 @@ def test_swapping_local_tokens_changes_only_what_the_local_tokens_carry():
     torch.testing.assert_close(swapped_local_tokens(m, same), reconstruct(m, same))
     with pytest.raises(ValueError, match="no local tokens"):
         swapped_local_tokens(build().eval(), x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_unit_length_local_tokens_have_the_fixed_length(shared):
+    m = build(**FULL, keep_norm=True, local_keep_norm=False, local_scale=10.0, shared_codebook=shared).eval()
+    enc = m.encode(images())
+    for group in ("local_1d", "local_2d"):
+        torch.testing.assert_close(enc.tokens[group].norm(dim=-1), torch.full(enc.tokens[group].shape[:-1], 10.0))
+    gain_shape = build(**FULL, keep_norm=True, shared_codebook=shared).eval().encode(images())  # default: lengths kept
+    assert not torch.allclose(gain_shape.tokens["local_1d"].norm(dim=-1), torch.ones(()), atol=1e-3)
+    torch.testing.assert_close(gain_shape.tokens["global"], enc.tokens["global"])  # the encoder side is the same
+
+
+def test_local_token_length_survives_save_and_load(tmp_path):
+    m = build(**FULL, keep_norm=True, local_keep_norm=False, local_scale=10.0).eval()
+    m.save_pretrained(tmp_path)
+    loaded = SelfBootTok.from_pretrained(tmp_path).eval()
+    assert loaded.cfg.local_keep_norm is False and loaded.cfg.local_scale == 10.0
+    x = images()
+    torch.testing.assert_close(loaded(x)[0], m(x)[0], atol=2e-2, rtol=0)  # float16 weights

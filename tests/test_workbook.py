@@ -208,7 +208,8 @@ def test_notebook_01_metrics_and_figures(tiny_run):
 def test_notebook_02_one_entry_per_variant(tiny_run):
     run = tiny_run / "02_bootstrapping"
     m = json.loads((run / "metrics.json").read_text())
-    variants = ["G", "G (param-matched)", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)", "G+L1+L2"]
+    variants = ["G", "G (param-matched)", "G+L1", "G+L1+L2 (non-causal)", "G+L1+L2 (shared codebook)",
+                "G+L1+L2 (gain-shape locals)", "G+L1+L2"]
     assert list(m["variants"]) == variants
     assert list(m["fusion"]) == ["soft residual", "concat"]
     assert len(m["seeds"]) >= 2

@@ -42,6 +42,10 @@ The workbook's recipe (``sbt_lib.workbook.scales``; measured in ``benchmarks/tok
 - ``trunk="conv"``: residual conv stages halve the image down to the token grid and mirror it in the
   decoder (GigaTok's hybrid CNN-transformer), in place of the 3×3 stem and patchify;
 - ``keep_norm=True``: gain-shape SoftVQ, which keeps each token's length (see :mod:`sbt_lib.models.quantizer`);
+  ``local_keep_norm=False`` with ``local_scale=s`` makes the local tokens unit-length codes times ``s`` instead.
+  Why: the encoder's global tokens keep lengths far above one, and local tokens with lengths of their own shrink
+  during training until the fused memory is ``z_global`` alone and the decoder ignores them; at a fixed length
+  every group keeps its share of the fusion (notebook 02 measures what it costs and what the decoder reads);
 - ``linear_path=True``: a fixed linear map pixels → ``z_global`` → pixels (:class:`LinearPath`), set to
   the training set's principal components, beside the networks, whose last layers start at zero.  The
   tokenizer starts as the best linear code at its number of values and learns the non-linear rest.
@@ -97,6 +101,8 @@ class TokenizerConfig(Config):
     trunk: str = "patch"  # patch: a 3×3 conv stem, then patchify | conv: residual conv stages down to the grid (GigaTok)
     linear_path: bool = False  # a linear pixels ↔ global-token path started at the principal components
     keep_norm: bool = False  # gain-shape SoftVQ: the codebook quantizes each token's direction, its length is kept
+    local_keep_norm: bool | None = None  # local tokens keep their lengths (gain-shape); None = keep_norm; False = unit
+    local_scale: float = 1.0  # the local tokens' factor after their codebooks (their length, when local_keep_norm=False)
     token_mixing: bool = True  # learned linear read-in of patches into latents, and read-out into queries
     dense_path: bool = False  # a dense linear read-in of all patch features into ẑ_G, and read-out of all token values
     encoder_init: str | None = None  # a pretrained ViT the encoder starts from (dinov2_b: the paper's); see encoder_init.py
@@ -456,8 +462,10 @@ class SelfBootTok(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags
             if c.local_2d
             else None
         )
-        make = lambda: SoftVQ(c.token_dim, c.codebook_size, c.tau, c.normalize_codes, c.keep_norm)  # noqa: E731
-        self.quantizers = nn.ModuleDict({"shared": make()} if c.shared_codebook else {g: make() for g in c.groups})
+        self._local_keep_norm = local_keep = c.keep_norm if c.local_keep_norm is None else c.local_keep_norm
+        make = lambda keep: SoftVQ(c.token_dim, c.codebook_size, c.tau, c.normalize_codes, keep)  # noqa: E731
+        self.quantizers = nn.ModuleDict({"shared": make(c.keep_norm)} if c.shared_codebook else
+                                        {g: make(c.keep_norm if g == "global" else local_keep) for g in c.groups})
         self.fusion = Fusion(c)
         self.decoder = Decoder(c)
         self.linear_path = LinearPath(c) if c.linear_path else None
@@ -555,7 +563,8 @@ class SelfBootTok(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags
                 continue
             z_hat = aligner(z_global)
             q = self.quantizer(group)(z_hat)
-            enc.tokens[group], enc.probs[group], enc.unquantized[group] = q.z, q.probs, z_hat
+            z = q.z if self._local_keep_norm else torch.nn.functional.normalize(q.z, dim=-1)
+            enc.tokens[group], enc.probs[group], enc.unquantized[group] = z * self.cfg.local_scale, q.probs, z_hat
             enc.entropy_loss = enc.entropy_loss + q.entropy_loss
         return enc
 

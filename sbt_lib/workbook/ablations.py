@@ -31,14 +31,16 @@ FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}
 
 
 def table3_variants(aligner_2d: str) -> dict[str, dict]:
-    """Paper Table 3 in miniature: equal global tokens, growing local groups, and two ablations of
-    the full model (a bidirectional 2D aligner; one codebook shared by all groups)."""
+    """Paper Table 3 in miniature: equal global tokens, growing local groups, and three ablations of
+    the full model (a bidirectional 2D aligner; one codebook shared by all groups; local tokens that keep the
+    lengths their aligners give them instead of a fixed one)."""
     full = dict(local_1d=True, local_2d=aligner_2d)
     return {
         "G": dict(local_1d=False, local_2d=None),
         "G+L1": dict(local_1d=True, local_2d=None),
         "G+L1+L2 (non-causal)": {**full, "causal": False},
         "G+L1+L2 (shared codebook)": {**full, "shared_codebook": True},
+        "G+L1+L2 (gain-shape locals)": {**full, "local_keep_norm": True, "local_scale": 1.0},
         "G+L1+L2": full,
     }
 
