@@ -86,3 +86,15 @@ def test_the_shipped_base_tokenizer_reconstructs_its_check_batches_as_recorded()
     for name, value in measured.items():
         assert value == pytest.approx(record["check_psnr"][name], abs=0.02), name
     assert (folder / RECORD).exists()
+
+
+@pytest.mark.parametrize("notebook", ["01_decomposition", "02_bootstrapping", "04_aligner_scaling"])
+def test_the_notebooks_at_cpu_and_gpu_stand_on_the_shipped_base(notebook, tmp_path):
+    """The shipped folder is the ``base`` bundle's (read as a config: fields added since it was saved take their
+    defaults), so a notebook loads it instead of training the base for hours."""
+    from sbt_lib.workbook.base import notebook_base_folder
+    from sbt_lib.workbook.params import resolve
+
+    for scale in ("cpu", "gpu"):
+        assert notebook_base_folder(resolve(notebook, scale), tmp_path) == base_folder("cifar10"), scale
+    assert notebook_base_folder(resolve(notebook, "tiny"), tmp_path) == tmp_path / "base" / "tokenizer"

@@ -162,6 +162,20 @@ def test_a_variant_on_a_base_inherits_the_decoder_where_it_fits_or_starts_fresh(
     assert g.decoder.token_pos.shape != base.decoder.token_pos.shape
 
 
+def test_a_finetuned_variant_starts_as_the_base_and_trains_everything():
+    from sbt_lib.models.tokenizer import SelfBootTok
+    from sbt_lib.models.two_stage import on_base
+
+    torch.manual_seed(0)
+    base = SelfBootTok(**BASE).eval()
+    g = on_base(base, seed=1, finetune=True, local_1d=False, local_2d=None, residual_recovery=True).eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    torch.testing.assert_close(g.encode_global(x), base.encode_global(x), rtol=0, atol=0)  # the base's code at the start
+    torch.testing.assert_close(g.decoder.queries, base.decoder.queries)  # its decoder too, where the shapes fit
+    assert all(p.requires_grad for p in g.parameters())  # ... and then everything trains, the encoder included
+    assert any(n.startswith("residual.") for n, _ in g.named_parameters())  # a part the base lacks starts fresh
+
+
 def test_a_variant_on_a_base_cannot_change_the_global_tokens():
     from sbt_lib.models.tokenizer import SelfBootTok
     from sbt_lib.models.two_stage import on_base

@@ -74,14 +74,18 @@ ENCODER_SWITCHES = ("image_size", "patch_size", "width", "encoder_depth", "num_h
                     "keep_norm", "token_mixing", "encoder_init")
 
 
-def on_base(base: SelfBootTok, seed: int = 0, inherit_decoder: bool = True, **switches) -> SelfBootTok:
+def on_base(base: SelfBootTok, seed: int = 0, inherit_decoder: bool = True, finetune: bool = False,
+            **switches) -> SelfBootTok:
     """A tokenizer with the decoder-side ``switches`` (e.g. ``local_1d=False, local_2d=None`` for G) on the frozen
     encoder and global codebook of ``base``: its ``z_global`` is exactly the base's.  Everything after the global
     codebook starts fresh (seeded by ``seed``) or, with ``inherit_decoder``, from the base's tensors wherever a
     tensor of the same name and shape exists (a shared starting point for every variant).  With
     ``shared_codebook=True`` the one codebook is the base's global codebook, frozen.
 
-    Switches that would change ``z_global`` (:data:`ENCODER_SWITCHES`) are refused."""
+    With ``finetune``, every tensor the base has starts from it and nothing is frozen: a start for methods that act
+    on the encoder (CRT, GloTok), compared after the same fine-tuning from one learned code.
+
+    Switches that would change the encoder's shapes or code (:data:`ENCODER_SWITCHES`) are refused."""
     changed = sorted(k for k in switches if k in ENCODER_SWITCHES and switches[k] != getattr(base.cfg, k))
     if changed:
         raise ValueError(f"a variant on a base tokenizer keeps its encoder and global codebook, so it cannot change "
@@ -91,13 +95,14 @@ def on_base(base: SelfBootTok, seed: int = 0, inherit_decoder: bool = True, **sw
     parent = base.state_dict()
     if child.cfg.shared_codebook and not base.cfg.shared_codebook:
         parent["quantizers.shared.codebook"] = parent["quantizers.global.codebook"]
-    frozen = {k for k in child.state_dict() if k.startswith(_ALWAYS_FROZEN)}
     own = child.state_dict()
+    base_side = {k for k in own if k.startswith(_ALWAYS_FROZEN)}
+    frozen = set() if finetune else base_side
     inherited = {k: v for k, v in parent.items() if k in own and v.shape == own[k].shape
-                 and (k in frozen or inherit_decoder)}
-    missing_frozen = sorted(frozen - set(inherited))
-    if missing_frozen:
-        raise RuntimeError(f"the base lacks the frozen tensors {missing_frozen} (or their shapes differ)")
+                 and (k in base_side or inherit_decoder or finetune)}
+    missing = sorted(base_side - set(inherited))
+    if missing:
+        raise RuntimeError(f"the base lacks the encoder-side tensors {missing} (or their shapes differ)")
     child.load_state_dict(inherited, strict=False)
     for name, p in child.named_parameters():
         p.requires_grad_(name not in frozen)

@@ -20,7 +20,7 @@ from ..eval.metrics import psnr
 from ..eval.reconstruction import evaluate_tokenizer, held_out_images, prepare_evaluation, swapped_local_tokens
 from ..models.two_stage import decoder_side_params
 from ..train import DifferentRunError, resolve_device
-from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_stage2, train_tokenizer
+from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_tokenizer
 from .params import Params
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
@@ -103,17 +103,20 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
 
 
 def run_on_base(P: Params, base, variants: dict[str, dict], train_set, test_set, out: Path,
-                progress: bool = True, reuse: dict[str, tuple[Path, str]] | None = None) -> list[dict]:
+                progress: bool = True, reuse: dict[str, tuple[Path, str]] | None = None,
+                finetune: bool = False) -> list[dict]:
     """:func:`run_variants` on a base tokenizer: every (variant, seed) trains its decoder side (local aligners,
     their codebooks, fusion, decoder, and the objective's own parts) from a fresh start of that seed on the
     frozen encoder and global codebook of ``base``, so every variant has the same global tokens, read once
     from a cache (:func:`~sbt_lib.workbook.builders.train_on_base`).  A variant may only change decoder-side
-    switches and objective weights.  One row per run, as :func:`run_variants` gives; ``reuse`` as there."""
+    switches and objective weights.  With ``finetune``, every variant trains all of its weights instead, started
+    from the base's.  One row per run, as :func:`run_variants` gives; ``reuse`` as there."""
     P = base_params(P, base)
-    z_global = global_token_cache(base, train_set, P, progress)
+    z_global = None if finetune else global_token_cache(base, train_set, P, progress)
     reuse = reuse or {}
     jobs = [_Job(name, seed, P.replace(**variants[name], seed=seed), variant_run(out, name, seed),
-                 {"reuse": variant_run(reuse[name][0], reuse[name][1], seed) if name in reuse else None})
+                 {"reuse": variant_run(reuse[name][0], reuse[name][1], seed) if name in reuse else None,
+                  "finetune": finetune})
             for name in variants for seed in P.seeds]
     workers = _workers(P, train_set, len(jobs))
     if workers > 1:
@@ -122,41 +125,57 @@ def run_on_base(P: Params, base, variants: dict[str, dict], train_set, test_set,
     return _sweep(P, jobs, _train_on_base, (train_set, test_set, base, z_global), workers, progress)
 
 
-def run_stage2(P: Params, parent, z_global, train_set, test_set, out: Path, progress: bool = True,
-               plan: dict[str, tuple[str, int]] | None = None) -> list[dict]:
-    """Stage 2 of two-stage scaling, every seed of ``P.seeds``, grown from the stage-1 tokenizer ``parent`` on its
-    cached global tokens ``z_global``; one row per run, as :func:`run_variants` gives.  ``plan`` maps a variant
-    name to its (2D aligner size, stage-2 steps); by default ``two-stage <size>`` for every size of
-    ``P.stage2.aligners`` at ``P.stage2.steps`` (a control at equal compute gives a small size more steps)."""
-    plan = plan or {f"two-stage {size}": (size, P.stage2.steps) for size in P.stage2.aligners}
-    jobs = [_Job(name, seed, P.replace(seed=seed, stage2_steps=steps), variant_run(out, name, seed), {"size": size})
-            for name, (size, steps) in plan.items() for seed in P.seeds]
-    workers = _workers(P, train_set, len(jobs))
-    return _sweep(P, jobs, _train_stage2, (train_set, test_set, parent, z_global), workers, progress)
+def stage2_on_base(sizes: list[str]) -> dict[str, dict]:
+    """Stage 2 of two-stage scaling on a base: the full model with a 2D aligner of each size in ``sizes`` on the
+    base's frozen encoder and global codebook (the §4.1 reading: everything after them trains), as variants for
+    :func:`run_on_base`; named ``two-stage <size>``."""
+    return {f"two-stage {size}": dict(local_1d=True, local_2d=size) for size in sizes}
 
 
-def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path,
-                  progress: bool = True) -> tuple:
-    """Notebook 04's stage-1 tokenizer and its stage-2 tokenizers (first seed) of every size in
-    ``P.stage2.aligners``: loaded from the notebook-04 run folder ``folder04`` when it holds them, else
-    trained here through the same library calls into ``fallback`` (one seed), where a rerun finds them.
-    Returns ``(stage1, {size: stage2 tokenizer}, where)``; ``where`` says which folder they came from."""
+def on_base_step_flops(P: Params, base, switches: dict, train_set) -> int:
+    """FLOPs of one training step (forward and backward, torch's counter) of the variant ``switches`` on ``base``:
+    the decoder side only, as :func:`run_on_base` trains it, since the frozen encoder's tokens are cached."""
+    from ..eval.flops import training_step_flops
+    from ..models.two_stage import ENCODER_SWITCHES, on_base
+    from .builders import build_objective
+
+    Q = base_params(P, base).replace(**switches)
+    model = on_base(base, seed=Q.seed, inherit_decoder=False,
+                    **{k: v for k, v in Q.tokenizer.to_dict().items() if k not in ENCODER_SWITCHES})
+    z_global = global_token_cache(base, train_set, Q, progress=False)
+    objective = build_objective(Q, model, train_set, progress=False, z_global=z_global)
+    return training_step_flops(model, objective, train_set.get_batch(torch.arange(Q.training.batch_size)))
+
+
+def equal_flops_control(P: Params, base, sizes: list[str], train_set) -> tuple[dict[str, dict], dict[str, int]]:
+    """The control of aligner scaling at equal compute: for every size after the first, the smallest aligner
+    (``sizes[0]``) trained for as many steps as that size's stage-2 FLOPs buy, so a gain of a larger aligner is not
+    just a gain of compute.  Returns the variants (``<small> at the FLOPs of <size>``) and each size's FLOPs per
+    step."""
+    small = sizes[0]
+    flops = {s: on_base_step_flops(P, base, sw, train_set) for s, sw in zip(sizes, stage2_on_base(sizes).values())}
+    control = {f"{small} at the FLOPs of {s}": dict(local_1d=True, local_2d=small,
+                                                   steps=round(P.training.steps * flops[s] / flops[small]))
+               for s in sizes[1:]}
+    return control, flops
+
+
+def aligner_sweep(P: Params, base, train_set, test_set, folder04: Path, fallback: Path,
+                  progress: bool = True) -> tuple[dict, str]:
+    """Notebook 04's stage-2 tokenizers on ``base`` (first seed), one per size of ``P.stage2.aligners``: the runs its
+    ``metrics.json`` in ``folder04`` lists when it lists them all (one may live in notebook 02's folder), else
+    trained here through the same library call (:func:`run_on_base`, one seed) into ``fallback``, where a rerun
+    finds them.  Returns ``({size: stage-2 tokenizer}, where)``; ``where`` says which folder they came from."""
     folder04, fallback = Path(folder04), Path(fallback)
-    found = (folder04 / "stage1" / "checkpoint.json").exists() and all(
-        (variant_run(folder04, f"two-stage {s}", P.seed) / "checkpoint.json").exists() for s in P.stage2.aligners)
-    if found:
-        root = folder04
-        stage1 = load_tokenizer(folder04 / "stage1")
+    variants = stage2_on_base(P.stage2.aligners)
+    listed = json.loads((folder04 / "metrics.json").read_text()).get("runs", []) if (folder04 / "metrics.json").exists() else []
+    found = {r["variant"]: Path(r["run"]) for r in listed if r["seed"] == P.seed and r["variant"] in variants}
+    if len(found) == len(variants) and all((run / "checkpoint.json").exists() for run in found.values()):
+        where = str(folder04)
     else:
-        root = fallback
-        stage1 = train_tokenizer(P, train_set, test_set, fallback / "stage1", progress=progress,
-                                 evaluate=False).best_model.cpu().eval()
-        z_global = global_token_cache(stage1, train_set, P, progress)
-        for s in P.stage2.aligners:
-            train_stage2(P, stage1, s, train_set, test_set, variant_run(fallback, f"two-stage {s}", P.seed),
-                         z_global=z_global, progress=progress)
-    stage2 = {s: load_tokenizer(variant_run(root, f"two-stage {s}", P.seed)) for s in P.stage2.aligners}
-    return stage1.cpu().eval(), stage2, str(root)
+        rows = run_on_base(P.replace(seeds=1), base, variants, train_set, test_set, fallback, progress)
+        found, where = {r["variant"]: Path(r["run"]) for r in rows}, str(fallback)
+    return {s: load_tokenizer(found[name]).cpu().eval() for s, name in zip(P.stage2.aligners, variants)}, where
 
 
 # ----------------------------------------------------------------------------- one run of a sweep
@@ -164,8 +183,7 @@ def aligner_sweep(P: Params, train_set, test_set, folder04: Path, fallback: Path
 @dataclass
 class _Job:
     """One run of a sweep: the variant, its seed, its parameters (the seed set), the folder it trains in, and
-    what its kind of run needs besides (``reuse``: another notebook's folder of the same run; ``size``: stage 2's
-    aligner)."""
+    what its kind of run needs besides (``reuse``: another notebook's folder of the same run; ``finetune``: the run trains all of a base's weights)."""
 
     variant: str
     seed: int
@@ -218,7 +236,8 @@ def _train_variant(job: _Job, train_set, test_set) -> dict:
 def _train_on_base(job: _Job, train_set, test_set, base, z_global) -> dict:
     """A run of :func:`run_on_base` (in another notebook's folder when that holds this very run), then evaluated."""
     def train_in(folder: Path):
-        return train_on_base(job.params, base, train_set, test_set, folder, z_global=z_global, progress=False)
+        return train_on_base(job.params, base, train_set, test_set, folder, z_global=z_global, progress=False,
+                             finetune=job.options["finetune"])
 
     shared = job.options.get("reuse")
     if shared is not None and (shared / "checkpoint.json").exists():
@@ -227,13 +246,6 @@ def _train_on_base(job: _Job, train_set, test_set, base, z_global) -> dict:
         except DifferentRunError:
             pass
     return _row(job, train_in(job.folder), job.folder, test_set)
-
-
-def _train_stage2(job: _Job, train_set, test_set, parent, z_global) -> dict:
-    """A run of :func:`run_stage2`, then evaluated."""
-    result = train_stage2(job.params, parent, job.options["size"], train_set, test_set, job.folder,
-                          z_global=z_global, progress=False)
-    return _row(job, result, job.folder, test_set)
 
 
 def _row(job: _Job, result, run: Path, test_set) -> dict:

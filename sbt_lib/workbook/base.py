@@ -24,7 +24,7 @@ from ..eval.metrics import psnr
 from ..eval.reconstruction import (anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct,
                                    swapped_local_tokens)
 from ..files import REPO, write_json
-from ..models.tokenizer import SelfBootTok
+from ..models.tokenizer import SelfBootTok, TokenizerConfig
 from .runs import load_tokenizer
 
 WEIGHTS = REPO / "weights"
@@ -54,9 +54,9 @@ def notebook_base_folder(P, out_root: str | Path) -> Path:
     from .params import resolve
 
     shipped = base_folder("cifar10")
-    if (shipped / "config.json").exists():
-        config = json.loads((shipped / "config.json").read_text())["cfg"]
-        if config == resolve("base", P.scale).tokenizer.to_dict():
+    if (shipped / "config.json").exists():  # read as a config, so that fields added since it was saved take defaults
+        config = TokenizerConfig.from_dict(json.loads((shipped / "config.json").read_text())["cfg"])
+        if config.to_dict() == resolve("base", P.scale).tokenizer.to_dict():
             return shipped
     return Path(out_root) / "base" / "tokenizer"
 
@@ -216,3 +216,19 @@ def distribution_metrics(images: torch.Tensor, recon: torch.Tensor, fd_size: int
 def read_record(folder: str | Path | None = None, dataset: str = "cifar10") -> dict:
     """The ``training.json`` of a shipped base tokenizer."""
     return json.loads((Path(folder or base_folder(dataset)) / RECORD).read_text())
+
+
+def base_training_flops(scale: str, train_set, folder: str | Path | None = None) -> int:
+    """Training FLOPs of the base of ``scale``: one step of the ``base`` bundle (forward and backward with its
+    objective, torch's counter) times the steps its ``training.json`` records (the bundle's steps where there is
+    none) — stage 1 of the aligner sweep, for the accounting of what reusing one generator saves."""
+    from ..eval.flops import training_step_flops
+    from .builders import build_objective
+    from .params import resolve
+
+    B = resolve("base", scale)
+    model = SelfBootTok(B.tokenizer)  # FLOPs do not depend on the weights: no data-dependent start needed
+    batch = train_set.get_batch(torch.arange(B.training.batch_size))
+    step = training_step_flops(model, build_objective(B, model, train_set, progress=False), batch)
+    record = Path(folder or base_folder()) / RECORD
+    return step * (json.loads(record.read_text())["steps"] if record.exists() else B.training.steps)

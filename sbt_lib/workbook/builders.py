@@ -204,19 +204,25 @@ def base_params(P: Params, base: SelfBootTok) -> Params:
 
 
 def train_on_base(P: Params, base: SelfBootTok, train_set, test_set, out_dir: Path,
-                  z_global: FeatureCache | None = None, progress: bool = True) -> TrainResult:
+                  z_global: FeatureCache | None = None, progress: bool = True, finetune: bool = False) -> TrainResult:
     """The decoder side of the tokenizer ``P.tokenizer`` trained on the frozen encoder and global codebook of
     ``base`` (:func:`~sbt_lib.models.two_stage.on_base`, fresh from ``P.seed``): every variant has the base's
     ``z_global``, read from the cache ``z_global`` (built by :func:`global_token_cache` when not given), so a
     step runs only the local aligners and the decoder.  The objective is ``P.objective`` (REPA to a local
-    teacher and L_OT act on the local tokens); ``P.training`` sets the steps; checkpoints in ``out_dir``."""
+    teacher and L_OT act on the local tokens); ``P.training`` sets the steps; checkpoints in ``out_dir``.
+    With ``finetune``, the whole tokenizer trains from the base's weights instead (no cache: the encoder moves),
+    so that terms acting on the encoder (CRT, GloTok) are compared from one learned start."""
     switches = {k: v for k, v in P.tokenizer.to_dict().items() if k not in ENCODER_SWITCHES}
-    model = on_base(base, seed=P.seed, inherit_decoder=False, **switches)
-    z_global = z_global if z_global is not None else global_token_cache(base, train_set, P, progress)
+    model = on_base(base, seed=P.seed, inherit_decoder=finetune, finetune=finetune, **switches)
+    if finetune:
+        z_global = None
+    elif z_global is None:
+        z_global = global_token_cache(base, train_set, P, progress)
     objective = build_objective(P, model, train_set, progress, z_global=z_global)
     cfg = replace(P.training, progress=progress)
-    meta = {"tokenizer": model.cfg.to_dict(), "objective": objective.cfg.to_dict(),
-            "base": {"z_global_cache": z_global.name},
+    where = ({"finetuned_from": _weights_key(base.state_dict(), length=12)} if finetune else
+             {"z_global_cache": z_global.name})
+    meta = {"tokenizer": model.cfg.to_dict(), "objective": objective.cfg.to_dict(), "base": where,
             "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size,
                      "train_size": P.data.train_size, "seed": P.seed}}
     return train(model, objective, train_set, cfg, out_dir=out_dir, meta=meta)
