@@ -321,6 +321,8 @@ def test_notebook_06_tokenizers_compared(tiny_run):
     names = ["SoftVQ", "SelfBootTok", "SoftVQ + CRT 0.1", "SoftVQ + CRT 1", "SoftVQ + GloTok 0.1", "SelfBootTok + CRT 0.1"]
     assert list(m["summary"]) == names and all(s["seeds"] == 2 for s in m["summary"].values())
     assert m["variants"]["SoftVQ + GloTok 0.1"]["residual_recovery"] is True
+    for row in m["rows"]:  # every tokenizer is fine-tuned from the one base, its encoder included
+        assert "finetuned_from" in json.loads((Path(row["run"]) / "checkpoint.json").read_text())["base"]
     for row in m["rows"]:  # every tokenizer run has its generator, measured with the same label
         assert row["gfd_label"] == m["label"] and row["generator_steps"] > 0 and row["tokens"] == 8
         assert {"test_psnr", "test_ssim", m["feature_distance"], "gfd", "gkid", "generator_gflops_forward"} <= set(row)

@@ -38,7 +38,8 @@ PAPER_ROWS = [
 
 def tokenizer_variants(aligner_2d: str, crt_weights: list[float], glotok_weight: float,
                        residual_weight: float) -> dict[str, dict]:
-    """The tokenizers of the comparison, as flat-parameter variants: every one has the same global tokens."""
+    """The tokenizers of the comparison, as flat-parameter variants: every one has the same number and size of
+    global tokens."""
     softvq = dict(local_1d=False, local_2d=None)
     full = dict(local_1d=True, local_2d=aligner_2d)
     variants = {"SoftVQ": softvq, "SelfBootTok": full}

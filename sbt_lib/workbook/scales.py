@@ -81,21 +81,6 @@ _PAPER_OBJECTIVE = dict(perceptual_weight=1.0, adv_weight=0.1, adv_start=epochs(
                         repa_global_teacher="dinov2_b", repa_local_weight=0.5, repa_local_teacher="ijepa",
                         repa_local_group="local_1d")
 
-# Notebook 02 trains 8 variants × 3 seeds (Table 3, fusion, Table 2) within about 10 minutes at cpu, so
-# each run gets ~20 s on 2 cores: a narrower, shallower tokenizer than notebook 01's at the same 32 × 8
-# bottleneck, 256 codewords per group, 100 steps of 32 from 10,000 training images (a class-balanced subset:
-# the teacher and 2D-VAE caches stay small) on 500 held-out images (the same for every run, so they cancel in
-# comparisons).  Every run starts at the same linear code (PCA), which keeps the seed spread small (the notebook
-# reports it).
-_BOOTSTRAP_CPU = {**_TRAINING["cpu"], **_TOKENIZER["cpu"], "width": 64, "encoder_depth": 2, "decoder_depth": 2,
-                  "conv_channels": 16, "codebook_size": 256, "steps": 100, "warmup": 15, "eval_every": 0,
-                  "ckpt_every": 0, "train_size": 10_000, "test_size": 500}
-_BOOTSTRAP = {
-    "tiny": {**_TRAINING["tiny"], **_TOKENIZER["tiny"], "eval_every": 0},
-    "cpu": _BOOTSTRAP_CPU,
-    "gpu": {**_TRAINING["gpu"], **_TOKENIZER["gpu"], "steps": 10_000},
-    "paper": {**_TRAINING["paper"], **_TOKENIZER["paper"], **_PAPER_OBJECTIVE},
-}
 # The switches of the full SelfBootTok per scale: the 2D aligner's preset and the decoder.
 _SELFBOOTTOK = {
     "tiny": dict(local_1d=True, local_2d="xs", decoder="cross"),
@@ -172,13 +157,21 @@ _GENERATOR = {
 # SiT (notebook 05's, 80 steps), 500 held-out images and 300 samples: within 10 minutes on 2 cores.
 _COMPARE = {
     "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(seeds=2, crt_weights=[0.1, 1.0], test_size=500, generator_steps=80, generator_samples=300),
+    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_steps=80, generator_samples=300),
     "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_steps=20_000, generator_samples=10_000),
     "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
 }
 
-# The 2D aligner of stage 1 in notebooks 04-05 (the smallest; stage 2 grows it).
-_STAGE1_ALIGNER = {"tiny": "xs", "cpu": "xs", "gpu": "xs", "paper": "10M"}
+# Notebook 06: every tokenizer starts from the base and fine-tunes all of its weights for the same steps with the
+# same seeds: CRT and GloTok act on the encoder, so a frozen base would leave them nothing to change.  MSE only, as
+# on the base in notebooks 02-04, at a lower learning rate than a fresh decoder side gets.  The SelfBootTok rows
+# keep the base's own local tokens (gain-shape, its aligner), so that "SelfBootTok" starts as the base itself.
+_FINETUNE = {
+    "tiny": dict(local_keep_norm=None, local_scale=1.0),
+    "cpu": dict(steps=100, lr=5e-4, warmup=10, local_keep_norm=None, local_scale=1.0),
+    "gpu": dict(steps=2000, lr=2e-4, warmup=100, local_keep_norm=None, local_scale=1.0),
+    "paper": dict(),
+}
 
 # The base tokenizer: learned once, at a budget where a learned code overtakes the linear one, and shipped
 # (weights/, sbt_lib.workbook.base); the notebooks' experiments stand on it as the paper's stage 2 stands on stage 1.
@@ -260,7 +253,7 @@ NOTEBOOKS = {
         for s in SCALE_NAMES
     },
     "06_tokenizers_compared": {
-        s: {**_BOOTSTRAP[s], **_GENERATOR[s], **_COMPARE[s], "local_2d": _STAGE1_ALIGNER[s],
+        s: {**_ON_BASE[s], **_FINETUNE[s], **_GENERATOR[s], **_COMPARE[s], "local_2d": _BASE[s]["local_2d"],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },

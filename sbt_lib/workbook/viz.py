@@ -151,7 +151,7 @@ def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], pa
                 vals = s.get("values", {}).get(metric, [])
                 ax.plot([xi * shift] * len(vals), vals, ".", color=f"C{i}", alpha=0.4, ms=4)
         for j, (name, value) in enumerate((references or {}).get(metric, {}).items()):
-            ax.axhline(value, ls=("--", ":")[j % 2], color="gray", label=name)
+            ax.axhline(value, ls=("--", ":", "-.")[j % 3], color=("gray", "gray", "black")[j % 3], label=name)
         ax.set_xscale("log")
         ticks = sorted({s["aligner_2d_params"] for sizes in curves.values() for s in sizes.values()})
         ax.set_xticks(ticks, [_count(n) for n in ticks])
