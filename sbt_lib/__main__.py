@@ -30,7 +30,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``train`` and ``evaluate``."""
-    parser.add_argument("what", choices=("base", "tokenizer", "stage2", "generator"))
+    parser.add_argument("what", choices=("base", "stage2", "generator"))  # launch.WHAT, without importing torch
     parser.add_argument("--scale", default="cpu", choices=SCALE_NAMES)
     parser.add_argument("--dataset", help="auto, photos, shapes, cifar10, imagenet, or an ImageFolder path "
                                           "(default: the scale's)")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                      help="set a notebook parameter, e.g. -p steps=500 (repeatable)")
     rep.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
-    for command, what in (("train", "train the tokenizer, its stage-2 aligners or the generator"),
+    for command, what in (("train", "train the base tokenizer, its stage-2 aligners or the generator"),
                           ("evaluate", "evaluate what train trained, on the held-out split")):
         _run_options(sub.add_parser(command, help=f"{what} (alone or under torchrun)"))
     sub.choices["train"].add_argument("--export", metavar="DIR",

@@ -114,7 +114,7 @@ def test_the_train_command_runs_under_torchrun_on_nccl(tmp_path):
     path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                          "-m", "sbt_lib", "train", "tokenizer", "--scale", "tiny", "--out", str(tmp_path)],
+                          "-m", "sbt_lib", "train", "base", "--scale", "tiny", "--out", str(tmp_path)],
                          env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "DDP on nccl" in run.stdout, run.stdout[-2000:]

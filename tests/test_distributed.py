@@ -161,22 +161,22 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_saves_it(tmp_path):
 
 
 def test_the_train_and_evaluate_commands_run_under_torchrun(tmp_path):
-    """The real launch: the tokenizer, its stage-2 aligner and the generator, each on two processes; then the
-    evaluation sharded over two processes gives the single process's numbers."""
+    """The real launch: the base tokenizer, a stage-2 aligner on it and the generator on its global tokens, each on
+    two processes; then the evaluation sharded over two processes gives the single process's numbers."""
     common = ["--scale", "tiny", "--out", str(tmp_path), "-p", "stage2_aligners=['xs']"]
-    for what in ("tokenizer", "stage2", "generator"):
+    for what in ("base", "stage2", "generator"):
         run = _torchrun("-m", "sbt_lib", "train", what, *common)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert run.stdout.count("on 2 process(es) (DDP on gloo)") == 1  # rank 0 speaks, rank 1 does not
-    for folder in ("04_aligner_scaling/stage1", "04_aligner_scaling/runs/two-stage_xs/seed0",
+    for folder in ("base/tokenizer", "04_aligner_scaling/runs/two-stage_xs/seed0",
                    "05_generation/generators/global"):
         _, meta = load_checkpoint(tmp_path / folder / "checkpoint")
         assert meta["world_size"] == 2 and meta["step"] > 0
     # sharded evaluation: the tokenizer's numbers do not depend on how many processes computed them
-    evaluation = tmp_path / "04_aligner_scaling" / "stage1" / "evaluation.json"
+    evaluation = tmp_path / "base" / "tokenizer" / "evaluation.json"
     found = {}
     for launch in (TORCHRUN, [sys.executable]):
-        run = subprocess.run([*launch, "-m", "sbt_lib", "evaluate", "tokenizer", *common], env=_env(), cwd=HERE.parent,
+        run = subprocess.run([*launch, "-m", "sbt_lib", "evaluate", "base", *common], env=_env(), cwd=HERE.parent,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         metrics = json.loads(evaluation.read_text())

@@ -41,7 +41,7 @@ def test_missing_imagenet_says_where_it_was_looked_for_and_the_layout(tmp_path, 
     with pytest.raises(FileNotFoundError, match=r"imagenet/\{train,val\}/<wnid>/\*\.JPEG") as e:
         builders.load_data(resolve("05_generation", "paper"))
     assert str(tmp_path / "imagenet" / "train") in str(e.value)
-    run = subprocess.run([sys.executable, "-m", "sbt_lib", "train", "tokenizer", "--scale", "paper"],
+    run = subprocess.run([sys.executable, "-m", "sbt_lib", "train", "base", "--scale", "paper"],
                          env={**__import__("os").environ, "SBT_DATA": str(tmp_path)}, capture_output=True, text=True)
     assert run.returncode == 1 and "ImageNet not found" in run.stderr and "Traceback" not in run.stderr
 

@@ -1,20 +1,20 @@
-"""``python -m sbt_lib train|evaluate {tokenizer,stage2,generator}``: the notebooks' training calls, and
-their evaluation, as commands, alone or under ``torchrun``.
+"""``python -m sbt_lib train|evaluate {base,stage2,generator}``: the notebooks' training calls, and their
+evaluation, as commands, alone or under ``torchrun``.
 
-Each command resolves the parameters of notebook 05's bundle at a scale (the pipeline that notebooks 04
-and 05 train: the stage-1 tokenizer, its stage-2 tokenizers, the generator on its global tokens) and
-makes the same library call the notebook makes, into the same run folder, so a notebook run with the
-same ``out`` folder, scale and parameters loads what the command trained instead of training it again:
+Each command resolves the parameters of its bundle at a scale and makes the same library call the notebook makes,
+into the same run folder, so a notebook run with the same ``out`` folder, scale and parameters loads what the
+command trained instead of training it again.  Stage 1 is the base tokenizer: the shipped one where its
+configuration is the scale's ``base`` bundle (cpu, gpu), else the one ``train base`` writes under ``out``:
 
-===========  ============================================================  ==========================================
-command      trains                                                        run folder (under ``out``)
-===========  ============================================================  ==========================================
-base         the base tokenizer (:mod:`~sbt_lib.workbook.base`, bundle ``base``)  ``base/tokenizer``; with
-             ``--export DIR`` its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
-tokenizer    stage 1 (:func:`~sbt_lib.workbook.builders.train_tokenizer`)  ``04_aligner_scaling/stage1``
-stage2       stage 2 per size of ``stage2_aligners`` (frozen encoder)       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
-generator    the SiT on the stage-1 global tokens                          ``05_generation/generators/global``
-===========  ============================================================  ==========================================
+===========  ==========================================================  ==========================================
+command      trains                                                      run folder (under ``out``)
+===========  ==========================================================  ==========================================
+base         the base tokenizer, stage 1 (:mod:`~sbt_lib.workbook.base`)  ``base/tokenizer``; with ``--export DIR``
+             its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
+stage2       notebook 04's stage 2 per size of ``stage2_aligners`` on       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
+             the base (:func:`~sbt_lib.workbook.builders.train_on_base`)
+generator    the SiT on the base's global tokens (notebook 05)            ``05_generation/generators/global``
+===========  ==========================================================  ==========================================
 
 Under ``torchrun`` rank 0 fills the caches first (decoded data, teacher features, the global tokens),
 then every rank trains its shard of each batch (:mod:`sbt_lib.train`); only rank 0 writes and prints.
@@ -34,35 +34,39 @@ from ..eval import sharded
 from ..files import REPO, write_json
 from ..train import TrainResult, resolve_device
 from . import builders
-from .base import export_base
+from .ablations import stage2_on_base
+from .base import export_base, load_base, notebook_base_folder
 from .params import Params, resolve
 from .runs import load_generator, load_tokenizer, variant_run
 
-WHAT = ("base", "tokenizer", "stage2", "generator")
-BUNDLE = "05_generation"
-BUNDLES = {"base": "base"}  # the bundle of each command (default: BUNDLE)
+WHAT = ("base", "stage2", "generator")
+BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "05_generation"}  # the bundle of each command
 
 
 def run_folders(out: Path, P: Params) -> dict[str, Path]:
-    """Where each command writes (notebook 04's and 05's folders under ``out``)."""
-    return {"base": out / "base" / "tokenizer", "tokenizer": out / "04_aligner_scaling" / "stage1",
-            **{f"stage2 {s}": variant_run(out / "04_aligner_scaling", f"two-stage {s}", P.seed) for s in P.stage2.aligners},
+    """Where each command writes (the base's, notebook 04's and notebook 05's folders under ``out``)."""
+    return {"base": out / "base" / "tokenizer",
+            **{f"stage2 {s}": variant_run(out / "04_aligner_scaling", name, P.seed)
+               for s, name in zip(P.stage2.aligners, stage2_on_base(P.stage2.aligners))},
             "generator": out / "05_generation" / "generators" / "global"}
 
 
-def _stage1(folders: dict[str, Path]):
-    run = folders["tokenizer"]
+def _stage1(P: Params, out: Path):
+    """The base the notebooks stand on at ``P.scale`` (:func:`~sbt_lib.workbook.base.notebook_base_folder`)."""
+    run = notebook_base_folder(P, out)
+    if (run / "config.json").exists():
+        return load_base(run)
     if not (run / "checkpoint.json").exists():
-        raise FileNotFoundError(f"no stage-1 tokenizer in {run}: train it first with the same --scale, --out and "
-                                "-p values: python -m sbt_lib train tokenizer ...")
+        raise FileNotFoundError(f"no base tokenizer in {run}: train it first with the same --scale, --out and "
+                                "-p values: python -m sbt_lib train base ...")
     return load_tokenizer(run)
 
 
 def _resolve(what: str, scale: str, dataset: str | None, out, overrides: dict | None) -> tuple[Params, Path, dict]:
-    """The parameters of notebook 05's bundle at ``scale``, the root folder and the run folders of a command."""
+    """The parameters of a command's bundle at ``scale``, the root folder and the run folders of the command."""
     if what not in WHAT:
         raise ValueError(f"unknown {what!r}; valid: {WHAT}")
-    P = resolve(BUNDLES.get(what, BUNDLE), scale, dataset=dataset, **(overrides or {}))
+    P = resolve(BUNDLES[what], scale, dataset=dataset, **(overrides or {}))
     out = Path(out) if out else REPO / "runs" / scale
     return P, out, run_folders(out, P)
 
@@ -81,11 +85,12 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
             f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
         with dist.main_first():  # rank 0 fills the caches on disk, the others read them
             train_set, test_set = builders.load_data(P)
-            if what in ("base", "tokenizer"):
+            if what == "base":
                 builders.build_objective(P, builders.build_tokenizer(P, train_set), train_set, progress)
             else:
-                parent = _stage1(folders)
+                parent = _stage1(P, out)
                 if what == "stage2":
+                    P = builders.base_params(P, parent)
                     z_global = builders.global_token_cache(parent, train_set, P, progress)
                 else:
                     tokens = builders.token_cache(parent, train_set, P, "global", progress)
@@ -93,12 +98,10 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         if what == "base":
             results["base"] = builders.train_tokenizer(P, train_set, test_set, folders["base"], progress,
                                                        distribution=True)
-        elif what == "tokenizer":
-            results["tokenizer"] = builders.train_tokenizer(P, train_set, test_set, folders["tokenizer"], progress)
         elif what == "stage2":
-            for s in P.stage2.aligners:
-                results[f"stage2 {s}"] = builders.train_stage2(P, parent, s, train_set, test_set, folders[f"stage2 {s}"],
-                                                               z_global=z_global, progress=progress)
+            for s, switches in zip(P.stage2.aligners, stage2_on_base(P.stage2.aligners).values()):
+                results[f"stage2 {s}"] = builders.train_on_base(P.replace(**switches), parent, train_set, test_set,
+                                                                folders[f"stage2 {s}"], z_global=z_global, progress=progress)
         else:
             results["generator"] = builders.train_generator(P, parent, train_set, folders["generator"], "global",
                                                             tokens=tokens, progress=progress)
@@ -128,7 +131,7 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
             train_set, test_set = builders.load_data(P)
         device = resolve_device(P.training.device)
         results = {}
-        if what in ("base", "tokenizer", "stage2"):
+        if what in ("base", "stage2"):
             names = [what] if what != "stage2" else [f"stage2 {s}" for s in P.stage2.aligners]
             for name in names:
                 if not (folders[name] / "checkpoint.json").exists():
@@ -138,7 +141,7 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
         else:
             if not (folders["generator"] / "checkpoint.json").exists():
                 raise FileNotFoundError(f"no generator in {folders['generator']}: python -m sbt_lib train generator first")
-            tokenizer = _stage1(folders).to(device)
+            tokenizer = _stage1(P, out).to(device)
             model, normalizer = load_generator(folders["generator"])
             model, G = model.to(device), P.generator
 
