@@ -8,7 +8,7 @@ from sbt_lib.data.datasets import load_dataset
 from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
 from sbt_lib.workbook.params import resolve
 
-TINY = resolve("04_aligner_scaling", "tiny")  # the recipe trained from scratch in minutes (linear path)
+TINY = resolve("04_aligner_scaling", "tiny")  # a tiny bundle: the base recipe's tokenizer with the on-base training settings
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _params(**kw):
-    return resolve("04_aligner_scaling", "tiny", **{"local_1d": True, "local_2d": "xs", "vae_steps": 3, **ALL_TERMS, **kw})
+    return resolve("base", "tiny", **{"local_1d": True, "local_2d": "xs", "vae_steps": 3, "adv_start": 0, **ALL_TERMS, **kw})
 
 
 def _setup(data, **kw):

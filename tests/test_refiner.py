@@ -13,8 +13,9 @@ from sbt_lib.workbook.runs import load_tokenizer
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-    """Notebook 01's tokenizer at tiny, trained a few steps, and its data."""
-    P = resolve("04_aligner_scaling", "tiny", steps=10, train_size=128, test_size=32)
+    """The base recipe at tiny with a fixed linear path (MSE only), trained a few steps, and its data."""
+    P = resolve("base", "tiny", linear_path=True, perceptual_weight=0.0, adv_weight=0.0, ema=0.0, steps=10,
+                train_size=128, test_size=32)
     train_set, test_set = builders.load_data(P)
     model = builders.train_tokenizer(P, train_set, test_set, tmp_path_factory.mktemp("stage1"), progress=False,
                                      evaluate=False).model.cpu().eval()
