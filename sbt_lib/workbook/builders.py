@@ -300,10 +300,11 @@ def build_generator(P: Params, tokens: FeatureCache, train_set) -> tuple[SiT, To
 
 
 def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
-                    tokens: FeatureCache | None = None, progress: bool = True) -> TrainResult:
+                    tokens: FeatureCache | None = None, progress: bool = True, eval_fn=None) -> TrainResult:
     """A class-conditional SiT of ``P.generator`` (:func:`build_generator`) trained by flow matching on the
     cached tokens of ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine
-    (checkpoints, resume, the NaN guard).  The normaliser and the Gaussian prior are saved with it."""
+    (checkpoints, resume, the NaN guard).  The normaliser and the Gaussian prior are saved with it.
+    ``eval_fn(model)``, every ``P.training.eval_every`` steps: e.g. the distribution distance of its samples."""
     tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
     g = P.generator
     model, normalizer = build_generator(P, tokens, train_set)
@@ -311,7 +312,7 @@ def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path,
     meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
             "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
     return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,
-                 meta=meta)
+                 eval_fn=eval_fn, meta=meta)
 
 
 @torch.no_grad()

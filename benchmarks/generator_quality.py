@@ -1,0 +1,134 @@
+"""Sample quality of the generator against training images seen, with its anchors on the same axes.
+
+Trains the SiT of notebook 05's bundle at a scale, from zero velocity by default (``-p generator_prior=none``), on
+the global tokens of the base tokenizer the notebooks load (the shipped one at cpu and gpu), and every
+``steps / evals`` steps measures gFD-EffNet and KID of ``--samples`` samples (balanced classes, the bundle's sampler
+and guidance) against as many held-out test images.  Measured once, on the same images:
+
+- **Gaussian**: the tokens' class-conditional Gaussian (its flow in closed form, no network): the anchor to beat;
+- **real**: as many training images against the test images (the floor of the distance at this count);
+- **decoded**: the base's decodes of those training images' own global tokens (the tokenizer's ceiling).
+
+Prints a table (step, images seen, gFD, KID, seconds) and saves it as JSON and the curve as a PNG in ``--out``.
+The run folder keeps its checkpoint: run the same command again to resume or extend it (``--steps``)::
+
+    python benchmarks/generator_quality.py [--scale cpu] [--steps 20000] [--evals 10] [--samples 2000] \\
+        [-p generator_size=cpu -p generator_lr=3e-4 ...] [--run runs/bench/generator] [--out benchmarks]
+
+CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sbt_lib.__main__ import _parse_param
+from sbt_lib.eval.generation import generation_metrics
+from sbt_lib.eval.reconstruction import held_out_images
+from sbt_lib.files import REPO, write_json
+from sbt_lib.generation.transport import TokenNormalizer
+from sbt_lib.workbook import builders
+from sbt_lib.workbook.base import notebook_base
+from sbt_lib.workbook.params import resolve
+
+
+def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:
+    """gFD and KID of the Gaussian generator, of real training images and of their decodes, against ``real``."""
+    G = P.generator
+    gaussian, normalizer = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    fake = builders.generate_images(base, gaussian.eval(), normalizer, classes, "global", G.sampler,
+                                    G.sampling_steps, G.guidance, seed=P.seed)
+    train_images = held_out_images(train_set, len(real))
+    with torch.no_grad():
+        decoded = torch.cat([builders.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
+    return {name: generation_metrics(real, images, P.eval.fd_size)
+            for name, images in (("Gaussian", fake), ("real", train_images), ("decoded", decoded))}
+
+
+def plot(rows: list[dict], refs: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "gfd", rows[0]["label"] + " ↓"), (axes[1], "kid", "KID ↓")):
+        ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows], "o-", label="SiT")
+        for j, (name, m) in enumerate(refs.items()):
+            ax.axhline(m[key], ls=("--", ":", "-.")[j % 3], color=("C1", "gray", "black")[j % 3], label=name)
+        ax.set(xscale="log", xlabel="training images seen (log)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--steps", type=int, default=None, help="generator steps (default: the bundle's)")
+    parser.add_argument("--evals", type=int, default=10, help="evaluations over the run (the last at its end)")
+    parser.add_argument("--samples", type=int, default=2000, help="samples (and test images) per distance")
+    parser.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE")
+    parser.add_argument("--run", default=None, help="run folder (default: runs/bench/generator-<scale>)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks"), help="where the table and the curve go")
+    args = parser.parse_args()
+
+    overrides = {"generator_prior": "none", "generator_samples": args.samples, **dict(args.param)}
+    if args.steps:
+        overrides["generator_steps"] = args.steps
+    P = resolve("05_generation", args.scale, dataset=args.dataset, **overrides)
+    G = P.generator
+    if G.steps < args.evals:
+        raise SystemExit(f"--evals {args.evals} needs at least as many generator steps (have {G.steps})")
+    run = Path(args.run or REPO / "runs" / "bench" / f"generator-{args.scale}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    train_set, test_set = builders.load_data(P)
+    base = notebook_base(P, train_set, test_set, REPO / "runs" / args.scale)
+    tokens = builders.token_cache(base, train_set, P, "global")
+    real = held_out_images(test_set, args.samples)
+    classes = torch.arange(args.samples) % len(train_set.classes)
+    refs = anchors(P, base, tokens, train_set, real, classes)
+    print("anchors: " + ", ".join(f"{k} {m['label']} {m['gfd']:.1f} KID {m['kid']:.4f}" for k, m in refs.items()),
+          flush=True)
+    write_json(run / "anchors.json", refs)
+    normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)  # as build_generator fits it
+
+    def evaluate(model) -> dict:
+        t0 = time.perf_counter()
+        fake = builders.generate_images(base, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
+                                        G.guidance, seed=P.seed)
+        m = generation_metrics(real, fake, P.eval.fd_size)
+        model.train()
+        return {"gfd": m["gfd"], "kid": m["kid"], "eval_seconds": time.perf_counter() - t0}
+
+    P = P.replace(eval_every=max(1, G.steps // args.evals))
+    result = builders.train_generator(P, base, train_set, run, "global", tokens=tokens, eval_fn=evaluate)
+    rows = [{"step": h["step"], "images_seen": h["step"] * G.batch_size, "gfd": h["eval_gfd"], "kid": h["eval_kid"],
+             "label": refs["real"]["label"]} for h in result.history if "eval_gfd" in h]
+    print(f"SiT-{G.size} from {'zero velocity' if G.prior == 'none' else 'the Gaussian'}, batch {G.batch_size}, "
+          f"lr {G.lr:g}, {G.time_sampling} times, {G.sampler} × {G.sampling_steps}, guidance {G.guidance}; "
+          f"{result.seconds:.0f} s of training for {result.step} steps")
+    print(f"| step | images seen | {refs['real']['label']} | KID |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['step']} | {r['images_seen']:,} | {r['gfd']:.1f} | {r['kid']:.4f} |")
+    for name, m in refs.items():
+        print(f"| *{name}* | | {m['gfd']:.1f} | {m['kid']:.4f} |")
+    stem = out / f"generator_quality_{args.scale}"
+    write_json(stem.with_suffix(".json"), {"command": " ".join(["python", *sys.argv]), "generator": G.to_dict(),
+                                            "training_seconds": result.seconds, "curve": rows, "anchors": refs})
+    plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
+         f"{P.data.dataset}: SiT-{G.size} on the base's global tokens")
+    print(f"→ {stem}.json, {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
