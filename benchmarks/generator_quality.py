@@ -10,7 +10,8 @@ and guidance) against as many held-out test images.  Measured once, on the same 
 - **decoded**: the base's decodes of those training images' own global tokens (the tokenizer's ceiling).
 
 Prints a table (step, images seen, gFD, KID, seconds) and saves it as JSON and the curve as a PNG in ``--out``.
-The run folder keeps its checkpoint: run the same command again to resume or extend it (``--steps``)::
+The run folder keeps its checkpoint: run the same command again to resume it, or add ``--report`` to write the table
+and the curve of the evaluations it holds so far without training::
 
     python benchmarks/generator_quality.py [--scale cpu] [--steps 20000] [--evals 10] [--samples 2000] \\
         [-p generator_size=cpu -p generator_lr=3e-4 ...] [--run runs/bench/generator] [--out benchmarks]
@@ -20,6 +21,7 @@ CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE")
     parser.add_argument("--run", default=None, help="run folder (default: runs/bench/generator-<scale>)")
     parser.add_argument("--out", default=str(REPO / "benchmarks"), help="where the table and the curve go")
+    parser.add_argument("--report", action="store_true", help="only report the evaluations the run folder holds")
     args = parser.parse_args()
 
     overrides = {"generator_prior": "none", "generator_samples": args.samples, **dict(args.param)}
@@ -96,10 +99,11 @@ def main() -> None:
     tokens = builders.token_cache(base, train_set, P, "global")
     real = held_out_images(test_set, args.samples)
     classes = torch.arange(args.samples) % len(train_set.classes)
-    refs = anchors(P, base, tokens, train_set, real, classes)
+    saved = run / "anchors.json"
+    refs = json.loads(saved.read_text()) if saved.exists() else anchors(P, base, tokens, train_set, real, classes)
     print("anchors: " + ", ".join(f"{k} {m['label']} {m['gfd']:.1f} KID {m['kid']:.4f}" for k, m in refs.items()),
           flush=True)
-    write_json(run / "anchors.json", refs)
+    write_json(saved, refs)
     normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)  # as build_generator fits it
 
     def evaluate(model) -> dict:
@@ -110,13 +114,18 @@ def main() -> None:
         model.train()
         return {"gfd": m["gfd"], "kid": m["kid"], "eval_seconds": time.perf_counter() - t0}
 
-    P = P.replace(eval_every=max(1, G.steps // args.evals))
-    result = builders.train_generator(P, base, train_set, run, "global", tokens=tokens, eval_fn=evaluate)
+    if args.report:  # the evaluations the run folder holds so far, without training
+        history = json.loads((run / "history.json").read_text())
+        step, seconds = max(h["step"] for h in history), json.loads((run / "checkpoint.json").read_text())["seconds"]
+    else:
+        P = P.replace(eval_every=max(1, G.steps // args.evals))
+        result = builders.train_generator(P, base, train_set, run, "global", tokens=tokens, eval_fn=evaluate)
+        history, step, seconds = result.history, result.step, result.seconds
     rows = [{"step": h["step"], "images_seen": h["step"] * G.batch_size, "gfd": h["eval_gfd"], "kid": h["eval_kid"],
-             "label": refs["real"]["label"]} for h in result.history if "eval_gfd" in h]
+             "label": refs["real"]["label"]} for h in history if "eval_gfd" in h]
     print(f"SiT-{G.size} from {'zero velocity' if G.prior == 'none' else 'the Gaussian'}, batch {G.batch_size}, "
           f"lr {G.lr:g}, {G.time_sampling} times, {G.sampler} × {G.sampling_steps}, guidance {G.guidance}; "
-          f"{result.seconds:.0f} s of training for {result.step} steps")
+          f"{seconds:.0f} s of training for {step} of {G.steps} steps")
     print(f"| step | images seen | {refs['real']['label']} | KID |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | {r['images_seen']:,} | {r['gfd']:.1f} | {r['kid']:.4f} |")
@@ -124,7 +133,7 @@ def main() -> None:
         print(f"| *{name}* | | {m['gfd']:.1f} | {m['kid']:.4f} |")
     stem = out / f"generator_quality_{args.scale}"
     write_json(stem.with_suffix(".json"), {"command": " ".join(["python", *sys.argv]), "generator": G.to_dict(),
-                                            "training_seconds": result.seconds, "curve": rows, "anchors": refs})
+                                            "training_seconds": seconds, "steps_done": step, "curve": rows, "anchors": refs})
     plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
          f"{P.data.dataset}: SiT-{G.size} on the base's global tokens")
     print(f"→ {stem}.json, {stem}.png")
