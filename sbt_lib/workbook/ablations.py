@@ -152,10 +152,10 @@ def equal_flops_control(P: Params, base, sizes: list[str], train_set) -> tuple[d
     (``sizes[0]``) trained for as many steps as that size's stage-2 FLOPs buy, so a gain of a larger aligner is not
     just a gain of compute.  Returns the variants (``<small> at the FLOPs of <size>``) and each size's FLOPs per
     step."""
-    small = sizes[0]
-    flops = {s: on_base_step_flops(P, base, sw, train_set) for s, sw in zip(sizes, stage2_on_base(sizes).values())}
-    control = {f"{small} at the FLOPs of {s}": dict(local_1d=True, local_2d=small,
-                                                   steps=round(P.training.steps * flops[s] / flops[small]))
+    small, variants = sizes[0], stage2_on_base(sizes)
+    flops = {s: on_base_step_flops(P, base, sw, train_set) for s, sw in zip(sizes, variants.values())}
+    control = {f"{small} at the FLOPs of {s}": {**variants[f"two-stage {small}"],
+                                                "steps": round(P.training.steps * flops[s] / flops[small])}
                for s in sizes[1:]}
     return control, flops
 
