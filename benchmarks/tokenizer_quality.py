@@ -177,7 +177,8 @@ def base_curve(run: Path, out: Path) -> None:
 def base_probes(run: Path, meta: dict) -> None:
     """Linear probes on ``shapes`` (3000 training, 1000 test images at the base's size) from the base's token
     groups, against the same probe on as many principal components of the shapes images (the linear code)."""
-    from sbt_lib.data.datasets import SHAPE_FACTORS, load_dataset
+    from sbt_lib.data.datasets import load_dataset
+    from sbt_lib.data.shapes import SHAPE_FACTORS
     from sbt_lib.workbook.analysis import probe_groups
 
     size = meta["tokenizer"]["image_size"]

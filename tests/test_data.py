@@ -1,4 +1,5 @@
-"""Tests for sbt_lib.data.datasets: value ranges, determinism, split hygiene, caching, errors."""
+"""Tests for sbt_lib.data.datasets and its sources (photos, shapes, cifar10, folders, imagenet): value ranges,
+determinism, split hygiene, caching, errors."""
 
 import re
 from pathlib import Path
@@ -8,27 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from sbt_lib.data import datasets as data
+from sbt_lib.data import folders
 from sbt_lib import weights
 from sbt_lib import batch as batches
 from sbt_lib.batch import batch_indices
-from sbt_lib.data.datasets import (
-    DATASETS,
-    FACTOR_CLASSES,
-    PHOTO_FILES,
-    PHOTOS,
-    SHAPE_FACTORS,
-
-    load_dataset,
-    photo_path,
-    photo_regions,
-    read_photo,
-    render_shapes,
-    resolve_dataset_name,
-    sample_shape_factors,
-    to_float,
-    to_uint8,
-)
+from sbt_lib.data.datasets import DATASETS, load_dataset, resolve_dataset_name, to_float, to_uint8
+from sbt_lib.data.photos import PHOTO_FILES, PHOTOS, photo_path, photo_regions, read_photo
+from sbt_lib.data.shapes import FACTOR_CLASSES, SHAPE_FACTORS, render_shapes, sample_shape_factors
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -183,7 +170,7 @@ def test_folder_loads_caches_and_invalidates(tmp_path, tmp_cache, monkeypatch):
         raise AssertionError("decoded although cached")
 
     with monkeypatch.context() as m:  # second load: from the cache, no decoding at all
-        m.setattr(data, "_decode", no_decoding)
+        m.setattr(folders, "_decode", no_decoding)
         assert torch.equal(load_dataset(str(tmp_path / "ds"), image_size=8).images, ds.images)
         subset = load_dataset(str(tmp_path / "ds"), image_size=8, size=2)  # subset of the cache
         assert sorted(subset.targets.tolist()) == [0, 1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sbt_lib.checkpoint import save_checkpoint
-from sbt_lib.data.datasets import _save_atomic
+from sbt_lib.data.folders import _save_atomic
 from sbt_lib.files import REPO, atomic_write, content_key, write_json
 
 

@@ -25,28 +25,27 @@ Conventions: images are float32 in [-1, 1], shape 3xHxW (Bx3xHxW in batches), bu
 stored as uint8 to save memory and converted on access.  Everything random takes an
 explicit seed (numpy ``default_rng`` / ``torch.Generator``), never global RNG state;
 the test split draws from a different stream than the train split.
+
+This module is the core: the dataset classes (:class:`ImageDataset`, :class:`LazyImageFolder`), the helpers the
+sources share, and :func:`load_dataset`, which picks a source by name.  Each source lives in its own module of
+``sbt_lib.data``: ``photos``, ``shapes``, ``cifar10``, ``folders`` and ``imagenet``.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-import socket
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from .. import weights
 from ..batch import Batch
-from ..files import REPO, atomic_write, cache_dir, content_key
+from ..files import REPO, content_key
 
 DATASETS = ("photos", "shapes", "cifar10", "imagenet", "auto")
 SPLITS = ("train", "test")
@@ -143,18 +142,28 @@ def load_dataset(name: str, split: str = "train", image_size: int = 32, *, seed:
         resize = resize or (name == "cifar10" and image_size != 32)  # True at 32 px: another cache key
     rng = np.random.default_rng([seed, SPLITS.index(split)])  # test: its own stream
     if name == "photos":
+        from .photos import make_photos
+
         return make_photos(size or DEFAULT_SIZE[split], split, image_size, rng)
     if name == "shapes":
+        from .shapes import make_shapes
+
         return make_shapes(size or DEFAULT_SIZE[split], split, image_size, rng)
     if name == "cifar10":
+        from .cifar10 import load_cifar10
+
         return load_cifar10(split, image_size, rng, size=size, root=root, resize=resize)
     if name == "imagenet":
+        from .imagenet import load_imagenet
+
         return load_imagenet(split, image_size, rng, size=size, root=root)
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise ValueError(
             f"unknown dataset {name!r}: not a built-in dataset {DATASETS} and no folder "
             f"at {folder.resolve()}. A folder path is also accepted, laid out as {FOLDER_LAYOUT}")
+    from .folders import load_folder
+
     return load_folder(folder, split, image_size, rng, size=size, resize=resize, name=name)
 
 
@@ -173,6 +182,8 @@ def resolve_dataset_name(name: str, *, root: str | None = None) -> tuple[str, st
     folder = data_dir(root) / "cifar10"
     if all((folder / split).is_dir() for split in SPLITS):
         return "cifar10", None
+    from .cifar10 import _fetch_torchvision_cifar10
+
     reason = _fetch_torchvision_cifar10(folder.parent)
     if reason is None:
         return "cifar10", None
@@ -186,279 +197,7 @@ def resolve_dataset_name(name: str, *, root: str | None = None) -> tuple[str, st
     return "photos", note
 
 
-def _fetch_torchvision_cifar10(root: Path) -> str | None:
-    """None when torchvision's CIFAR-10 is in ``root`` or downloads there now, else why not.
-
-    The download is only tried when downloads are allowed ($SBT_OFFLINE unset) and
-    torchvision's host answers within a second, so an offline machine decides at once.
-    """
-    from torchvision.datasets import CIFAR10
-
-    try:
-        CIFAR10(root=str(root), train=False, download=False)  # verifies the files' checksums
-        return None
-    except RuntimeError:  # not there (or corrupt)
-        pass
-    off = weights.offline_reason()
-    reason = f"downloads are off: {off}" if off else weights._probe(CIFAR10.url, timeout=1.0)
-    if reason:
-        return reason
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(weights.download_timeout())  # a stalled transfer fails, not hangs
-    try:
-        CIFAR10(root=str(root), train=True, download=True)
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure means "not available", reported in the note
-        return f"download failed: {type(e).__name__}: {e}"
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-# ----------------------------------------------------------------------------- photos
-
-# Photo name -> (installed package, file inside it).  Only real colour photographs (no
-# synthetic, logo or grey images), all shipped in the wheels of declared dependencies, so
-# reading them needs no network (scikit-image's other photos are pooch downloads).
-PHOTO_FILES = {
-    "astronaut": ("skimage", "data/astronaut.png"),
-    "chelsea": ("skimage", "data/chelsea.png"),
-    "coffee": ("skimage", "data/coffee.png"),
-    "rocket": ("skimage", "data/rocket.jpg"),
-    "immunohistochemistry": ("skimage", "data/ihc.png"),
-    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
-    "retina": ("skimage", "data/retina.jpg"),
-    "motorcycle": ("skimage", "data/motorcycle_left.png"),  # left view of the stereo pair
-    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-    "china": ("sklearn", "datasets/images/china.jpg"),  # Summer Palace, Beijing
-    "flower": ("sklearn", "datasets/images/flower.jpg"),  # dahlia
-}
-PHOTOS = tuple(PHOTO_FILES)  # class names, in label order: append new photos at the end
-TRAIN_FRACTION = 0.75  # of each photo's longer axis; the remaining 25% is the test region
-CROP_SCALE = (0.25, 1.0)  # crop side, as a fraction of the short side of the region
-
-
-def photo_path(name: str) -> Path:
-    """Where the photo ``name`` lies inside its installed package (found without importing it)."""
-    package, file = PHOTO_FILES[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"photo {name!r} ships with the package {package!r}, which is not "
-                                "installed; install the project's dependencies (pip install -e .)")
-    path = Path(list(spec.submodule_search_locations)[0]) / file
-    if not path.is_file():
-        raise FileNotFoundError(f"photo {name!r} not found at {path}: the installed {package!r} "
-                                "no longer ships it; reinstall it or drop the photo from PHOTO_FILES")
-    return path
-
-
-def read_photo(name: str) -> np.ndarray:
-    """The photo ``name`` as uint8 HxWx3 RGB, read from its package file (no download)."""
-    with Image.open(photo_path(name)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-@functools.lru_cache(maxsize=1)
-def _photo_pyramids() -> tuple[list[Image.Image], ...]:
-    """Each bundled photo as a list of PIL images, each half the size of the previous."""
-    pyramids = []
-    for name in PHOTOS:
-        levels = [Image.fromarray(read_photo(name))]
-        while min(levels[-1].size) >= 32:
-            levels.append(levels[-1].reduce(2))  # 2x2 box average: antialiased
-        pyramids.append(levels)
-    return tuple(pyramids)
-
-
-def photo_regions(split: str) -> dict[str, tuple[int, int, int, int]]:
-    """Box (y0, x0, height, width) of each photo that ``split`` crops are drawn from.
-
-    Each photo is cut across its longer axis: the first 75% is the train region and
-    the rest the test region, so the two never share a pixel.
-    """
-    regions = {}
-    for name, levels in zip(PHOTOS, _photo_pyramids()):
-        w, h = levels[0].size
-        long_axis = h if h >= w else w
-        cut = int(round(TRAIN_FRACTION * long_axis))
-        lo, hi = (0, cut) if split == "train" else (cut, long_axis)
-        regions[name] = (lo, 0, hi - lo, w) if h >= w else (0, lo, h, hi - lo)
-    return regions
-
-
-def make_photos(n: int, split: str, image_size: int, rng: np.random.Generator) -> ImageDataset:
-    """``n`` square crops of the bundled photos (label = photo), balanced across photos.
-
-    Crop side is uniform in ``CROP_SCALE`` x the region's short side, position uniform
-    in the region, resized with antialiased bicubic; train crops are flipped at random.
-    """
-    regions = np.array(list(photo_regions(split).values()))  # P x (y0, x0, h, w)
-    labels = rng.permutation(np.arange(n) % len(PHOTOS))
-    y0, x0, h, w = regions[labels].T
-    short = np.minimum(h, w)
-    side = np.clip(np.round(rng.uniform(*CROP_SCALE, n) * short), 1, short).astype(np.int64)
-    y0 = y0 + rng.integers(0, h - side + 1)
-    x0 = x0 + rng.integers(0, w - side + 1)
-    flip = rng.random(n) < 0.5 if split == "train" else np.zeros(n, bool)
-
-    pyramids = _photo_pyramids()
-    out = np.empty((n, image_size, image_size, 3), np.uint8)
-    for i in range(n):
-        # Read from the smallest pyramid level still >= 2x the output size: cheap and sharp.
-        levels = pyramids[labels[i]]
-        k = int(np.clip(np.floor(np.log2(side[i] / (2 * image_size))), 0, len(levels) - 1))
-        s = 2.0 ** k
-        box = (x0[i] / s, y0[i] / s, (x0[i] + side[i]) / s, (y0[i] + side[i]) / s)
-        out[i] = np.asarray(levels[k].resize((image_size, image_size), Image.BICUBIC, box=box))
-    out[flip] = out[flip, :, ::-1]
-    boxes = np.stack([labels, y0, x0, side], axis=1)
-    return ImageDataset(out.transpose(0, 3, 1, 2), labels, PHOTOS, "photos", split, boxes=boxes)
-
-
-# ----------------------------------------------------------------------------- shapes
-
-SHAPE_FACTORS = {"global": ["shape", "colour", "position", "size"],
-                 "local": ["texture", "frequency", "orientation"]}
-FACTOR_CLASSES = {
-    "shape": ["circle", "square", "triangle", "diamond"],
-    "colour": ["red", "yellow", "green", "cyan", "blue", "magenta"],
-    "position": ["top-left", "top", "top-right", "left", "centre", "right",
-                 "bottom-left", "bottom", "bottom-right"],
-    "size": ["small", "medium", "large"],
-    "texture": ["stripes", "checker", "dots", "noise"],
-    "frequency": ["low", "mid", "high"],
-    "orientation": ["0", "45", "90", "135"],  # degrees
-}
-COLOURS = np.array([[0.95, 0.10, 0.10], [0.95, 0.90, 0.10], [0.10, 0.80, 0.10],
-                    [0.10, 0.85, 0.90], [0.15, 0.25, 0.95], [0.90, 0.10, 0.90]], np.float32)
-SIZES = (0.10, 0.15, 0.20)  # shape "radius" as a fraction of the image side (+-8% jitter)
-CYCLES = (2.0, 4.0, 6.0)  # texture periods per image side, across the pattern axis
-MARGIN = 0.2  # shape centres lie in [MARGIN, 1 - MARGIN] of the image, cut 3x3
-NOISE_GRID = 16  # value-noise lattice size per image
-
-
-def sample_shape_factors(n: int, rng) -> dict[str, np.ndarray]:
-    """Seeded factors for ``n`` shapes images; each factor exactly balanced (+-1)."""
-    rng = np.random.default_rng(rng)
-    return {k: rng.permutation(np.arange(n) % len(v)) for k, v in FACTOR_CLASSES.items()}
-
-
-def render_shapes(factors: dict, image_size: int, rng, chunk: int = 1024) -> np.ndarray:
-    """Render shapes images (uint8 Nx3xHxW) for the given factor indices.
-
-    Nuisances (position jitter, size jitter, texture phase, grey levels, noise) come
-    from ``rng`` (seed or Generator) and do not depend on the factor values, so the
-    same seed with one factor changed gives the same image with only that changed.
-    """
-    rng = np.random.default_rng(rng)
-    f = {k: np.asarray(v, np.int64) for k, v in factors.items()}
-    n = len(f["shape"])
-    nuisance = {  # drawn in a fixed order with fixed shapes
-        "jitter": rng.uniform(-0.4, 0.4, (n, 2)).astype(np.float32),
-        "scale": rng.uniform(0.92, 1.08, n).astype(np.float32),
-        "phase": rng.random((n, 2)).astype(np.float32),
-        "grey": rng.uniform(0.2, 0.45, n).astype(np.float32),
-        "contrast": rng.uniform(0.2, 0.35, n).astype(np.float32),
-        "tint": rng.uniform(-0.04, 0.04, (n, 3)).astype(np.float32),
-        "noise": rng.random((n, NOISE_GRID, NOISE_GRID)).astype(np.float32),
-    }
-    out = np.empty((n, 3, image_size, image_size), np.uint8)
-    for lo in range(0, n, chunk):
-        part = slice(lo, lo + chunk)
-        rgb = _render_chunk({k: v[part] for k, v in f.items()},
-                            {k: v[part] for k, v in nuisance.items()}, image_size)
-        out[part] = np.round(rgb * 255).astype(np.uint8).transpose(0, 3, 1, 2)
-    return out
-
-
-def make_shapes(n: int, split: str, image_size: int, rng: np.random.Generator) -> ImageDataset:
-    """``n`` shapes images with their factors; target = the ``shape`` factor."""
-    factors = sample_shape_factors(n, rng)
-    images = render_shapes(factors, image_size, rng)
-    return ImageDataset(images, factors["shape"], FACTOR_CLASSES["shape"], "shapes", split,
-                        factors=factors)
-
-
-def _render_chunk(f: dict, nz: dict, size: int) -> np.ndarray:
-    """Float NxHxWx3 in [0, 1]: grey texture, then the shape composited on top."""
-    coords = (np.arange(size, dtype=np.float32) + 0.5) / size  # pixel centres, image units
-    y, x = coords[None, :, None], coords[None, None, :]
-    background = _texture(f, nz, x - 0.5, y - 0.5, size)[..., None]  # N x H x W x 1
-    background = nz["grey"][:, None, None, None] + nz["contrast"][:, None, None, None] * background
-    background = background + nz["tint"][:, None, None, :]
-
-    radius = np.asarray(SIZES, np.float32)[f["size"]] * nz["scale"]
-    cell = (1 - 2 * MARGIN) / 3
-    row, col = np.divmod(f["position"], 3)
-    cy = MARGIN + (row + 0.5 + nz["jitter"][:, 0]) * cell
-    cx = MARGIN + (col + 0.5 + nz["jitter"][:, 1]) * cell
-    r = radius[:, None, None]
-    px, py = np.broadcast_arrays((x - cx[:, None, None]) / r, (y - cy[:, None, None]) / r)
-    sdf = np.empty(px.shape, np.float32)  # signed distance, in units of the radius
-    for k, sd in enumerate(_SHAPE_SDFS):
-        m = f["shape"] == k
-        sdf[m] = sd(px[m], py[m])
-    alpha = np.clip(0.5 - sdf * r * size, 0, 1)[..., None]  # 1-pixel smooth edge
-    return np.clip(background * (1 - alpha) + COLOURS[f["colour"]][:, None, None] * alpha, 0, 1)
-
-
-# Signed distance functions of unit-radius shapes (areas all ~pi), y pointing down.
-_SHAPE_SDFS = (
-    lambda x, y: np.hypot(x, y) - 1,                                  # circle
-    lambda x, y: np.maximum(abs(x), abs(y)) - 0.886,                  # square
-    lambda x, y: np.maximum.reduce([y, 0.866 * x - 0.5 * y,           # triangle,
-                                    -0.866 * x - 0.5 * y]) - 0.778,   # apex up
-    lambda x, y: (abs(x) + abs(y) - 1.253) / np.sqrt(2),              # diamond
-)
-
-
-def _texture(f: dict, nz: dict, x, y, size: int) -> np.ndarray:
-    """Texture value NxHxW in [0, 1], in coordinates rotated by the orientation factor.
-
-    Checker, dots and noise repeat half as often along the second axis, so that
-    every orientation (0/45/90/135) gives a visibly different pattern.
-    """
-    theta = np.deg2rad(45 * f["orientation"]).astype(np.float32)[:, None, None]
-    cycles = np.asarray(CYCLES, np.float32)[f["frequency"]][:, None, None]
-    u = x * np.cos(theta) + y * np.sin(theta)
-    v = -x * np.sin(theta) + y * np.cos(theta)
-    a = cycles * u + nz["phase"][:, 0, None, None]  # pattern coordinates: 1 unit = 1 period
-    b = cycles / 2 * v + nz["phase"][:, 1, None, None]
-    to_px = size / cycles  # pixels per period along a
-
-    out = np.empty(a.shape, np.float32)
-    kind = f["texture"]
-    m = kind == 0  # stripes
-    out[m] = 0.5 + 0.5 * np.sin(2 * np.pi * a[m])
-    m = kind == 1  # checker, edges smoothed over one pixel
-    am, bm, px = a[m], b[m], to_px[m]
-    parity = (np.floor(am) + np.floor(bm)) % 2
-    edge = np.minimum(abs(am - np.round(am)), 2 * abs(bm - np.round(bm))) * px
-    out[m] = 0.5 + (parity - 0.5) * np.clip(2 * edge, 0, 1)
-    m = kind == 2  # dots on a rectangular lattice
-    am, bm, px = a[m], b[m], to_px[m]
-    dist = np.hypot(am - np.floor(am) - 0.5, 2 * (bm - np.floor(bm) - 0.5)) * px
-    out[m] = np.clip(0.3 * px - dist + 0.5, 0, 1)
-    m = kind == 3  # smooth value noise, stretched to the full [0, 1] range
-    noise = _value_noise(a[m], b[m], nz["noise"][m])
-    low, high = noise.min(axis=(1, 2), keepdims=True), noise.max(axis=(1, 2), keepdims=True)
-    out[m] = (noise - low) / np.maximum(high - low, 1e-6)
-    return out
-
-
-def _value_noise(a, b, grid) -> np.ndarray:
-    """Smoothly interpolated random lattice values (per-image ``grid``) at (a, b)."""
-    a, b = a + NOISE_GRID / 2, b + NOISE_GRID / 2  # |a|, |b| < 6 by construction
-    ia, ib = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
-    ta, tb = a - ia, b - ib
-    ta, tb = ta * ta * (3 - 2 * ta), tb * tb * (3 - 2 * tb)  # smoothstep
-    n = np.arange(len(grid))[:, None, None]
-    g = lambda da, db: grid[n, ia + da, ib + db]  # noqa: E731
-    top = g(0, 0) * (1 - tb) + g(0, 1) * tb
-    bottom = g(1, 0) * (1 - tb) + g(1, 1) * tb
-    return top * (1 - ta) + bottom * ta
-
-
-# ----------------------------------------------------------------------------- folders
+# ----------------------------------------------------------------------------- shared by the sources
 
 def data_dir(root: str | None = None) -> Path:
     """Folder holding the datasets: ``root``, else $SBT_DATA, else ``<repo>/data``.
@@ -468,87 +207,6 @@ def data_dir(root: str | None = None) -> Path:
     """
     path = Path(root or os.environ.get("SBT_DATA") or REPO / "data").expanduser()
     return (path if root or path.is_absolute() else REPO / path).resolve()
-
-
-def load_cifar10(split: str, image_size: int, rng: np.random.Generator, *,
-                 size: int | None = None, root: str | None = None,
-                 resize: bool = False) -> ImageDataset:
-    """CIFAR-10 from ``<data_dir>/cifar10/{train,test}/<class>/*.png``, else torchvision."""
-    if image_size != 32 and not resize:
-        raise ValueError(f"cifar10 images are 32x32; got image_size={image_size}. "
-                         "Pass resize=True to resize them.")
-    folder = data_dir(root) / "cifar10"
-    if folder.is_dir():
-        return load_folder(folder, split, image_size, rng, size=size, resize=resize,
-                           name="cifar10")
-    images, targets, classes = _torchvision_cifar10(folder, split)
-    if image_size != 32:
-        images = _resize_batch(images, image_size)
-    if size is not None:
-        keep = _balanced_subset(targets, size, rng)
-        images, targets = images[torch.from_numpy(keep)], targets[keep]
-    return ImageDataset(images, targets, classes, "cifar10", split)
-
-
-def _torchvision_cifar10(folder: Path, split: str):
-    """CIFAR-10 via torchvision's download into ``folder.parent``; explains failures."""
-    try:
-        from torchvision.datasets import CIFAR10
-
-        ds = CIFAR10(root=str(folder.parent), train=split == "train", download=True)
-    except Exception as e:
-        raise RuntimeError(
-            f"cifar10 not found at {folder.resolve()} and torchvision's download failed "
-            f"({type(e).__name__}: {e}). Set SBT_DATA (or root=) to a folder containing "
-            "cifar10/{train,test}/<class>/*.png, or give this machine network access "
-            "for torchvision's download.") from e
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
-    return images, np.asarray(ds.targets, np.int64), list(ds.classes)
-
-
-def load_folder(folder: Path, split: str, image_size: int, rng: np.random.Generator, *,
-                size: int | None = None, resize: bool = False,
-                name: str | None = None) -> ImageDataset:
-    """Image folder ``<folder>/<split>/<class>/*``, decoded once and cached as .npz.
-
-    With ``size``, a seeded class-balanced subset: taken from the full cache if there
-    is one, otherwise only those files are decoded (and not cached).
-    """
-    files, targets, classes = _list_images(Path(folder), split)
-    keep = None if size is None else _balanced_subset(targets, size, rng)
-    cache = cache_dir() / _cache_name(Path(folder), split, image_size, resize, files)
-    if cache.exists():
-        with np.load(cache) as z:
-            images = z["images"]
-        images = images if keep is None else images[keep]
-    elif keep is None:
-        images = _decode_all(files, image_size, resize)
-        _save_atomic(cache, images=images, targets=targets, classes=np.array(classes))
-    else:
-        images = _decode_all([files[i] for i in keep], image_size, resize)
-    targets = targets if keep is None else targets[keep]
-    return ImageDataset(torch.from_numpy(images), targets, classes, name or str(folder), split)
-
-
-IMAGENET_LAYOUT = "imagenet/{train,val}/<wnid>/*.JPEG (ILSVRC-2012: 1000 class folders such as n01440764 in each split)"
-
-
-def load_imagenet(split: str, image_size: int, rng: np.random.Generator, *, size: int | None = None,
-                  root: str | None = None) -> "LazyImageFolder":
-    """ImageNet from ``<data_dir>/imagenet/{train,val}`` as a :class:`LazyImageFolder` (``test`` reads ``val``)."""
-    folder = data_dir(root) / "imagenet"
-    split_dir = folder / ("val" if split == "test" else split)
-    if not split_dir.is_dir():
-        raise FileNotFoundError(
-            f"ImageNet not found: no folder {split_dir}. The paper scale reads $SBT_DATA/{IMAGENET_LAYOUT}. "
-            f"Extract ILSVRC-2012 there (the validation images sorted into class folders, as the usual "
-            f"valprep.sh does), or set SBT_DATA to the folder that holds imagenet/. $SBT_DATA is now "
-            f"{os.environ.get('SBT_DATA', '(unset)')}.")
-    files, targets, classes = _list_images(folder, split_dir.name)
-    if size is not None:
-        keep = _balanced_subset(targets, size, rng)
-        files, targets = [files[i] for i in keep], targets[keep]
-    return LazyImageFolder(files, targets, classes, "imagenet", split, image_size)
 
 
 class LazyImageFolder(Dataset):
@@ -637,24 +295,6 @@ def _list_images(folder: Path, split: str):
     return files, np.array(targets, np.int64), classes
 
 
-def _cache_name(folder: Path, split: str, image_size: int, resize: bool, files) -> str:
-    """Cache file name; the hash covers the source path, split, size and file list."""
-    key = "\n".join([str(folder.resolve()), split, str(image_size), str(resize),
-                     str(len(files))] + [str(p.relative_to(folder)) for p in files])
-    digest = content_key(key)
-    return f"{folder.resolve().name}-{split}-{image_size}px-{len(files)}-{digest}.npz"
-
-
-def _decode_all(files, image_size: int, resize: bool) -> np.ndarray:
-    """Decode images to uint8 Nx3xHxW with a progress bar, a few files at a time."""
-    decode = functools.partial(_decode, image_size=image_size, resize=resize)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        images = list(tqdm(pool.map(decode, files, chunksize=64), total=len(files),
-                           desc=f"decoding {Path(files[0]).parents[1]}", unit="img",
-                           disable=len(files) < 1000))
-    return np.stack(images).transpose(0, 3, 1, 2).copy()
-
-
 def _decode(path: Path, image_size: int, resize: bool) -> np.ndarray:
     """One image as uint8 HxWx3; centre-cropped and resized if ``resize``."""
     try:
@@ -673,26 +313,6 @@ def _decode(path: Path, image_size: int, resize: bool) -> np.ndarray:
         box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
         im = im.resize((image_size, image_size), Image.BICUBIC, box=box)
     return np.asarray(im)
-
-
-def _save_atomic(path: Path, **arrays) -> None:
-    """Write an .npz atomically (:func:`sbt_lib.files.atomic_write`); warn if it cannot."""
-
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-            np.savez(f, **arrays)
-
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        warnings.warn(f"could not write cache {path}: {e}")
-
-
-def _resize_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Antialiased bicubic resize of uint8 Nx3xHxW images."""
-    out = F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic",
-                        antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def _balanced_subset(targets: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
