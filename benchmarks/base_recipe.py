@@ -29,7 +29,8 @@ from sbt_lib.eval.fidelity import feature_metrics
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.eval.reconstruction import evaluate_tokenizer, held_out_images
 from sbt_lib.models import quantizer
-from sbt_lib.models.tokenizer import ConvHead, ConvTrunk, TokenizerConfig
+from sbt_lib.models.tokenizer_config import TokenizerConfig
+from sbt_lib.models.tokenizer_parts import ConvHead, ConvTrunk
 from sbt_lib.objective.perceptual import PerceptualLoss
 from sbt_lib.train import train
 from sbt_lib.workbook import builders

@@ -22,7 +22,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SelfBootTok": "models.tokenizer", "TokenizerConfig": "models.tokenizer", "SoftVQ": "models.quantizer",
+    "SelfBootTok": "models.tokenizer", "TokenizerConfig": "models.tokenizer_config", "SoftVQ": "models.quantizer",
     "PCA": "models.pca", "Objective": "objective.objective", "ObjectiveConfig": "objective.objective",
     "TrainConfig": "train", "load_dataset": "data.datasets", "psnr": "eval.metrics",
     "ssim": "eval.metrics", "resolve": "workbook.params", "Params": "workbook.params",

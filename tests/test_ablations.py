@@ -2,7 +2,7 @@ import pytest
 
 from sbt_lib.workbook import ablations as ab
 from sbt_lib.workbook.runs import slug, variant_run
-from sbt_lib.models.tokenizer import TokenizerConfig
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 
 
 def test_table3_variants_are_the_paper_rows():

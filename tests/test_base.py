@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
+from sbt_lib.models.tokenizer import SelfBootTok
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.workbook.base import RECORD, base_folder, check_psnr, load_base, read_record
 from sbt_lib.workbook.launch import train_command
 

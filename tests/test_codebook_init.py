@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.quantizer import SoftVQ, kmeans
-from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
+from sbt_lib.models.tokenizer import SelfBootTok
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.workbook import builders
 from sbt_lib.workbook.params import resolve
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sbt_lib.models.refiner import PixelRefiner
-from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
+from sbt_lib.models.tokenizer import SelfBootTok
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.models.two_stage import refined_tokenizer
 from sbt_lib.workbook import builders
 from sbt_lib.workbook.params import resolve

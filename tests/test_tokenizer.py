@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from sbt_lib.models.blocks import CrossAttentionBlock
-from sbt_lib.models.tokenizer import SelfBootTok, TokenizerConfig
+from sbt_lib.models.tokenizer import SelfBootTok
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 
 TINY = dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2,
             num_tokens=4, token_dim=4, codebook_size=16, conv_channels=8)

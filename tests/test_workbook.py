@@ -13,7 +13,7 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from sbt_lib.__main__ import main
-from sbt_lib.models.tokenizer import TokenizerConfig
+from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.objective.objective import ObjectiveConfig
 from sbt_lib.train import TrainConfig
 from sbt_lib.workbook import runner as rp

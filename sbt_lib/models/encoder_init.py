@@ -1,7 +1,7 @@
 """Starting the tokenizer's encoder from a pretrained ViT (the paper: "the encoder is initialized the same
 as pretrained DINOv2"), exactly where the shapes allow.
 
-The encoder (:class:`~sbt_lib.models.tokenizer.Encoder`) is a ViT over the image's patches with the N latent
+The encoder (:class:`~sbt_lib.models.tokenizer_parts.Encoder`) is a ViT over the image's patches with the N latent
 tokens appended.  From a timm ViT (DINOv2-B for the ``paper`` preset) it takes:
 
 - the transformer blocks, one for one (the encoder may be shallower: it takes the first ones).  DINOv2's

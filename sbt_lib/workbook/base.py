@@ -1,7 +1,7 @@
 """The base tokenizer: learned once, where a learned code overtakes a linear one, shipped, and loaded.
 
-A tokenizer trained for a few minutes on two cores is at best the linear code (PCA) of its number of
-values; the base is trained for hours (``python -m sbt_lib train base``, the ``base`` bundle of
+A tokenizer trained briefly is at best the linear code (PCA) of its number of values; the base is
+trained far longer (``python -m sbt_lib train base``, the ``base`` bundle of
 :mod:`~sbt_lib.workbook.scales`; it resumes exactly, so it need not run in one go), exported as a
 ``save_pretrained`` folder (config + float16 safetensors, :mod:`~sbt_lib.models.pretrained`) and shipped
 in ``weights/``.  The notebooks' experiments stand on it, as the paper's stage 2 stands on stage 1.
@@ -24,7 +24,8 @@ from ..eval.metrics import psnr
 from ..eval.reconstruction import (anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct,
                                    swapped_local_tokens)
 from ..files import REPO, write_json
-from ..models.tokenizer import SelfBootTok, TokenizerConfig
+from ..models.tokenizer import SelfBootTok
+from ..models.tokenizer_config import TokenizerConfig
 from .runs import load_tokenizer
 
 WEIGHTS = REPO / "weights"

@@ -11,20 +11,20 @@ that train a model of their own beside the tokenizer are prefixed with the secti
 ``probe_train_size``), so their ``steps`` and ``batch_size`` never collide with the tokenizer's —
 stage 2's are ``stage2_steps``, ``stage2_freeze``, the generator's ``generator_steps``, ``generator_lr``.
 
-=============  =================================================  =====================================
-section        config                                             holds
-=============  =================================================  =====================================
-``data``       :class:`DataConfig`                                data set and its split sizes
-``tokenizer``  :class:`~sbt_lib.models.tokenizer.TokenizerConfig`  sizes and switches of the tokenizer
-``training``   :class:`~sbt_lib.train.TrainConfig`                optimisation, seed, device
-``eval``       :class:`EvalConfig`                                held-out evaluation sizes
-``objective``  :class:`~sbt_lib.objective.objective.ObjectiveConfig`  the weights of Eq. 4-5
-``vae``        :class:`VAEConfig`                                 the 2D VAE of the OT term
-``probe``      :class:`ProbeConfig`                               the tokenizer trained for linear probes
-``stage2``     :class:`Stage2Config`                              stage 2 of two-stage aligner scaling
-``generator``  :class:`GeneratorConfig`                           the SiT generator and its sampler
-``study``      :class:`StudyConfig`                               seeds and sweeps of a notebook's study
-=============  =================================================  =====================================
+=============  =========================================================  =======================================
+section        config                                                     holds
+=============  =========================================================  =======================================
+``data``       :class:`DataConfig`                                        data set and its split sizes
+``tokenizer``  :class:`~sbt_lib.models.tokenizer_config.TokenizerConfig`  sizes and switches of the tokenizer
+``training``   :class:`~sbt_lib.train.TrainConfig`                        optimisation, seed, device
+``eval``       :class:`EvalConfig`                                        held-out evaluation sizes
+``objective``  :class:`~sbt_lib.objective.objective.ObjectiveConfig`      the weights of Eq. 4-5
+``vae``        :class:`VAEConfig`                                         the 2D VAE of the OT term
+``probe``      :class:`ProbeConfig`                                       the tokenizer trained for linear probes
+``stage2``     :class:`Stage2Config`                                      stage 2 of two-stage aligner scaling
+``generator``  :class:`GeneratorConfig`                                   the SiT generator and its sampler
+``study``      :class:`StudyConfig`                                       seeds and sweeps of a notebook's study
+=============  =========================================================  =======================================
 
 Every section is built with the strict ``from_dict``; an unknown name is an error that lists the valid ones.
 """
@@ -34,7 +34,7 @@ import copy
 from dataclasses import dataclass, field, fields
 
 from ..config import Config
-from ..models.tokenizer import TokenizerConfig
+from ..models.tokenizer_config import TokenizerConfig
 from ..objective.objective import ObjectiveConfig
 from ..train import TrainConfig
 from .scales import NOTEBOOKS

@@ -13,7 +13,8 @@ from ..data.cache import FeatureCache
 from ..files import REPO, write_json
 from ..generation.transport import TokenNormalizer
 from ..models.sit import SiT, SiTConfig
-from ..models.tokenizer import SelfBootTok, TokenizerConfig
+from ..models.tokenizer import SelfBootTok
+from ..models.tokenizer_config import TokenizerConfig
 from ..objective.objective import Objective, ObjectiveConfig
 
 
