@@ -63,8 +63,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, 
 
 def inference_batch_size(device: torch.device | str | None = None) -> int:
     """Images per forward when a frozen network runs over a whole set: 250 on a GPU; 64 on a CPU, where a
-    smaller batch keeps its activations in cache (2 cores, 1000 CIFAR-10 images: notebook 01's tokenizer 5.0 s
-    at 64 against 6.4 s at 250, EfficientNet-Lite0 and HOG features 2.3× faster; 32 gains nothing more)."""
+    smaller batch keeps its activations in the CPU's cache, so each image costs less time."""
     return 250 if torch.device(device or "cpu").type == "cuda" else 64
 
 

@@ -11,7 +11,7 @@ classes and a guidance scale.  Every sampler returns the final ``x`` and counts 
   and ``w(t) = diffusion_norm · σ_t = diffusion_norm · (1 − t)`` is SiT's "sigma" diffusion.  As in SiT, the
   grid stops ``last_step`` before t = 1 and a last deterministic step of the drift (SiT's "Mean") lands on 1.
   That step keeps the drift's contraction but not the noise, so it narrows dimensions whose data spread is much
-  smaller than the noise's (σ = 0.1: std 0.077 at SiT's default 0.04, 0.098 at 0.01; ``tests/test_generation.py``).
+  smaller than the noise's; the smaller ``last_step``, the less (``tests/test_generation.py`` checks it).
 """
 from __future__ import annotations
 

@@ -24,8 +24,7 @@ is that architecture (Karras et al. 2020, the residual discriminator of StyleGAN
   out: it is one less thing to explain, and AdamW's step does not depend on a weight's scale.
 
 The default width (8 channels at the input resolution, 8→16→32→64 at 32 px) keeps it cheap next
-to the tokenizer: at 32 px about 7 MFLOPs per image forward (``torch.utils.flop_counter``), and a
-forward + backward pass for 16 images in 7-16 ms on one core of a busy 2-core CPU.  Every block costs the same
+to the tokenizer (:func:`sbt_lib.eval.flops.flops_by_module` counts both).  Every block costs the same
 (width² × area is constant), so the cost grows with ``channels²`` and with the number of blocks.
 """
 from __future__ import annotations

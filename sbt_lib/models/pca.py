@@ -31,8 +31,7 @@ class PCA:
 
     @classmethod
     def fit(cls, images: torch.Tensor, k: int) -> "PCA":
-        """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64, exactly (:func:`_principal_directions`): 5 s for
-        10,000 images of 32×32 on 2 cores.
+        """Fit on ``images`` (B×C×H×W, B ≥ k + 1) in float64, exactly (:func:`_principal_directions`).
         Fits are remembered by a hash of the images and ``k``: the last few in memory (an ablation that builds
         many tokenizers on one training set fits once) and on disk, under ``cache_dir()/pca`` (3 MB for 256
         components of 32×32 images; the notebooks that share a training split fit once between them)."""
@@ -94,8 +93,8 @@ def _principal_directions(xc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     rows ``xc`` (N×D, float64) and their sums of squares (the squared singular values of ``xc``).
 
     The eigendecomposition of the smaller of ``xcᵀxc`` (D×D) and ``xc xcᵀ`` (N×N) instead of an SVD of ``xc``: the
-    same directions to float64 rounding (``tests/test_pca.py`` checks them against scikit-learn), about 3× faster
-    (CIFAR-10, 10,000 images of 3072 values, 2 cores: 5.5 s against 15.3 s).  Each direction's sign is fixed as
+    same directions to float64 rounding (``tests/test_pca.py`` checks them against scikit-learn), at less cost: the
+    eigenproblem is only min(N, D) × min(N, D).  Each direction's sign is fixed as
     scikit-learn's ``svd_flip`` fixes it (its largest entry positive), so a fit does not depend on the solver."""
     n, d = xc.shape
     if d <= n:

@@ -1,17 +1,17 @@
 """A pixel-space refiner after the decoder: image → image + CNN(image), trained with the encoder frozen.
 
 Why it is there. At the workbook's small scales the tokenizer's code stays close to the principal components
-it starts from (the linear path), and a generic non-linear function of those coefficients predicts nothing
-of what PCA misses (``benchmarks/decoder_headroom.py``: ridge on random features of the 256 coefficients,
-−0.20 dB on CIFAR-10). What a decoder *can* add is an image prior that a convolution learns fast — edges
-look alike everywhere, so it learns to sharpen them: a small residual CNN reading the decoded image gains
-0.7–0.9 dB in one to two minutes on 2 cores (0.70 dB in 38 s in notebook 01). Inside the decoder's own
-network path the same gain is not reached (its conv head reads transformer features, never the decoded
-image, and stays near zero output); trained jointly with the encoder it did not help either, since the image
-it refines moves while the encoder learns. So the refiner is trained in a stage of its own, after the
-tokenizer, with everything else frozen (:func:`~sbt_lib.models.two_stage.refined_tokenizer`): ``z_global``
-stays bit for bit what it was, exactly as in two-stage aligner scaling, and a generator trained on it is
-reused as is.
+it starts from (the linear path), and a generic non-linear function of those coefficients has little to
+predict of what PCA misses (``benchmarks/decoder_headroom.py`` tests this with ridge regression on random
+features of the coefficients). What a decoder *can* add is an image prior that a convolution learns fast —
+edges look alike everywhere, so it learns to sharpen them: a small residual CNN reading the decoded image.
+The decoder's own network path is not that (its conv head reads transformer features, never the decoded
+image), and trained jointly with the encoder the refiner would chase an image that moves while the encoder
+learns. So the refiner is trained in a stage of its own, after the tokenizer, with everything else frozen
+(:func:`~sbt_lib.models.two_stage.refined_tokenizer`): ``z_global`` stays bit for bit what it was, exactly as
+in two-stage aligner scaling, and a generator trained on it is reused as is.  ``benchmarks/tokenizer_quality.py``
+adds a refine stage after each tokenizer it trains and a row for it: what the refiner adds is that row's PSNR above
+the tokenizer's own, read against the seed spread.
 
 Its last convolution starts at zero, so an untrained refiner is the identity and training starts at the
 tokenizer's own reconstruction.  It sees only pixels decoded from the tokens, so the code stays 1D: the

@@ -1,9 +1,8 @@
 """Independent runs of a sweep trained several at once: worker processes with one CPU thread each.
 
-A small tokenizer's training step does not keep two cores busy.  Notebook 02's 24 independent runs of 100 steps on
-the 2-core reference machine: 14.7 s of training per run alone with two threads, 22.6 s per run two at a time
-with one thread each, 1.3× the throughput; its sweep (training and evaluation) took 412 s instead of 489 s.  A
-sweep therefore trains ``workers`` runs at a time on a CPU, each in its own process with one thread.
+A small tokenizer's training step does not keep two cores busy: two runs at a time with one thread each get
+more steps done than one run at a time with two threads, though each run alone is slower.  A sweep therefore
+trains ``workers`` runs at a time on a CPU, each in its own process with one thread.
 
 :func:`map_runs` is a process pool made for that:
 
@@ -18,8 +17,7 @@ sweep therefore trains ``workers`` runs at a time on a CPU, each in its own proc
   caller, with the job it came from and the worker's traceback.
 
 One thread per run changes the order of the sums inside a run: its numbers agree with a two-thread run's to
-float rounding, not bit for bit (notebook 02: every variant's mean PSNR the same to 0.001 dB; a workers=1 sweep run
-with one thread gives bit-identical rows, tested).
+float rounding, not bit for bit (a workers=1 sweep run with one thread gives bit-identical rows, tested).
 """
 from __future__ import annotations
 

@@ -176,8 +176,8 @@ def show(fig) -> None:
 
 def live_kernel() -> bool:
     """Whether the explorers build widgets: not in the runner's headless kernels (it sets ``SBT_HEADLESS=1``),
-    where nobody moves a slider and the notebook client can block on widget messages (jupyter/nbclient#312,
-    seen here once in notebook 03); there they show their first state as a plain figure."""
+    where nobody moves a slider and the notebook client can block on widget messages (jupyter/nbclient#312);
+    there they show their first state as a plain figure."""
     return os.environ.get("SBT_HEADLESS", "0") in ("", "0")
 
 
