@@ -10,6 +10,9 @@ and guidance) against as many held-out test images.  Measured once, on the same 
 - **decoded**: the base's decodes of those training images' own global tokens (the tokenizer's ceiling).
 
 Prints a table (step, images seen, gFD, KID, seconds) and saves it as JSON and the curve as a PNG in ``--out``.
+``--guidance-sweep 1.5,2,3`` then measures the run's last (EMA) weights and the Gaussian at each guidance scale over
+``--seeds`` sampling seeds (mean ± std; ``generator_guidance_<scale>.{json,png}``): the guidance of each at its best,
+so that the SiT is not compared with a Gaussian at a scale that suits it less.
 The run folder keeps its checkpoint: run the same command again to resume it, or add ``--report`` to write the table
 and the curve of the evaluations it holds so far without training::
 
@@ -81,12 +84,15 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="run folder (default: runs/bench/generator-<scale>)")
     parser.add_argument("--out", default=str(REPO / "benchmarks"), help="where the table and the curve go")
     parser.add_argument("--report", action="store_true", help="only report the evaluations the run folder holds")
+    parser.add_argument("--guidance-sweep", default=None, metavar="G1,G2,...",
+                        help="after training: the SiT and the Gaussian at these guidance scales, over --seeds")
+    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds of each point of --guidance-sweep")
     args = parser.parse_args()
 
     overrides = {"generator_prior": "none", "generator_samples": args.samples, **dict(args.param)}
     if args.steps:
         overrides["generator_steps"] = args.steps
-    P = resolve("05_generation", args.scale, dataset=args.dataset, **overrides)
+    P = resolve("generator", args.scale, dataset=args.dataset, **overrides)
     G = P.generator
     if G.steps < args.evals:
         raise SystemExit(f"--evals {args.evals} needs at least as many generator steps (have {G.steps})")
@@ -132,11 +138,84 @@ def main() -> None:
     for name, m in refs.items():
         print(f"| *{name}* | | {m['gfd']:.1f} | {m['kid']:.4f} |")
     stem = out / f"generator_quality_{args.scale}"
-    write_json(stem.with_suffix(".json"), {"command": " ".join(["python", *sys.argv]), "generator": G.to_dict(),
+    write_json(stem.with_suffix(".json"), {"command": training_command(), "generator": G.to_dict(),
                                             "training_seconds": seconds, "steps_done": step, "curve": rows, "anchors": refs})
     plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
          f"{P.data.dataset}: SiT-{G.size} on the base's global tokens")
     print(f"→ {stem}.json, {stem}.png")
+    if args.guidance_sweep:
+        scales = [float(g) for g in args.guidance_sweep.split(",")]
+        sweep = guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, range(args.seeds))
+        stem = out / f"generator_guidance_{args.scale}"
+        write_json(stem.with_suffix(".json"), {"command": training_command(),
+                                                "sweep_command": " ".join(["python", *sys.argv]),
+                                                "generator": G.to_dict(),
+                                                "steps_done": step, "label": refs["real"]["label"], "sweep": sweep,
+                                                "anchors": {k: refs[k] for k in ("decoded", "real")}})
+        plot_sweep(sweep, {k: refs[k] for k in ("decoded", "real")}, stem.with_suffix(".png"),
+                   f"{P.data.dataset}: SiT-{G.size} ({step} steps) and the Gaussian against guidance")
+        print(f"→ {stem}.json, {stem}.png")
+
+
+def training_command() -> str:
+    """This command line without the options that only report (what trains the run folder's generator)."""
+    argv, skip = [], False
+    for a in sys.argv:
+        if skip or a == "--report":
+            skip = False
+            continue
+        if a in ("--guidance-sweep", "--seeds", "--out"):
+            skip = True
+            continue
+        argv.append(a)
+    return " ".join(["python", *argv])
+
+
+def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds) -> dict[str, dict]:
+    """gFD and KID (mean ± std over sampling ``seeds``) of the run's generator and of the Gaussian of the same
+    tokens at each guidance scale; also each one's best scale."""
+    from sbt_lib.workbook.runs import load_generator
+
+    G = P.generator
+    gaussian, gaussian_norm = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    models = {"SiT": load_generator(run), "Gaussian": (gaussian.eval(), gaussian_norm)}
+    out = {}
+    for name, (model, normalizer) in models.items():
+        out[name] = {}
+        for g in scales:
+            ms = [generation_metrics(real, builders.generate_images(base, model, normalizer, classes, "global",
+                                                                    G.sampler, G.sampling_steps, g, seed=s),
+                                     P.eval.fd_size) for s in seeds]
+            gfd, kid = torch.tensor([m["gfd"] for m in ms]), torch.tensor([m["kid"] for m in ms])
+            out[name][str(g)] = {"gfd_mean": gfd.mean().item(), "gfd_std": gfd.std().item() if len(ms) > 1 else 0.0,
+                                 "kid_mean": kid.mean().item(), "kid_std": kid.std().item() if len(ms) > 1 else 0.0,
+                                 "gfd": gfd.tolist(), "kid": kid.tolist()}
+            m = out[name][str(g)]
+            print(f"{name} guidance {g}: gFD {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}, KID {m['kid_mean']:.4f}", flush=True)
+        out[name]["best"] = min(map(str, scales), key=lambda g: out[name][g]["gfd_mean"])
+    return out
+
+
+def plot_sweep(sweep: dict, refs: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "gfd", "gFD-EffNet ↓"), (axes[1], "kid", "KID ↓")):
+        for name, points in sweep.items():
+            gs = [g for g in points if g != "best"]
+            ax.errorbar([float(g) for g in gs], [points[g][f"{key}_mean"] for g in gs],
+                        yerr=[points[g][f"{key}_std"] for g in gs], marker="o", capsize=3, label=name)
+        for j, (name, m) in enumerate(refs.items()):
+            ax.axhline(m[key], ls=(":", "-.")[j % 2], color=("gray", "black")[j % 2], label=name)
+        ax.set(xlabel="guidance scale", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 - ``python -m sbt_lib reproduce [--scale S] [--dataset NAME|PATH] [--only 01,02] [--out DIR] [-p NAME=VALUE ...]``:
   the notebooks, headlessly (papermill).
 - ``python -m sbt_lib train {base,tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
-  the base tokenizer (``--export DIR`` writes its shipped form), or one training loop of notebooks 04-05, alone
+  the base tokenizer or the reused generator (``--export DIR`` writes its shipped form), or notebook 04's stage 2, alone
   or under ``torchrun --nproc_per_node=K`` (DDP).
 - ``python -m sbt_lib evaluate {base,tokenizer,stage2,generator} ...`` (the same options): what ``train`` trained,
   on the held-out split, sharded over the processes under ``torchrun``.
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                           ("evaluate", "evaluate what train trained, on the held-out split")):
         _run_options(sub.add_parser(command, help=f"{what} (alone or under torchrun)"))
     sub.choices["train"].add_argument("--export", metavar="DIR",
-                                      help="base only: write its save_pretrained folder here when training ends "
-                                           "(the shipped one: weights/base-tokenizer-<dataset>)")
+                                      help="base and generator: write its save_pretrained folder here when "
+                                           "training ends (the shipped ones: weights/base-tokenizer-<dataset>, "
+                                           "weights/generator-<dataset>)")
     args = parser.parse_args(argv)
     return _reproduce(args) if args.command == "reproduce" else _train(args)
 

@@ -246,7 +246,7 @@ def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, 
     from sbt_lib.workbook.runs import load_generator
 
     P = resolve("04_aligner_scaling", "tiny", train_size=64, test_size=16, generator_size="tiny", generator_steps=6,
-                generator_batch_size=16)
+                generator_batch_size=16, generator_prior="gaussian")
     train_set, _ = builders.load_data(P)
     tokenizer = builders.build_tokenizer(P, train_set)
     result = builders.train_generator(P, tokenizer, train_set, tmp_path, groups=groups, progress=False)

@@ -296,22 +296,23 @@ def test_notebook_05_generation(tiny_run):
     run = tiny_run / "05_generation"
     m = json.loads((run / "metrics.json").read_text())
     assert m["tokenizers_from"].endswith("04_aligner_scaling")  # reused notebook 04's tokenizers
+    assert m["generator"]["from"].endswith("05_generation/generators/global")  # trained once, beside the notebooks
     comparison = m["comparison"]
-    assert len(comparison) == 4 and all(c["label"] == m["label"] for c in comparison.values())
-    a, b, b2, c = comparison.values()
-    assert b["tokens"] > a["tokens"] == c["tokens"] and b["gflops_forward_torch"] > 2 * a["gflops_forward_torch"]
-    assert b2["steps"] < b["steps"] == a["steps"]  # same compute: fewer steps for the longer sequence
-    assert abs(b2["gflops_train_total"] - a["gflops_train_total"]) < 0.2 * a["gflops_train_total"]
+    assert len(comparison) == 3 and all(c["label"] == m["label"] for c in comparison.values())
+    a, b, c = comparison.values()
+    assert all(s["seeds"] == len(m["comparison_seeds"]) == 2 for s in (a, b, c))
+    assert b["tokens"] > a["tokens"] == c["tokens"] and b["gflops_forward_mean"] > 2 * a["gflops_forward_mean"]
+    assert b["steps_mean"] < a["steps_mean"] == c["steps_mean"]  # same compute: fewer steps for the longer sequence
+    assert abs(b["gflops_train_mean"] - a["gflops_train_mean"]) < 0.2 * a["gflops_train_mean"]
     assert m["label"].endswith(f"@{m['generator']['samples']}")
+    assert m["gfd_below_gaussian"] == pytest.approx(1 - m["main"]["gfd"] / m["gaussian"]["gfd"])
     assert set(m["sweep"]) == set(json.loads((tiny_run / "04_aligner_scaling" / "metrics.json").read_text())["stage2"]["aligners"])
     assert 0 < m["accounting"]["saving"] < 1 and m["accounting"]["per_size_tflops"] > m["accounting"]["once_tflops"]
     assert {"euler", "heun", "sde", "dopri5"} <= {k.split(" ")[0] for k in m["samplers"]}
-    assert list(m["guidance"]) == ["1.0", "2.0", "4.0"]
-    steps = [s["steps"] for s in m["starts"].values()]  # the Gaussian anchor, the SiT without it, (a)
-    assert steps == [0, a["steps"], a["steps"]] and m["starts"]["SiT + Gaussian (a)"]["gfd"] == a["gfd"]
-    assert set(m["floors"]) == {"real", "decoded"} and all(v > 0 for v in m["floors"].values())
+    assert list(m["guidance"]) == ["1.0", "1.5", "2.0", "3.0", "4.0", "6.0"]
+    assert set(m["floors"]) == {"real", "decoded"} and all(v["gfd"] > 0 for v in m["floors"].values())
     for fig in ("samples_by_class.png", "samples_by_start.png", "samples_compared.png", "gfd_by_aligner_size.png",
-                "samplers.png", "guidance.png", "trajectory.png"):
+                "samplers.png", "guidance.png", "samples_by_guidance.png", "trajectory.png"):
         assert (run / fig).stat().st_size > 1000, fig
 
 

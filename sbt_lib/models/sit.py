@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import Config
 from .gaussian_flow import GaussianFlow
+from .pretrained import HalfPrecisionHubMixin
 
 # --------------------------------------------------------------------------------------------- sizes
 
@@ -149,12 +150,17 @@ class FinalLayer(nn.Module):
 
 # --------------------------------------------------------------------------------------------- SiT
 
-class SiT(nn.Module):
-    """``model(x, t, y)``: the velocity at tokens ``x`` (B×N×d) and times ``t`` (B) for classes ``y`` (B)."""
+class SiT(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags=["generator", "selfboottok", "sit"]):
+    """``model(x, t, y)``: the velocity at tokens ``x`` (B×N×d) and times ``t`` (B) for classes ``y`` (B).
 
-    def __init__(self, cfg: SiTConfig | None = None, **overrides):
+    ``save_pretrained(folder)`` writes its config and float16 weights; ``SiT.from_pretrained(folder or Hub
+    id)`` reads them back (:mod:`~sbt_lib.models.pretrained`)."""
+
+    def __init__(self, cfg: SiTConfig | dict | None = None, **overrides):
         super().__init__()
-        self.cfg = c = SiTConfig.from_dict({**(cfg or SiTConfig()).to_dict(), **overrides})
+        cfg = cfg.to_dict() if isinstance(cfg, SiTConfig) else dict(cfg or {})
+        self.cfg = c = SiTConfig.from_dict({**cfg, **overrides})
+        self._hub_mixin_config = {"cfg": c.to_dict()}  # config.json: the resolved config, whatever was passed
         size = SIT_PRESETS[c.size]
         w = size["width"]
         self.embed = nn.Linear(c.token_dim, w)

@@ -308,7 +308,7 @@ def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path,
     tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
     g = P.generator
     model, normalizer = build_generator(P, tokens, train_set)
-    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, progress=progress)
+    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, ema=g.ema, progress=progress)
     meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
             "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
     return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,

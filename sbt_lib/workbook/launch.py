@@ -13,7 +13,9 @@ base         the base tokenizer, stage 1 (:mod:`~sbt_lib.workbook.base`)  ``base
              its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
 stage2       notebook 04's stage 2 per size of ``stage2_aligners`` on       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
              the base (:func:`~sbt_lib.workbook.builders.train_on_base`)
-generator    the SiT on the base's global tokens (notebook 05)            ``05_generation/generators/global``
+generator    the SiT on the base's global tokens that notebook 05 reuses  ``05_generation/generators/global``; with
+             (:mod:`~sbt_lib.workbook.base_generator`)                   ``--export DIR`` its ``save_pretrained``
+                                                                         folder at the end (shipped: ``weights/``)
 ===========  ==========================================================  ==========================================
 
 Under ``torchrun`` rank 0 fills the caches first (decoded data, teacher features, the global tokens),
@@ -36,11 +38,12 @@ from ..train import TrainResult, resolve_device
 from . import builders
 from .ablations import stage2_on_base
 from .base import export_base, load_base, notebook_base_folder
+from .base_generator import export_run
 from .params import Params, resolve
 from .runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
-BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "05_generation"}  # the bundle of each command
+BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "generator"}  # the bundle of each command
 
 
 def run_folders(out: Path, P: Params) -> dict[str, Path]:
@@ -75,7 +78,8 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                   overrides: dict | None = None, export: str | Path | None = None) -> dict[str, TrainResult]:
     """Train ``what`` at ``scale`` (alone, or as one rank of a ``torchrun`` launch); returns the results by
     run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``); ``export``: for ``base``, the
-    folder its ``save_pretrained`` weights and record go to when training has finished."""
+    folder its ``save_pretrained`` weights and record go to when training has finished; for ``generator``, the
+    same, with its sample quality against the Gaussian anchor over three sampling seeds."""
     with dist.process_group() as (rank, world_size):
         P, out, folders = _resolve(what, scale, dataset, out, overrides)
         main, progress = rank == 0, rank == 0 and P.training.progress
@@ -112,6 +116,14 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 f"over {world_size} process(es)" + (f"; last evaluation {json.dumps(evals[-1])}" if evals else "")
                 + f"; checkpoint in {folders[name]}")
         say(f"done in {time.perf_counter() - t0:.1f} s")
+        if what == "generator" and export and main:
+            command = f"python -m sbt_lib train generator --scale {scale} --dataset {P.data.dataset} --export {export}" + \
+                "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+            record = export_run(folders["generator"], export, P, parent, train_set, test_set, command,
+                                samples=P.generator.samples)
+            q = record["quality"]
+            say(f"exported to {export}: " + ", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}"
+                                                       for k, m in q["rows"].items()))
         if what == "base" and export and main:
             command = f"python -m sbt_lib train base --scale {scale} --dataset {P.data.dataset} --export {export}" + "".join(
                 f" -p {k}={v!r}" for k, v in (overrides or {}).items())

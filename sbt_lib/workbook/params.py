@@ -99,19 +99,25 @@ class Stage2Config(Config):
 @dataclass
 class GeneratorConfig(Config):
     """The SiT generator over a frozen tokenizer's tokens (notebook 05): its size preset
-    (:data:`~sbt_lib.models.sit.SIT_PRESETS`), training on cached tokens, and how it samples."""
+    (:data:`~sbt_lib.models.sit.SIT_PRESETS`), training on cached tokens from zero velocity (or from the tokens'
+    class-conditional Gaussian, ``prior="gaussian"``: the anchor, as an option), how it samples, and the smaller
+    SiTs of notebook 05's equal-compute comparison (``compare_*``)."""
 
     size: str = "cpu"
     steps: int = 2000
     batch_size: int = 128
     lr: float = 3e-4
+    ema: float = 0.0  # EMA decay of the weights it samples with (0: the raw weights)
     class_dropout: float = 0.1
-    prior: str = "gaussian"  # none | gaussian: start from the tokens' class-conditional Gaussian (GaussianFlow)
+    prior: str = "none"  # none | gaussian: start from the tokens' class-conditional Gaussian (GaussianFlow)
     time_sampling: str = "uniform"  # uniform | logit_normal
     sampler: str = "heun"  # euler | heun | dopri5 | sde
     sampling_steps: int = 20
     guidance: float = 2.0  # classifier-free guidance scale (1: none)
     samples: int = 500  # generated images per distribution metric (its label says the count: FD@500)
+    compare_size: str = "mini"  # notebook 05's (a)/(b)/(c): SiTs of this size trained from zero velocity,
+    compare_steps: int = 400  # for this many steps of (a) (the others at (a)'s FLOPs),
+    compare_lr: float = 1e-3  # at this learning rate, without EMA
 
 
 @dataclass

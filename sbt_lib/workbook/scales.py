@@ -136,29 +136,39 @@ _STAGE2 = {
     "paper": dict(stage2_aligners=["10M", "150M", "300M", "600M"], stage2_steps=epochs(50, 256), seeds=1),
 }
 
-# Notebook 05: a SiT on the global tokens of notebook 04's tokenizer (the same bundle, so it can retrain it).
-# Every scale but paper starts it from the tokens' class-conditional Gaussian (GeneratorConfig.prior). At cpu,
-# guidance 4: on CIFAR-10, gFD-EffNet@400 349 against 352 at 2, and the samples look like their class.
+# Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
+# bundle, sbt_lib.workbook.base_generator; shipped at cpu).  At cpu, SiT-cpu for 8,000 steps of 128 (about a million
+# token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights:
+# benchmarks/generator_quality.py measures gFD against images seen, and against the guidance scale, with the Gaussian
+# anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs.
 _GENERATOR = {
     "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
-                 generator_sampling_steps=4, generator_samples=64),
-    "cpu": dict(generator_size="mini", generator_steps=400, generator_batch_size=64, generator_lr=1e-3,
-                generator_sampling_steps=10, generator_samples=400, generator_guidance=4.0),
+                 generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
+                 generator_compare_steps=20),
+    "cpu": dict(generator_size="cpu", generator_steps=8000, generator_batch_size=128, generator_lr=5e-4,
+                generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
+                generator_compare_size="mini", generator_compare_steps=400, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
-                generator_sampling_steps=50, generator_samples=10_000),
+                generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
+                generator_compare_size="S", generator_compare_steps=5000, generator_compare_lr=3e-4),
     # SiT-XL, 800K steps at SiT's batch of 256 and lr 1e-4; SiT's 250-step SDE sampler; 50,000 samples.
-    # No Gaussian prior: a covariance per class of ImageNet's 1000 would not fit (GaussianFlow's docstring).
     "paper": dict(generator_size="XL", generator_steps=800_000, generator_batch_size=256, generator_lr=1e-4,
-                  generator_sampler="sde", generator_sampling_steps=250, generator_samples=50_000,
-                  generator_prior="none"),
+                  generator_ema=0.9999, generator_sampler="sde", generator_sampling_steps=250,
+                  generator_samples=50_000, generator_compare_size="XL", generator_compare_steps=400_000,
+                  generator_compare_lr=1e-4),
 }
+# The generator bundle trains on every training image's tokens (notebook 05's stage 2 uses a 10,000-image subset).
+_GENERATOR_DATA = {"tiny": {}, "cpu": dict(dataset="cifar10", train_size=None, test_size=2000),
+                   "gpu": dict(dataset="cifar10", train_size=None, test_size=2000), "paper": {}}
 
 # Notebook 06: six tokenizers × 2 seeds at notebook 02's size (100 steps of 32 at cpu), each with a small
 # SiT (notebook 05's, 80 steps), 500 held-out images and 300 samples: within 10 minutes on 2 cores.
 _COMPARE = {
     "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_steps=80, generator_samples=300),
-    "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_steps=20_000, generator_samples=10_000),
+    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=80,
+                generator_batch_size=64, generator_lr=1e-3, generator_ema=0.0, generator_samples=300),
+    "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
+                generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
     "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
 }
 
@@ -245,6 +255,12 @@ NOTEBOOKS = {
     "04_aligner_scaling": {
         s: {**_ON_BASE[s], **_STAGE2[s], "local_1d": True, "local_2d": _STAGE2[s]["stage2_aligners"][0],
             "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
+        for s in SCALE_NAMES
+    },
+    # Not a notebook: the bundle of ``python -m sbt_lib train generator`` (notebook 05's reused generator, shipped).
+    "generator": {
+        s: {**_ON_BASE[s], **_STAGE2[s], **_GENERATOR[s], **_GENERATOR_DATA[s], "local_1d": True,
+            "local_2d": _STAGE2[s]["stage2_aligners"][0], "decoder": _SELFBOOTTOK[s]["decoder"], "entropy_weight": 0.0}
         for s in SCALE_NAMES
     },
     "05_generation": {

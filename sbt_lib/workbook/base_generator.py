@@ -1,0 +1,243 @@
+"""The base generator: the SiT trained once on the shipped base's global tokens, shipped, and reused.
+
+The paper trains its generator once on the global tokens and reuses it for every aligner size: stage 2 keeps
+``z_global`` bit for bit, so what the generator samples decodes through every stage-2 tokenizer.  The workbook does
+the same.  A SiT that learns the tokens' distribution beyond their class-conditional Gaussian needs about a million
+training images (``benchmarks/generator_quality.py`` measures gFD against images seen), which is most of an hour on
+two cores, so notebook 05's generator is trained once (``python -m sbt_lib train generator --export
+weights/generator-cifar10``; it resumes exactly), exported as a ``save_pretrained`` folder (config + float16
+safetensors, :mod:`~sbt_lib.models.pretrained`) with its token normaliser, and shipped in ``weights/``.
+
+Beside the weights, ``training.json`` records how they were made (the recipe, the command, steps, images seen,
+seconds, machine) and what they give: gFD-EffNet and KID of samples against the test split, over sampling seeds,
+beside the class-conditional Gaussian of the same tokens (the anchor to beat), real images (the floor) and the
+base's decodes of real tokens (the ceiling); and the flow-matching loss of fixed check batches
+(:func:`check_loss`) that ``tests/test_base_generator.py`` recomputes, so a broken or stale file fails.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..files import write_json
+from ..generation.path import interpolate, target_velocity
+from ..generation.transport import TokenNormalizer
+from ..models.sit import SiT
+from ..models.tokenizer import SelfBootTok
+from .base import WEIGHTS, _machine, check_batches
+
+RECORD = "training.json"
+NORMALIZER = "normalizer.safetensors"
+RECIPE_FIELDS = ("size", "steps", "batch_size", "lr", "ema", "class_dropout", "prior", "time_sampling")
+
+
+def generator_folder(dataset: str = "cifar10") -> Path:
+    """Where the shipped generator of ``dataset``'s base tokenizer lives."""
+    return WEIGHTS / f"generator-{dataset}"
+
+
+def recipe(P) -> dict:
+    """What makes a generator's weights (not how it samples): the generator's training fields of ``P``, its
+    warm-up and seed.  A shipped generator is used only where its recorded recipe is this one."""
+    g = P.generator.to_dict()
+    return {**{k: g[k] for k in RECIPE_FIELDS}, "warmup": P.training.warmup, "seed": P.seed,
+            "dataset": P.data.dataset, "train_size": P.data.train_size}
+
+
+# --------------------------------------------------------------------------------------------- files
+
+def save_generator(model: SiT, normalizer: TokenNormalizer, folder: str | Path) -> None:
+    """``model``'s ``save_pretrained`` folder, with the token normaliser beside it (float32: 2d numbers)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    save_file({k: v.float().contiguous() for k, v in normalizer.state_dict().items()}, str(folder / NORMALIZER))
+
+
+def load_generator_folder(folder: str | Path | None = None, dataset: str = "cifar10") -> tuple[SiT, TokenNormalizer]:
+    """The generator and its token normaliser from a folder :func:`save_generator` wrote (default: the shipped one
+    of ``dataset``), in eval mode.  A missing folder is an error that says how to make it."""
+    folder = Path(folder or generator_folder(dataset))
+    if not (folder / "config.json").exists() or not (folder / NORMALIZER).exists():
+        raise FileNotFoundError(f"no generator in {folder}: train it with `python -m sbt_lib train generator "
+                                f"--dataset {dataset} --export {folder}` (about the time its training.json says)")
+    model = SiT.from_pretrained(str(folder))
+    normalizer = TokenNormalizer(model.cfg.token_dim)
+    normalizer.load_state_dict(load_file(str(folder / NORMALIZER)))
+    return model.eval(), normalizer
+
+
+def read_record(folder: str | Path | None = None, dataset: str = "cifar10") -> dict:
+    """The ``training.json`` of a shipped generator."""
+    return json.loads((Path(folder or generator_folder(dataset)) / RECORD).read_text())
+
+
+def shipped_for(P, base: SelfBootTok) -> Path | None:
+    """The shipped generator folder where it was trained by ``P``'s recipe on ``base``'s tokens, else None."""
+    folder = generator_folder(P.data.dataset)
+    if not (folder / RECORD).exists():
+        return None
+    record = read_record(folder)
+    same_base = record.get("tokenizer") == base.cfg.to_dict()
+    return folder if same_base and record.get("recipe") == recipe(P) else None
+
+
+def generator_params(P):
+    """``P`` with the data of the ``generator`` bundle at ``P.scale`` (every training image's tokens at cpu): the
+    parameters the reused generator is trained with, whatever notebook ``P`` is of."""
+    from .params import resolve
+
+    bundle = resolve("generator", P.scale, dataset=P.data.dataset)
+    return P.replace(train_size=bundle.data.train_size, test_size=bundle.data.test_size)
+
+
+def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, progress: bool = True) -> dict:
+    """The generator notebook 05 reuses, trained once on ``base``'s global tokens (:func:`generator_params` of
+    ``P``): the shipped one where its recorded recipe and base are these, else the one trained (or, on a rerun,
+    loaded) in ``<out_root>/05_generation/generators/global``, the folder of ``python -m sbt_lib train generator``.
+    Returns ``model``, ``normalizer``, ``steps``, ``seconds`` (of its training) and ``where``."""
+    from . import builders
+    from .runs import load_generator
+
+    PG = generator_params(P)
+    folder = shipped_for(PG, base)
+    if folder is not None:
+        model, normalizer = load_generator_folder(folder)
+        record = read_record(folder)
+        return {"model": model, "normalizer": normalizer, "steps": record["steps"],
+                "seconds": record["training_seconds"], "where": str(folder)}
+    run = Path(out_root) / "05_generation" / "generators" / "global"
+    if PG.data.train_size != P.data.train_size:
+        train_set, _ = builders.load_data(PG)
+    if progress and not (run / "checkpoint.json").exists():
+        print(f"no shipped generator for this recipe and base: training SiT-{PG.generator.size} into {run} "
+              f"({PG.generator.steps} steps; a rerun loads it)")
+    tokens = builders.token_cache(base, train_set, PG, "global", progress)
+    result = builders.train_generator(PG, base, train_set, run, "global", tokens=tokens, progress=progress)
+    model, normalizer = load_generator(run)
+    return {"model": model, "normalizer": normalizer, "steps": result.step, "seconds": result.seconds,
+            "where": str(run)}
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+@torch.no_grad()
+def check_loss(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, seed: int = 0) -> dict[str, float]:
+    """The flow-matching loss of ``model`` on each of :func:`~sbt_lib.workbook.base.check_batches`' global tokens
+    under ``base``, at fixed noise and times, unconditional (the null class: any data set has it).  A number that
+    moves when the generator, its normaliser or the base changes."""
+    model, out = model.eval(), {}
+    for name, images in check_batches(base.cfg.image_size).items():
+        x1 = normalizer.normalize(base.eval().encode_global(images).float())
+        gen = torch.Generator().manual_seed(seed)
+        x0 = torch.randn(x1.shape, generator=gen)
+        t = torch.linspace(0.02, 0.98, len(x1))
+        y = torch.full((len(x1),), model.null_class)
+        out[name] = F.mse_loss(model(interpolate(x0, x1, t), t, y), target_velocity(x0, x1)).item()
+    return out
+
+
+def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P, tokens, train_set, test_set,
+                   samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """gFD-EffNet and KID (mean ± std over sampling ``seeds``) of ``samples`` balanced samples of ``model`` against
+    as many test images, beside the class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor
+    to beat), real training images (the floor at this count) and the base's decodes of them (the ceiling)."""
+    from ..eval.generation import generation_metrics
+    from ..eval.reconstruction import held_out_images
+    from . import builders
+
+    g = P.generator
+    real = held_out_images(test_set, samples)
+    classes = torch.arange(samples) % len(train_set.classes)
+    gaussian, gaussian_norm = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    runs = {"SiT": [], "Gaussian": []}
+    for seed in seeds:
+        for name, (m, n) in (("SiT", (model, normalizer)), ("Gaussian", (gaussian.eval(), gaussian_norm))):
+            fake = builders.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance, seed)
+            runs[name].append(generation_metrics(real, fake, P.eval.fd_size))
+    train_images = held_out_images(train_set, samples)
+    with torch.no_grad():
+        decoded = torch.cat([builders.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
+    runs["real training images (floor)"] = [generation_metrics(real, train_images, P.eval.fd_size)]
+    runs["base decodes of them (ceiling)"] = [generation_metrics(real, decoded, P.eval.fd_size)]
+
+    def summary(ms: list[dict]) -> dict:
+        gfd, kid = torch.tensor([m["gfd"] for m in ms]), torch.tensor([m["kid"] for m in ms])
+        std = (lambda v: v.std().item() if len(v) > 1 else 0.0)
+        return {"gfd_mean": gfd.mean().item(), "gfd_std": std(gfd), "kid_mean": kid.mean().item(), "kid_std": std(kid),
+                "gfd": gfd.tolist(), "kid": kid.tolist()}
+
+    rows = {name: summary(ms) for name, ms in runs.items()}
+    return {"samples": samples, "seeds": list(seeds), "label": runs["SiT"][0]["label"],
+            "feature_space": runs["SiT"][0]["feature_space"], "rows": rows,
+            "gfd_below_gaussian": 1 - rows["SiT"]["gfd_mean"] / rows["Gaussian"]["gfd_mean"]}
+
+
+# --------------------------------------------------------------------------------------------- export
+
+def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_set, test_set, command: str,
+               samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """Write the (EMA) generator of the finished run folder ``run`` (trained by ``P`` on ``base``'s global tokens of
+    ``train_set``) at ``folder`` (:func:`save_generator`) with ``training.json``: the recipe, the base's config, the
+    run's steps and seconds, the sample quality (:func:`sample_quality`) and the check losses, all measured on the
+    float16 weights as shipped.  Returns the record."""
+    from . import builders
+    from .runs import load_generator
+
+    save_generator(*load_generator(run), folder)
+    model, normalizer = load_generator_folder(folder)
+    tokens = builders.token_cache(base, train_set, P, "global", progress=False)
+    quality = sample_quality(model, normalizer, base, P, tokens, train_set, test_set, samples, seeds)
+    meta, g = json.loads((Path(run) / "checkpoint.json").read_text()), P.generator
+    record = {
+        "command": command, "recipe": recipe(P), "tokenizer": base.cfg.to_dict(),
+        "sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance},
+        "steps": meta["step"], "batch_size": g.batch_size, "images_seen": meta["step"] * g.batch_size,
+        "training_seconds": round(meta["seconds"], 1), "machine": _machine(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "quality": quality, "check_loss": check_loss(model, normalizer, base),
+    }
+    write_json(Path(folder) / RECORD, record)
+    (Path(folder) / "README.md").write_text(model_card(record))
+    return record
+
+
+def model_card(record: dict) -> str:
+    """The folder's README.md: what the weights are, how to load and remake them, what they measure."""
+    r, q, s = record["recipe"], record["quality"], record["sampling"]
+    rows = [(name, m["gfd_mean"], m["gfd_std"], m["kid_mean"], m["kid_std"]) for name, m in q["rows"].items()]
+    table = "\n".join(f"| {n} | {g:.1f} ± {gs:.1f} | {k:.4f} ± {ks:.4f} |" for n, g, gs, k, ks in rows)
+    return f"""---
+library_name: sbt-lib
+tags: [generator, selfboottok, sit]
+---
+# SelfBootTok base generator ({r["dataset"]}: SiT-{r["size"]} on the base tokenizer's global tokens)
+
+A class-conditional SiT ({record["parameters"]:,} parameters) trained by flow matching from zero velocity on the
+global tokens of `weights/base-tokenizer-{r["dataset"]}`; the aligners bootstrap the local tokens from its samples and
+the decoder renders them. Float16 weights (they load as float32) and the token normaliser:
+
+```python
+from sbt_lib.workbook.base_generator import load_generator_folder
+from sbt_lib.workbook.base import load_base
+from sbt_lib.workbook import builders
+sit, normalizer = load_generator_folder("{{this folder}}")
+images = builders.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]})
+```
+
+Trained by `{record["command"]}`: {record["steps"]} steps of {record["batch_size"]} ({record["images_seen"]:,} token
+sets seen), lr {r["lr"]:g}, EMA {r["ema"]}, {record["training_seconds"] / 60:.0f} min on {record["machine"]["processor"]}
+({record["machine"]["cpu_threads"]} threads). Samples: {s["sampler"]} × {s["sampling_steps"]}, guidance {s["guidance"]};
+{q["samples"]} balanced samples against as many test images, {len(q["seeds"])} sampling seeds (mean ± std):
+
+| | {q["label"]} ↓ | KID ↓ |
+|---|---|---|
+{table}
+
+`training.json` holds these numbers, the recipe, the machine, and the flow-matching loss of fixed check batches that the
+workbook's tests recompute.
+"""
+

@@ -1,0 +1,122 @@
+"""The reused generator: its save_pretrained folder, the `train generator --export` command, and the shipped file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sbt_lib.generation.transport import TokenNormalizer
+from sbt_lib.models.sit import SiT, SiTConfig
+from sbt_lib.workbook.base import load_base
+from sbt_lib.workbook.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
+                                             read_record, recipe, save_generator, shipped_for)
+from sbt_lib.workbook.launch import train_command
+from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.runs import load_tokenizer
+
+TINY = SiTConfig(num_tokens=8, token_dim=4, num_classes=3, size="tiny")
+
+
+def _trained_looking(cfg: SiTConfig) -> SiT:
+    """A SiT whose zero-initialised output layers are not zero, so that its outputs depend on every weight."""
+    torch.manual_seed(0)
+    model = SiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_sit_save_pretrained_stores_float16_and_loads_back_the_same_model(tmp_path):
+    model = _trained_looking(TINY)
+    normalizer = TokenNormalizer(4)
+    normalizer.mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.1]))
+    normalizer.std.copy_(torch.tensor([3.0, 0.5, 1.5, 2.0]))
+    save_generator(model, normalizer, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert json.loads((tmp_path / "config.json").read_text())["cfg"] == TINY.to_dict()
+    loaded, loaded_norm = load_generator_folder(tmp_path)
+    assert loaded.cfg == model.cfg and not loaded.training
+    assert torch.equal(loaded_norm.mean, normalizer.mean) and torch.equal(loaded_norm.std, normalizer.std)
+    x, t, y = torch.randn(5, 8, 4), torch.rand(5), torch.tensor([0, 1, 2, 3, 0])
+    with torch.no_grad():
+        diff = (model(x, t, y) - loaded(x, t, y)).abs().max().item()
+    assert 0 < diff < 1e-2  # float16 rounding, nothing more
+
+
+def test_load_generator_folder_says_how_to_make_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m sbt_lib train generator"):
+        load_generator_folder(tmp_path / "nothing")
+    _trained_looking(TINY).save_pretrained(tmp_path / "no-normalizer")
+    with pytest.raises(FileNotFoundError, match=NORMALIZER.split(".")[0] + "|train generator"):
+        load_generator_folder(tmp_path / "no-normalizer")
+
+
+def test_train_generator_exports_a_folder_that_reproduces_its_record(tmp_path):
+    export, runs = tmp_path / "pretrained", tmp_path / "runs"
+    train_command("base", "tiny", "shapes", runs, {"steps": 2, "eval_every": 0, "test_size": 16, "eval_size": 16})
+    overrides = {"generator_steps": 6, "generator_samples": 20, "fd_size": 64, "test_size": 20}
+    results = train_command("generator", "tiny", "shapes", runs, overrides, export=export)
+    assert results["generator"].step == 6
+    record = read_record(export)
+    assert record["steps"] == 6 and record["images_seen"] == 6 * record["batch_size"]
+    assert record["command"].startswith("python -m sbt_lib train generator --scale tiny --dataset shapes --export")
+    P = resolve("generator", "tiny", dataset="shapes", **overrides)
+    assert record["recipe"] == recipe(P)
+    q = record["quality"]
+    assert q["samples"] == 20 and len(q["seeds"]) == 3
+    assert {"SiT", "Gaussian"} <= set(q["rows"]) and len(q["rows"]["SiT"]["gfd"]) == 3
+    assert q["rows"]["SiT"]["gfd_std"] > 0  # three sampling seeds, three different sample sets
+    model, normalizer = load_generator_folder(export)
+    base = load_tokenizer(runs / "base" / "tokenizer")
+    assert check_loss(model, normalizer, base) == pytest.approx(record["check_loss"], abs=1e-5)
+
+
+def test_the_shipped_generator_reproduces_its_check_losses():
+    """A broken, stale or re-exported-without-its-record file fails here."""
+    folder = generator_folder("cifar10")
+    assert (folder / "model.safetensors").exists(), f"the shipped generator is missing from {folder}"
+    shipped = sum(p.stat().st_size for p in folder.parent.rglob("*") if p.is_file())
+    assert shipped < 25 * 2**20  # every shipped weight file together
+    record = read_record(folder)
+    model, normalizer = load_generator_folder(folder)
+    base = load_base()
+    assert record["tokenizer"] == base.cfg.to_dict() and model.cfg.prior == "none"
+    measured = check_loss(model, normalizer, base)
+    assert "photos" in measured
+    for name, value in measured.items():
+        assert value == pytest.approx(record["check_loss"][name], abs=1e-3), name
+    q = record["quality"]
+    assert q["samples"] >= 2000 and len(q["seeds"]) >= 3
+    rows = q["rows"]
+    assert {"SiT", "Gaussian", "real training images (floor)", "base decodes of them (ceiling)"} == set(rows)
+    assert rows["real training images (floor)"]["gfd_mean"] < rows["base decodes of them (ceiling)"]["gfd_mean"]
+    assert rows["base decodes of them (ceiling)"]["gfd_mean"] < rows["SiT"]["gfd_mean"]  # no generator beats it
+
+
+@pytest.mark.xfail(strict=True, reason="issue 30's criterion: the shipped generator's record "
+                                       "(weights/generator-cifar10/training.json) does not meet it")
+def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
+    """Issue 30: the trained SiT at least 15% below the class-conditional Gaussian of the same tokens in gFD, and
+    below it in KID, over its record's sampling seeds.  Strict: this fails as soon as a shipped generator meets it."""
+    q = read_record(generator_folder("cifar10"))["quality"]
+    sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
+    assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] < gauss["kid_mean"]
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_notebook_05_at_cpu_and_gpu_reuses_the_generator_bundle(scale):
+    """Notebook 05's generator is the ``generator`` bundle's, so that at cpu it loads the shipped one."""
+    from sbt_lib.workbook.base_generator import generator_params
+
+    assert recipe(generator_params(resolve("05_generation", scale, dataset="cifar10"))) == \
+        recipe(resolve("generator", scale, dataset="cifar10"))
+
+
+def test_the_notebook_05_cpu_bundle_finds_the_shipped_generator():
+    P = resolve("generator", "cpu", dataset="cifar10")
+    assert shipped_for(P, load_base()) == generator_folder("cifar10")
+    assert shipped_for(P.replace(generator_steps=10), load_base()) is None
