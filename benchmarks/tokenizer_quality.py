@@ -10,7 +10,7 @@ and measures in the same run the two anchors at the same number of values per im
 Prints one table per data set (PSNR/SSIM at every evaluation point, mean ± std over seeds, and
 the anchors) and saves the curves as a PNG.  ``--variant`` names other recipes to compare
 (``previous`` is the recipe before the conv trunk, gain-shape SoftVQ and the linear path).  ``--refine``
-adds notebook 01's refine stage after each run (a pixel refiner trained with the rest frozen,
+adds the refine stage after each run (a pixel refiner trained with the rest frozen,
 :func:`sbt_lib.workbook.builders.train_refiner`) and a row for it in the end-of-run table.
 
     python benchmarks/tokenizer_quality.py [--datasets cifar10 photos] [--seeds 0 1 2]
@@ -84,7 +84,7 @@ def main():
     ap.add_argument("--steps", type=int, help="training steps (default: the scale's)")
     ap.add_argument("--evals", type=int, default=6, help="evaluation points during training")
     ap.add_argument("--test-size", type=int, default=2000, help="held-out images of the test split (evenly spaced)")
-    ap.add_argument("--refine", action="store_true", help="add notebook 01's refine stage after every run")
+    ap.add_argument("--refine", action="store_true", help="add the refine stage after every run")
     ap.add_argument("--out", default="runs/benchmarks/tokenizer_quality")
     ap.add_argument("--base", metavar="RUN", help="report the base tokenizer's training run in RUN (see above)")
     ap.add_argument("--report-only", action="store_true",
@@ -195,7 +195,7 @@ def base_probes(run: Path, meta: dict) -> None:
 
 
 def refine(P: Params, train_set, folder: Path) -> float:
-    """Notebook 01's refine stage on the tokenizer trained in ``folder``, into ``folder/refiner``; its seconds."""
+    """The refine stage on the tokenizer trained in ``folder``, into ``folder/refiner``; its seconds."""
     shutil.rmtree(folder / "refiner", ignore_errors=True)  # the tokenizer was just retrained from scratch
     return train_refiner(P, load_run(folder), train_set, folder / "refiner").seconds
 

@@ -1,4 +1,4 @@
-"""The pixel refiner and notebook 01's refine stage: the identity at the start, only the refiner trains,
+"""The pixel refiner and its refine stage: the identity at the start, only the refiner trains,
 z_global stays bit for bit, it learns, and its checkpoint loads back."""
 import pytest
 import torch

@@ -84,13 +84,14 @@ class ProbeConfig(Config):
 class Stage2Config(Config):
     """Two-stage aligner scaling (notebook 04): the 2D aligner sizes grown in stage 2 (presets of
     :data:`~sbt_lib.models.aligners.ALIGNER_2D_PRESETS`), what stays frozen (``encoder`` or ``all``,
-    :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size; and the refine stage of notebook 01 (a pixel
-    refiner trained after the tokenizer with the rest frozen, :func:`~sbt_lib.models.two_stage.refined_tokenizer`)."""
+    :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size; and the refine stage (a pixel refiner trained
+    after the tokenizer with the rest frozen, :func:`~sbt_lib.models.two_stage.refined_tokenizer`,
+    :func:`~sbt_lib.workbook.builders.train_refiner`)."""
 
     aligners: list[str] = field(default_factory=lambda: ["xs", "s", "m", "l", "xl"])
     freeze: str = "encoder"
     steps: int = 200
-    refiner: int = 0  # notebook 01: channels of the pixel refiner trained after the tokenizer (0: no refine stage)
+    refiner: int = 0  # channels of the pixel refiner trained after the tokenizer (0: no refine stage)
     refiner_steps: int = 0
     refiner_images: int | None = 10_000  # training images the refiner learns from (None: all)
     refiner_lr: float | None = None  # the refiner's peak learning rate (None: the tokenizer's, ``lr``)
