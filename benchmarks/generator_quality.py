@@ -139,7 +139,8 @@ def main() -> None:
         print(f"| *{name}* | | {m['gfd']:.1f} | {m['kid']:.4f} |")
     stem = out / f"generator_quality_{args.scale}"
     write_json(stem.with_suffix(".json"), {"command": training_command(), "generator": G.to_dict(),
-                                            "training_seconds": seconds, "steps_done": step, "curve": rows, "anchors": refs})
+                                            "training_seconds": seconds, "steps_done": step, "curve": rows,
+                                            "anchors": refs})
     plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
          f"{P.data.dataset}: SiT-{G.size} on the base's global tokens")
     print(f"→ {stem}.json, {stem}.png")
@@ -174,6 +175,7 @@ def training_command() -> str:
 def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds) -> dict[str, dict]:
     """gFD and KID (mean ± std over sampling ``seeds``) of the run's generator and of the Gaussian of the same
     tokens at each guidance scale; also each one's best scale."""
+    from sbt_lib.workbook.generation_study import summarize
     from sbt_lib.workbook.runs import load_generator
 
     G = P.generator
@@ -181,17 +183,13 @@ def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds
     models = {"SiT": load_generator(run), "Gaussian": (gaussian.eval(), gaussian_norm)}
     out = {}
     for name, (model, normalizer) in models.items():
-        out[name] = {}
-        for g in scales:
-            ms = [generation_metrics(real, builders.generate_images(base, model, normalizer, classes, "global",
-                                                                    G.sampler, G.sampling_steps, g, seed=s),
-                                     P.eval.fd_size) for s in seeds]
-            gfd, kid = torch.tensor([m["gfd"] for m in ms]), torch.tensor([m["kid"] for m in ms])
-            out[name][str(g)] = {"gfd_mean": gfd.mean().item(), "gfd_std": gfd.std().item() if len(ms) > 1 else 0.0,
-                                 "kid_mean": kid.mean().item(), "kid_std": kid.std().item() if len(ms) > 1 else 0.0,
-                                 "gfd": gfd.tolist(), "kid": kid.tolist()}
-            m = out[name][str(g)]
-            print(f"{name} guidance {g}: gFD {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}, KID {m['kid_mean']:.4f}", flush=True)
+        runs = {str(g): [generation_metrics(real, builders.generate_images(base, model, normalizer, classes, "global",
+                                                                          G.sampler, G.sampling_steps, g, seed=s),
+                                            P.eval.fd_size) for s in seeds] for g in scales}
+        out[name] = summarize(runs, keys=("gfd", "kid"))
+        for g, m in out[name].items():
+            print(f"{name} guidance {g}: gFD {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}, KID {m['kid_mean']:.4f}",
+                  flush=True)
         out[name]["best"] = min(map(str, scales), key=lambda g: out[name][g]["gfd_mean"])
     return out
 

@@ -148,6 +148,7 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     from ..eval.generation import generation_metrics
     from ..eval.reconstruction import held_out_images
     from . import builders
+    from .generation_study import summarize
 
     g = P.generator
     real = held_out_images(test_set, samples)
@@ -156,7 +157,8 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     runs = {"SiT": [], "Gaussian": []}
     for seed in seeds:
         for name, (m, n) in (("SiT", (model, normalizer)), ("Gaussian", (gaussian.eval(), gaussian_norm))):
-            fake = builders.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance, seed)
+            fake = builders.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance,
+                                            seed)
             runs[name].append(generation_metrics(real, fake, P.eval.fd_size))
     train_images = held_out_images(train_set, samples)
     with torch.no_grad():
@@ -164,13 +166,7 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     runs["real training images (floor)"] = [generation_metrics(real, train_images, P.eval.fd_size)]
     runs["base decodes of them (ceiling)"] = [generation_metrics(real, decoded, P.eval.fd_size)]
 
-    def summary(ms: list[dict]) -> dict:
-        gfd, kid = torch.tensor([m["gfd"] for m in ms]), torch.tensor([m["kid"] for m in ms])
-        std = (lambda v: v.std().item() if len(v) > 1 else 0.0)
-        return {"gfd_mean": gfd.mean().item(), "gfd_std": std(gfd), "kid_mean": kid.mean().item(), "kid_std": std(kid),
-                "gfd": gfd.tolist(), "kid": kid.tolist()}
-
-    rows = {name: summary(ms) for name, ms in runs.items()}
+    rows = summarize(runs, keys=("gfd", "kid"))
     return {"samples": samples, "seeds": list(seeds), "label": runs["SiT"][0]["label"],
             "feature_space": runs["SiT"][0]["feature_space"], "rows": rows,
             "gfd_below_gaussian": 1 - rows["SiT"]["gfd_mean"] / rows["Gaussian"]["gfd_mean"]}

@@ -46,7 +46,8 @@ def record(model, normalizer, tokenizer, groups: str, tokens, train_set, batch_s
 
 
 def train_record(P, tokenizer, groups: str, train_set, out_dir: Path) -> dict:
-    """Train (or, on a rerun, load) a SiT of ``P.generator`` on ``tokenizer``'s ``groups`` in ``out_dir``; its record."""
+    """Train (or, on a rerun, load) a SiT of ``P.generator`` on ``tokenizer``'s ``groups`` in ``out_dir``; its
+    record."""
     tokens = builders.token_cache(tokenizer, train_set, P, groups, progress=False)
     result = builders.train_generator(P, tokenizer, train_set, out_dir, groups, tokens=tokens, progress=False)
     model, normalizer = load_generator(out_dir)
@@ -113,10 +114,11 @@ def _step_flops(Q, tokenizer, train_set) -> int:
 def summarize(rows: dict[str, list[dict]], keys=("gfd", "kid", "steps", "gflops_forward", "gflops_train",
                                                  "gflops_per_sample", "ms_per_image", "ms_per_forward",
                                                  "train_seconds")) -> dict[str, dict]:
-    """Mean and std over seeds of each row's ``keys`` (``<key>_mean``, ``<key>_std``) and the values (``<key>``)."""
+    """Mean and std over seeds of each row's ``keys`` (``<key>_mean``, ``<key>_std``) and the values (``<key>``),
+    with the row's ``seeds`` count and, where its runs have them, ``tokens`` and ``label``."""
     out = {}
     for name, runs in rows.items():
-        s = {"seeds": len(runs), "tokens": runs[0]["tokens"], "label": runs[0]["label"]}
+        s = {"seeds": len(runs), **{k: runs[0][k] for k in ("tokens", "label") if k in runs[0]}}
         for k in keys:
             v = torch.tensor([float(r[k]) for r in runs])
             s |= {k: v.tolist(), f"{k}_mean": v.mean().item(), f"{k}_std": v.std().item() if len(v) > 1 else 0.0}
