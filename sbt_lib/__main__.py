@@ -2,6 +2,9 @@
 
 - ``python -m sbt_lib reproduce [--scale S] [--dataset NAME|PATH] [--only 01,02] [--out DIR] [-p NAME=VALUE ...]``:
   the notebooks, headlessly (papermill).
+- ``python -m sbt_lib report RUNS [--out RESULTS.md] [--scale S]``: the results page of a run folder (default
+  ``RESULTS.md`` at the repository root): per notebook its headline table, command, date, machine, wall time and
+  figures, from the run folders' ``metrics.json``.
 - ``python -m sbt_lib train {base,tokenizer,stage2,generator} [--scale S] [--dataset D] [--out DIR] [-p NAME=VALUE ...]``:
   the base tokenizer or the reused generator (``--export DIR`` writes its shipped form), or notebook 04's stage 2, alone
   or under ``torchrun --nproc_per_node=K`` (DDP).
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", "--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
                      help="set a notebook parameter, e.g. -p steps=500 (repeatable)")
     rep.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    page = sub.add_parser("report", help="write RESULTS.md from a run folder's metrics.json files")
+    page.add_argument("runs", help="the run folder, e.g. runs/cpu")
+    page.add_argument("--out", help="the page to write (default: RESULTS.md at the repository root)")
+    page.add_argument("--scale", choices=SCALE_NAMES, help="the run's scale (default: the folder's name, else "
+                                                           "what its metrics.json say)")
     for command, what in (("train", "train the base tokenizer, its stage-2 aligners or the generator"),
                           ("evaluate", "evaluate what train trained, on the held-out split")):
         _run_options(sub.add_parser(command, help=f"{what} (alone or under torchrun)"))
@@ -58,7 +66,20 @@ def main(argv: list[str] | None = None) -> int:
                                            "training ends (the shipped ones: weights/base-tokenizer-<dataset>, "
                                            "weights/generator-<dataset>)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     return _reproduce(args) if args.command == "reproduce" else _train(args)
+
+
+def _report(args) -> int:
+    from .workbook.report import write_report
+
+    try:
+        print(write_report(args.runs, args.out, args.scale))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _reproduce(args) -> int:

@@ -18,7 +18,6 @@ from sbt_lib.objective.objective import ObjectiveConfig
 from sbt_lib.train import TrainConfig
 from sbt_lib.workbook import runner as rp
 from sbt_lib.workbook.params import FLAT_NAMES, RUN_NAMES, notebook_params, resolve
-from sbt_lib.workbook.runs import headline, write_metrics
 from sbt_lib.workbook.scales import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,21 +123,6 @@ def test_a_relative_dataset_path_is_the_callers(tmp_path, monkeypatch):
         rp.reproduce("tiny", dataset="mydata", only=["01"], out=tmp_path / "out")
         assert seen[-1]["dataset"] == str(cwd / "mydata")
     assert rp.resolve_dataset_arg("cifar10") == "cifar10" and rp.resolve_dataset_arg(None) is None
-
-
-def test_summary_shows_headlines_and_keeps_notebooks_not_rerun(tmp_path):
-    """A run of ``--only 02`` into a folder that holds 01's results summarises both, by their headlines."""
-    first, second = [p.stem for p in rp.notebooks()][:2]
-    for name, value in ((first, 1.5), (second, 2.5)):
-        (tmp_path / name).mkdir()
-        write_metrics(tmp_path / name, {"test_psnr": value, "kid_effnet_std": 0.1, "runs": [1, 2]},
-                      headlines=[headline("held-out PSNR (dB)", value, "PCA 26.45", "3 seeds")])
-    (tmp_path / "wall_seconds.json").write_text(json.dumps({second: 12.0}))
-    summary = rp.write_summary(tmp_path, "cpu").read_text()
-    assert "| held-out PSNR (dB) | 1.5 | PCA 26.45 | 3 seeds |" in summary
-    assert "| held-out PSNR (dB) | 2.5 |" in summary and f"({first}/metrics.json)" in summary
-    assert summary.count("| wall time | 12 s |") == 1
-    assert "kid_effnet_std" not in summary and "runs" not in summary  # headlines only
 
 
 def test_unknown_notebook_prefix():

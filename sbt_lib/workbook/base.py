@@ -13,7 +13,6 @@ fixed batch (:func:`check_batches`) that ``tests/test_base.py`` recomputes, so a
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from ..files import REPO, write_json
 from ..models.tokenizer import SelfBootTok
 from ..models.tokenizer_config import TokenizerConfig
 from .runs import load_tokenizer
+from .runs import machine as _machine  # the record of where a thing was made
 
 WEIGHTS = REPO / "weights"
 RECORD = "training.json"
@@ -111,20 +111,6 @@ def check_psnr(model: SelfBootTok) -> dict[str, float]:
     """Mean reconstruction PSNR of ``model`` on each of :func:`check_batches`."""
     return {name: psnr(reconstruct(model, images), images).mean().item()
             for name, images in check_batches(model.cfg.image_size).items()}
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def _machine() -> dict:
-    return {"platform": platform.platform(), "processor": _cpu_name(),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def export_base(run: str | Path, folder: str | Path, train_set, test_set, command: str, fd_size: int = 112) -> dict:

@@ -4,8 +4,9 @@
 
 - ``NN_name.ipynb``: each executed notebook (kept, with its traceback, when a cell fails);
 - ``NN_name/``: that notebook's run folder, with ``metrics.json`` and its figures;
-- ``summary.md``: per notebook its headline rows (the result, its anchor, the seed spread, the wall
-  time), chosen by the notebook when it writes ``metrics.json``, with a link to the full file.
+- ``wall_seconds.json``: each notebook's wall time;
+- ``summary.md``: the results page of the folder (:mod:`sbt_lib.workbook.report`, the writer of
+  ``RESULTS.md``): per notebook its headline rows, the command, date, machine, wall time and figures.
 
 The kernels talk to the runner over local IPC sockets where the OS has them (no TCP port, so no
 "running over TCP without encryption" warning from the kernel).
@@ -26,8 +27,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from ..data.datasets import DATASETS
 from ..files import REPO, write_json
-
-NOTEBOOK_DIR = REPO / "notebooks"
+from .report import NOTEBOOK_DIR, write_report
 
 
 class LocalKernelManager(AsyncKernelManager):
@@ -99,34 +99,6 @@ def run_notebook(path: Path, out: Path, params: dict, log_output: bool = False) 
     return json.loads(metrics.read_text()) if metrics.exists() else {}
 
 
-def _cell(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else "–" if v is None else str(v)
-
-
-def write_summary(out: Path, scale: str) -> Path:
-    """``summary.md``: for every notebook with results in ``out`` (from this run or an earlier one, so a
-    run of ``--only 02`` keeps 01's results), its headline rows and last wall time, linking its metrics.json."""
-    timings = out / "wall_seconds.json"
-    seconds = json.loads(timings.read_text()) if timings.exists() else {}
-    lines = [f"# SelfBootTok workbook — scale `{scale}`", ""]
-    for path in notebooks():
-        name, file = path.stem, out / path.stem / "metrics.json"
-        if not file.exists():
-            continue
-        metrics = json.loads(file.read_text())
-        lines += [f"## {name}", "", f"Dataset `{metrics.get('dataset', '?')}`; all numbers in "
-                  f"[`{name}/metrics.json`]({name}/metrics.json), the executed notebook in [`{path.name}`]({path.name}).", "",
-                  "| result | value | read against | note |", "|---|---|---|---|"]
-        lines += [f"| {h['label']} | {_cell(h['value'])} | {_cell(h.get('anchor'))} | {h.get('note', '')} |"
-                  for h in metrics.get("headlines", [])]
-        if name in seconds:
-            lines.append(f"| wall time | {seconds[name]:.0f} s | | |")
-        lines.append("")
-    path = out / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
 def reproduce(scale: str = "cpu", dataset: str | None = None, only: list[str] | None = None,
               out: str | Path | None = None, params: dict | None = None, log_output: bool = False) -> Path:
     """Run the notebooks (all, or ``only``) at ``scale``; returns the path of ``summary.md``.
@@ -150,7 +122,7 @@ def reproduce(scale: str = "cpu", dataset: str | None = None, only: list[str] | 
         run_notebook(path, out, base, log_output)
         seconds = json.loads(timings.read_text()) if timings.exists() else {}
         write_json(timings, {**seconds, path.stem: time.perf_counter() - t0})
-        write_summary(out, scale)
-    summary = write_summary(out, scale)
-    print(f"== done: {summary}")
+        write_report(out, out / "summary.md", scale)
+    summary = write_report(out, out / "summary.md", scale)
+    print(f"== done: {summary}; the results page: python -m sbt_lib report {out}")
     return summary

@@ -1,12 +1,15 @@
 """Run folders: where a notebook writes, where each (variant, seed) run of a study lives, its
-``metrics.json`` with the few headline rows the workbook's summary shows, and loading a trained
-tokenizer or objective back from a folder."""
+``metrics.json`` with the few headline rows the results page shows (with when and on what machine it
+was written), and loading a trained tokenizer or objective back from a folder."""
 from __future__ import annotations
 
 import json
+import platform
 import re
 import time
 from pathlib import Path
+
+import torch
 
 from ..checkpoint import load_checkpoint, unprefixed
 from ..data.cache import FeatureCache
@@ -35,6 +38,22 @@ def variant_run(out: str | Path, variant: str, seed: int) -> Path:
     return Path(out) / "runs" / slug(variant) / f"seed{seed}"
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where this process runs: platform, CPU model, torch's thread count, torch version, GPU (or None).
+    No host name."""
+    return {"platform": platform.platform(), "processor": _cpu_name(),
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def headline(label: str, value, anchor: str | None = None, note: str = "") -> dict:
     """One row of the workbook summary: what was measured, its value (a number or 'mean ± std'),
     the anchor it is read against, and a few words."""
@@ -42,10 +61,11 @@ def headline(label: str, value, anchor: str | None = None, note: str = "") -> di
 
 
 def write_metrics(out_dir: Path, metrics: dict, headlines: list[dict] | None = None) -> Path:
-    """Write ``metrics.json`` (what the tests and the workbook summary read); ``headlines`` are the
-    rows (:func:`headline`) the summary shows for this notebook."""
+    """Write ``metrics.json`` (what the tests and the results page read); ``headlines`` are the
+    rows (:func:`headline`) the page shows for this notebook, beside when and on what :func:`machine`."""
     path = Path(out_dir) / "metrics.json"
-    write_json(path, {**metrics, "headlines": headlines or [], "written_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_json(path, {**metrics, "headlines": headlines or [], "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "machine": machine()})
     return path
 
 

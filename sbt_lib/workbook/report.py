@@ -1,0 +1,164 @@
+"""The results page: ``RESULTS.md`` (and the run folder's ``summary.md``) written from the run folders.
+
+``python -m sbt_lib report runs/cpu [--out RESULTS.md]`` reads each notebook's ``metrics.json`` in the run
+folder (what :func:`sbt_lib.workbook.runs.write_metrics` wrote) and ``wall_seconds.json`` (what the runner
+timed) and writes, per notebook in order: the command that remakes it, when its results were written, the
+machine and the wall time, its headline table (the result, the anchor it is read against, the seed spread or
+a note, as the notebook chose them) and links to its figures.  A notebook without results in the folder is
+listed as not run, with its command.
+
+Everything on the page comes from the files: no clock, no host name, notebooks and figures in sorted order,
+so the page is byte-identical when written again from the same run folders.  Links are relative to the page.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..files import REPO
+from .scales import SCALE_NAMES
+
+NOTEBOOK_DIR = REPO / "notebooks"
+RESULTS = REPO / "RESULTS.md"
+NOT_RECORDED = "not recorded"
+
+
+def _notebook_names(runs: Path) -> list[str]:
+    """The workbook's notebooks, and any other ``NN_name`` run folder with results, in order."""
+    names = {p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")}
+    names |= {p.parent.name for p in runs.glob("[0-9][0-9]_*/metrics.json")}
+    return sorted(names)
+
+
+def _title(name: str) -> str | None:
+    """The notebook's first heading without its number (``# 05 — Generation ...`` → ``Generation ...``)."""
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not path.exists():
+        return None
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            first = "".join(cell["source"]).strip().splitlines()[0].lstrip("#").strip()
+            number, _, rest = first.partition(" ")
+            return rest.lstrip("·—- ").strip() if number == name[:2] else first
+    return None
+
+
+def _cell(v) -> str:
+    text = f"{v:.4g}" if isinstance(v, float) else "–" if v is None or v == "" else str(v)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _link(target: Path, page: Path) -> str:
+    return Path(os.path.relpath(target, page.parent)).as_posix()
+
+
+def _shown(path: Path) -> str:
+    """A folder as the page names it: relative to the repository when inside it."""
+    try:
+        return path.relative_to(REPO).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def infer_scale(runs: Path) -> str | None:
+    """The scale of a run folder: its name when that is a scale (``runs/cpu``), else the ``scale`` a
+    notebook recorded in its metrics.json."""
+    if runs.name in SCALE_NAMES:
+        return runs.name
+    recorded = [json.loads(f.read_text()).get("scale") for f in sorted(runs.glob("[0-9][0-9]_*/metrics.json"))]
+    return next((s for s in recorded if s in SCALE_NAMES), None)
+
+
+def remake_command(name: str, scale: str, runs: Path) -> str:
+    """The command that reruns notebook ``name`` into ``runs``: ``make reproduce ARGS="--only 05"``."""
+    args = f"--only {name[:2]}"
+    if runs != (REPO / "runs" / scale).resolve():
+        args += f" --out {_shown(runs)}"
+    return f'make reproduce{"" if scale == "cpu" else f" SCALE={scale}"} ARGS="{args}"'
+
+
+def format_machine(machine) -> str:
+    """One line for the machine a notebook ran on (the record :func:`runs.machine` writes)."""
+    if not machine:
+        return NOT_RECORDED
+    if isinstance(machine, str):
+        return machine
+    parts = [machine.get("processor") or "?"]
+    if machine.get("cpu_threads"):
+        parts[0] += f" ({machine['cpu_threads']} threads)"
+    parts.append(f"GPU {machine['cuda']}" if machine.get("cuda") else "no GPU")
+    parts += [p for p in (machine.get("platform"), machine.get("torch") and f"torch {machine['torch']}") if p]
+    return ", ".join(parts)
+
+
+def format_seconds(seconds) -> str:
+    if seconds is None:
+        return NOT_RECORDED
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dict) -> list[str]:
+    """The lines of one notebook's section of the page."""
+    title, run = _title(name), runs / name
+    lines = [f"## {name}", ""] + ([f"*{title}*", ""] if title else [])
+    command = f"`{remake_command(name, scale, runs)}`"
+    file = run / "metrics.json"
+    if not file.exists():
+        return lines + [f"**Not run.** Command: {command}", ""]
+    metrics = json.loads(file.read_text())
+    files = [f"[`metrics.json`]({_link(file, page)})"]
+    executed = runs / f"{name}.ipynb"
+    if executed.exists():
+        files.append(f"[executed notebook]({_link(executed, page)})")
+    lines += [f"- command: {command}",
+              f"- written: {metrics.get('written_at') or NOT_RECORDED}; wall time: {format_seconds(seconds.get(name))}",
+              f"- machine: {format_machine(metrics.get('machine'))}",
+              f"- data: `{metrics.get('dataset', '?')}`" + (f" ({metrics['dataset_note']})" if metrics.get("dataset_note") else ""),
+              f"- files: {', '.join(files)}", ""]
+    headlines = metrics.get("headlines") or []
+    if headlines:
+        lines += ["| result | value | read against | note |", "|---|---|---|---|"]
+        lines += [f"| {_cell(h.get('label'))} | {_cell(h.get('value'))} | {_cell(h.get('anchor'))} | {_cell(h.get('note'))} |"
+                  for h in headlines]
+    else:
+        lines.append("No headline rows in metrics.json.")
+    lines.append("")
+    figures = sorted(run.glob("*.png"))
+    if figures:
+        lines += ["Figures: " + " · ".join(f"[{f.stem}]({_link(f, page)})" for f in figures), ""]
+    return lines
+
+
+def render(runs: str | Path, page: str | Path, scale: str | None = None) -> str:
+    """The text of the results page for the run folder ``runs``, as written at ``page``."""
+    runs, page = Path(runs).resolve(), Path(page).resolve()
+    if not runs.is_dir():
+        raise FileNotFoundError(f"no run folder {runs}: run the notebooks first (make reproduce, or "
+                                f"python -m sbt_lib reproduce --out {runs})")
+    scale = scale or infer_scale(runs)
+    if scale is None:
+        raise ValueError(f"cannot tell the scale of {runs}: name it with --scale ({', '.join(SCALE_NAMES)})")
+    timings = runs / "wall_seconds.json"
+    seconds = json.loads(timings.read_text()) if timings.exists() else {}
+    names = _notebook_names(runs)
+    done = [n for n in names if (runs / n / "metrics.json").exists()]
+    out = "" if page == RESULTS.resolve() else f" --out {_shown(page)}"
+    lines = [f"# SelfBootTok workbook — results at scale `{scale}`", "",
+             f"Written by `python -m sbt_lib report {_shown(runs)}{out}` from the run folder `{_shown(runs)}`: each "
+             "notebook's `metrics.json` (its headline rows, when they were written, the machine) and the runner's "
+             "`wall_seconds.json`. Every number here has the command beside it that remakes it; the links "
+             "point into the run folder, which that command writes.", "",
+             f"{len(done)} of {len(names)} notebooks have results: {', '.join(done) or 'none'}.", ""]
+    for name in names:
+        lines += notebook_section(name, runs, page, scale, seconds)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_report(runs: str | Path, page: str | Path | None = None, scale: str | None = None) -> Path:
+    """Write the results page of ``runs`` to ``page`` (default: ``RESULTS.md`` at the repository root)."""
+    page = Path(page or RESULTS)
+    text = render(runs, page, scale)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text, encoding="utf-8")
+    return page

@@ -1,0 +1,121 @@
+"""The results page: ``python -m sbt_lib report RUNS`` writes RESULTS.md from the run folders' metrics.json."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from sbt_lib.__main__ import main
+from sbt_lib.workbook import report
+from sbt_lib.workbook import runner as rp
+from sbt_lib.workbook.runs import headline, write_metrics
+
+NAMES = [p.stem for p in rp.notebooks()]
+FIRST, SECOND = NAMES[:2]
+MACHINE = {"platform": "Linux-x86_64", "processor": "Test CPU", "cpu_threads": 2, "torch": "2.0", "cuda": None}
+
+
+def fake_run(root: Path, name: str, value, written_at="2026-01-02 03:04:05", machine=MACHINE, figures=("b", "a")):
+    """A notebook's run folder as the notebook leaves it: metrics.json with headline rows, a figure or two."""
+    run = root / name
+    run.mkdir(parents=True)
+    write_metrics(run, {"dataset": "cifar10", "test_psnr": value, "kid_effnet_std": 0.1, "runs": [1, 2]},
+                  headlines=[headline("held-out PSNR (dB)", value, "PCA 26.45", "3 seeds"),
+                             headline("a | in a label", "1 ± 0.1")])
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "written_at": written_at, "machine": machine}))
+    for fig in figures:
+        (run / f"{fig}.png").write_bytes(b"\x89PNG")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A cpu run folder holding the first two notebooks' results (the second timed by the runner)."""
+    root = tmp_path / "runs" / "cpu"
+    fake_run(root, FIRST, 1.5)
+    fake_run(root, SECOND, 2.5, machine=None)
+    (root / f"{FIRST}.ipynb").write_text("{}")
+    (root / "wall_seconds.json").write_text(json.dumps({SECOND: 612.4}))
+    return root
+
+
+def test_the_page_shows_each_notebooks_headlines_command_date_machine_and_time(runs, tmp_path):
+    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    assert page.startswith("# SelfBootTok workbook — results at scale `cpu`")
+    first = page[page.index(f"## {FIRST}"):page.index(f"## {SECOND}")]
+    assert "| held-out PSNR (dB) | 1.5 | PCA 26.45 | 3 seeds |" in first
+    assert "| a \\| in a label | 1 ± 0.1 | – | – |" in first  # a pipe in a cell does not split it
+    assert f'`make reproduce ARGS="--only {FIRST[:2]} --out ' in first  # not runs/cpu of the repository
+    assert "written: 2026-01-02 03:04:05; wall time: not recorded" in first
+    assert "machine: Test CPU (2 threads), no GPU, Linux-x86_64, torch 2.0" in first
+    second = page[page.index(f"## {SECOND}"):]
+    assert "| held-out PSNR (dB) | 2.5 |" in second
+    assert "wall time: 612 s (10.2 min)" in second and "machine: not recorded" in second
+    assert "kid_effnet_std" not in page and "[1, 2]" not in page  # headlines only
+
+
+def test_links_are_relative_to_the_page_and_figures_sorted(runs, tmp_path):
+    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    assert f"[a](runs/cpu/{FIRST}/a.png) · [b](runs/cpu/{FIRST}/b.png)" in page
+    assert f"[`metrics.json`](runs/cpu/{FIRST}/metrics.json)" in page
+    assert f"[executed notebook](runs/cpu/{FIRST}.ipynb)" in page and f"({SECOND}.ipynb)" not in page
+    deeper = report.write_report(runs, tmp_path / "docs" / "results.md").read_text()
+    assert f"[a](../runs/cpu/{FIRST}/a.png)" in deeper
+    summary = report.write_report(runs, runs / "summary.md").read_text()  # the runner's page, inside the folder
+    assert f"[a]({FIRST}/a.png)" in summary
+    for target in re.findall(r"\]\(([^)]+)\)", page):
+        assert (tmp_path / target).exists(), target
+
+
+def test_a_rerun_on_the_same_folders_is_byte_identical(runs, tmp_path, monkeypatch):
+    first = report.write_report(runs, tmp_path / "RESULTS.md").read_bytes()
+    monkeypatch.setattr("time.time", lambda: 4e9)  # a later clock changes nothing
+    for png in sorted(runs.rglob("*.png"), reverse=True):
+        os.utime(png, (1, 1))
+    assert report.write_report(runs, tmp_path / "RESULTS.md").read_bytes() == first
+
+
+def test_notebooks_without_results_are_listed_as_not_run_with_their_command(runs, tmp_path):
+    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    assert f"2 of {len(NAMES)} notebooks have results: {FIRST}, {SECOND}." in page
+    for name in NAMES[2:]:
+        section = page.split(f"## {name}\n")[1].split("\n## ")[0]
+        assert f'**Not run.** Command: `make reproduce ARGS="--only {name[:2]} --out ' in section, name
+        assert "| result |" not in section
+    assert [line[3:] for line in page.splitlines() if line.startswith("## ")] == NAMES  # in order, all listed
+
+
+def test_the_command_for_the_default_folder_and_other_scales():
+    repo_runs = report.REPO / "runs"
+    assert report.remake_command("05_generation", "cpu", (repo_runs / "cpu").resolve()) == \
+        'make reproduce ARGS="--only 05"'
+    assert report.remake_command("05_generation", "gpu", (repo_runs / "gpu").resolve()) == \
+        'make reproduce SCALE=gpu ARGS="--only 05"'
+
+
+def test_the_scale_comes_from_the_folder_name_or_the_metrics(tmp_path):
+    fake_run(tmp_path / "mine", FIRST, 1.0)
+    with pytest.raises(ValueError, match="--scale"):
+        report.render(tmp_path / "mine", tmp_path / "RESULTS.md")
+    assert "scale `tiny`" in report.render(tmp_path / "mine", tmp_path / "RESULTS.md", scale="tiny")
+    metrics = json.loads((tmp_path / "mine" / FIRST / "metrics.json").read_text())
+    (tmp_path / "mine" / FIRST / "metrics.json").write_text(json.dumps({**metrics, "scale": "gpu"}))
+    assert report.infer_scale(tmp_path / "mine") == "gpu"
+
+
+def test_the_command_line_writes_the_page_and_names_a_missing_folder(runs, tmp_path, capsys):
+    assert main(["report", str(runs), "--out", str(tmp_path / "R.md")]) == 0
+    assert (tmp_path / "R.md").read_text() == report.render(runs, tmp_path / "R.md")
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "R2.md")]) == 1
+    err = capsys.readouterr().err
+    assert "no run folder" in err and "nowhere" in err and "make reproduce" in err
+    assert not (tmp_path / "R2.md").exists()
+
+
+def test_write_metrics_records_the_date_and_the_machine(tmp_path):
+    m = json.loads(write_metrics(tmp_path, {"x": 1}, [headline("x", 1)]).read_text())
+    assert len(m["written_at"]) == len("2026-01-02 03:04:05")
+    assert {"platform", "processor", "cpu_threads", "torch", "cuda"} <= set(m["machine"])
+    assert report.format_machine(m["machine"]) != report.NOT_RECORDED
