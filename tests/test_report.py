@@ -84,7 +84,8 @@ def test_notebooks_without_results_are_listed_as_not_run_with_their_command(runs
         section = page.split(f"## {name}\n")[1].split("\n## ")[0]
         assert f'**Not run.** Command: `make reproduce ARGS="--only {name[:2]} --out ' in section, name
         assert "| result |" not in section
-    assert [line[3:] for line in page.splitlines() if line.startswith("## ")] == NAMES  # in order, all listed
+    headings = [line[3:] for line in page.splitlines() if line.startswith("## ")]
+    assert [h for h in headings if h != "Shipped weights"] == NAMES  # in order, all listed
 
 
 def test_the_command_for_the_default_folder_and_other_scales():
@@ -119,3 +120,20 @@ def test_write_metrics_records_the_date_and_the_machine(tmp_path):
     assert len(m["written_at"]) == len("2026-01-02 03:04:05")
     assert {"platform", "processor", "cpu_threads", "torch", "cuda"} <= set(m["machine"])
     assert report.format_machine(m["machine"]) != report.NOT_RECORDED
+
+
+def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_path):
+    weights = tmp_path / "weights"
+    for name, seconds in (("generator-x", 2583.9), ("base-x", 6286.7)):
+        (weights / name).mkdir(parents=True)
+        (weights / name / "training.json").write_text(json.dumps(
+            {"command": f"python -m sbt_lib train {name}", "steps": 8000, "batch_size": 128,
+             "training_seconds": seconds, "machine": MACHINE}))
+    (weights / "base-x" / "README.md").write_text("card")
+    page = report.render(runs, tmp_path / "RESULTS.md", weights=weights)
+    rows = page[page.index("## Shipped weights"):].splitlines()
+    base, generator = [r for r in rows if r.startswith("| [")]
+    assert base.startswith(f"| [`{weights.as_posix()}/base-x`](weights/base-x/README.md) | "
+                           "`python -m sbt_lib train base-x` | 8,000 × 128 | 6287 s (104.8 min) | Test CPU (2 threads)")
+    assert "(weights/generator-x/training.json)" in generator and "2584 s (43.1 min)" in generator
+    assert "## Shipped weights" not in report.render(runs, tmp_path / "RESULTS.md", weights=None)

@@ -5,7 +5,8 @@ folder (what :func:`sbt_lib.workbook.runs.write_metrics` wrote) and ``wall_secon
 timed) and writes, per notebook in order: the command that remakes it, when its results were written, the
 machine and the wall time, its headline table (the result, the anchor it is read against, the seed spread or
 a note, as the notebook chose them) and links to its figures.  A notebook without results in the folder is
-listed as not run, with its command.
+listed as not run, with its command.  A last section lists the shipped weights the notebooks stand on
+(``weights/*/training.json``: the command, steps, training time and machine).
 
 Everything on the page comes from the files: no clock, no host name, notebooks and figures in sorted order,
 so the page is byte-identical when written again from the same run folders.  Links are relative to the page.
@@ -20,6 +21,7 @@ from ..files import REPO
 from .scales import SCALE_NAMES
 
 NOTEBOOK_DIR = REPO / "notebooks"
+WEIGHTS = REPO / "weights"
 RESULTS = REPO / "RESULTS.md"
 NOT_RECORDED = "not recorded"
 
@@ -95,7 +97,9 @@ def format_machine(machine) -> str:
 def format_seconds(seconds) -> str:
     if seconds is None:
         return NOT_RECORDED
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s ({seconds / 60:.1f} min)" if seconds < 7200 else f"{seconds:.0f} s ({seconds / 3600:.2f} h)"
 
 
 def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dict) -> list[str]:
@@ -130,8 +134,29 @@ def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dic
     return lines
 
 
-def render(runs: str | Path, page: str | Path, scale: str | None = None) -> str:
-    """The text of the results page for the run folder ``runs``, as written at ``page``."""
+def weights_section(weights: Path, page: Path) -> list[str]:
+    """The shipped models the notebooks stand on: per ``weights/<name>/training.json``, the command that
+    made it, its steps, training time and machine, and a link to its model card (which holds its numbers)."""
+    records = sorted(weights.glob("*/training.json"))
+    if not records:
+        return []
+    lines = ["## Shipped weights", "",
+             "The notebooks at `cpu` stand on these models, trained once; each folder's `training.json` holds how "
+             "it was made and what it measures, its `README.md` the model card.", "",
+             "| folder | command | steps × batch | training time | machine |", "|---|---|---|---|---|"]
+    for file in records:
+        r, folder = json.loads(file.read_text()), file.parent
+        card = folder / "README.md"
+        name = f"[`{_shown(folder)}`]({_link(card if card.exists() else file, page)})"
+        steps = f"{r['steps']:,} × {r['batch_size']}" if r.get("steps") and r.get("batch_size") else NOT_RECORDED
+        lines.append(f"| {name} | `{_cell(r.get('command') or NOT_RECORDED)}` | {steps} | "
+                     f"{format_seconds(r.get('training_seconds'))} | {_cell(format_machine(r.get('machine')))} |")
+    return lines + [""]
+
+
+def render(runs: str | Path, page: str | Path, scale: str | None = None, weights: str | Path | None = WEIGHTS) -> str:
+    """The text of the results page for the run folder ``runs``, as written at ``page`` (with the shipped
+    models of ``weights``, unless None)."""
     runs, page = Path(runs).resolve(), Path(page).resolve()
     if not runs.is_dir():
         raise FileNotFoundError(f"no run folder {runs}: run the notebooks first (make reproduce, or "
@@ -152,13 +177,16 @@ def render(runs: str | Path, page: str | Path, scale: str | None = None) -> str:
              f"{len(done)} of {len(names)} notebooks have results: {', '.join(done) or 'none'}.", ""]
     for name in names:
         lines += notebook_section(name, runs, page, scale, seconds)
+    if weights is not None:
+        lines += weights_section(Path(weights).resolve(), page)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(runs: str | Path, page: str | Path | None = None, scale: str | None = None) -> Path:
+def write_report(runs: str | Path, page: str | Path | None = None, scale: str | None = None,
+                 weights: str | Path | None = WEIGHTS) -> Path:
     """Write the results page of ``runs`` to ``page`` (default: ``RESULTS.md`` at the repository root)."""
     page = Path(page or RESULTS)
-    text = render(runs, page, scale)
+    text = render(runs, page, scale, weights)
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text, encoding="utf-8")
     return page
