@@ -1,16 +1,20 @@
-"""The library's layout: dependencies between subpackages point one way (DESIGN.md, issue 12).
+"""The library's layout: dependencies between subpackages point one way (``docs/design.md``, *Layers*).
 
 Every ``import`` in ``sbt_lib`` is parsed (function-level imports included); an import of a
 subpackage that sits at the same level or above the importer's is a reverse edge and fails here.
+The design page's layer table is the one enforced here, and every ``file::name`` it cites exists.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[1] / "sbt_lib"
+REPO = Path(__file__).resolve().parents[1]
+LIB = REPO / "sbt_lib"
+DESIGN = REPO / "docs" / "design.md"
 
 # Each subpackage may import the top level and the subpackages listed for it; nothing imports workbook.
 MAY_IMPORT = {
@@ -84,6 +88,43 @@ def test_the_checker_sees_a_reverse_edge(tmp_path):
     (fake / "workbook").mkdir()
     (fake / "models" / "bad.py").write_text("def f():\n    from ..workbook import scales\n")
     assert edges(fake) == [("models/bad.py", 2, "models", "workbook")]
+
+
+def design_layers(text: str) -> dict[str, set[str]]:
+    """The layer table of docs/design.md: ``| `layer` | holds | may import |`` → {layer: may import}."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|.*\| ([^|]+) \|$", section, re.M)
+    return {name: {w for w in re.findall(r"\b(\w+)\b", cell) if w in MAY_IMPORT} for name, cell in rows}
+
+
+def test_the_design_page_lists_every_layer_with_what_it_may_import():
+    layers = design_layers(DESIGN.read_text())
+    assert layers == MAY_IMPORT, "docs/design.md's layer table and MAY_IMPORT disagree"
+    packages = {p.name for p in LIB.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(MAY_IMPORT) - {"top"}, "a subpackage the design page (and MAY_IMPORT) does not know"
+
+
+def _defines(path: Path, name: str) -> bool:
+    """Whether module ``path`` defines ``name`` at its top level (``Class.method`` inside a class)."""
+    tree = ast.parse(path.read_text())
+    first, _, member = name.partition(".")
+    for node in tree.body:
+        names = ([t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else
+                 [node.target.id] if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) else
+                 [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) else [])
+        if first in names:
+            return not member or any(getattr(n, "name", None) == member for n in getattr(node, "body", []))
+    return False
+
+
+def test_every_code_reference_of_the_design_page_exists():
+    text = DESIGN.read_text()
+    refs = re.findall(r"`([\w/.]+\.py)::([\w.]+)`", text)
+    assert len(refs) > 40
+    missing = [f"{path}::{name}" for path, name in refs if not (REPO / path).exists() or not _defines(REPO / path, name)]
+    assert not missing, "docs/design.md cites what the code does not have:\n" + "\n".join(missing)
+    paths = set(re.findall(r"`((?:sbt_lib|tests|benchmarks|notebooks)/[\w/.]+)`", text))
+    assert not [p for p in paths if not (REPO / p).exists()]
 
 
 @pytest.mark.parametrize("name", ["SelfBootTok", "TokenizerConfig", "Objective", "ObjectiveConfig", "TrainConfig",
