@@ -121,7 +121,8 @@ def test_every_code_reference_of_the_design_page_exists():
     text = DESIGN.read_text()
     refs = re.findall(r"`([\w/.]+\.py)::([\w.]+)`", text)
     assert len(refs) > 40
-    missing = [f"{path}::{name}" for path, name in refs if not (REPO / path).exists() or not _defines(REPO / path, name)]
+    missing = [f"{path}::{name}" for path, name in refs
+               if not (REPO / path).exists() or not _defines(REPO / path, name)]
     assert not missing, "docs/design.md cites what the code does not have:\n" + "\n".join(missing)
     paths = set(re.findall(r"`((?:sbt_lib|tests|benchmarks|notebooks)/[\w/.]+)`", text))
     assert not [p for p in paths if not (REPO / p).exists()]

@@ -133,7 +133,7 @@ def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_pa
     page = report.render(runs, tmp_path / "RESULTS.md", weights=weights)
     rows = page[page.index("## Shipped weights"):].splitlines()
     base, generator = [r for r in rows if r.startswith("| [")]
-    assert base.startswith(f"| [`{weights.as_posix()}/base-x`](weights/base-x/README.md) | "
-                           "`python -m sbt_lib train base-x` | 8,000 × 128 | 6287 s (104.8 min) | Test CPU (2 threads)")
+    assert base.startswith(f"| [`{weights.as_posix()}/base-x`](weights/base-x/README.md) | `python -m sbt_lib "
+                           "train base-x` | 8,000 × 128 | 6287 s (104.8 min) | Test CPU (2 threads)")
     assert "(weights/generator-x/training.json)" in generator and "2584 s (43.1 min)" in generator
     assert "## Shipped weights" not in report.render(runs, tmp_path / "RESULTS.md", weights=None)

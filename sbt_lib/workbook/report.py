@@ -99,7 +99,8 @@ def format_seconds(seconds) -> str:
         return NOT_RECORDED
     if seconds < 120:
         return f"{seconds:.0f} s"
-    return f"{seconds:.0f} s ({seconds / 60:.1f} min)" if seconds < 7200 else f"{seconds:.0f} s ({seconds / 3600:.2f} h)"
+    longer = f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+    return f"{seconds:.0f} s ({longer})"
 
 
 def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dict) -> list[str]:
@@ -115,15 +116,16 @@ def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dic
     executed = runs / f"{name}.ipynb"
     if executed.exists():
         files.append(f"[executed notebook]({_link(executed, page)})")
+    note = f" ({metrics['dataset_note']})" if metrics.get("dataset_note") else ""
     lines += [f"- command: {command}",
               f"- written: {metrics.get('written_at') or NOT_RECORDED}; wall time: {format_seconds(seconds.get(name))}",
               f"- machine: {format_machine(metrics.get('machine'))}",
-              f"- data: `{metrics.get('dataset', '?')}`" + (f" ({metrics['dataset_note']})" if metrics.get("dataset_note") else ""),
+              f"- data: `{metrics.get('dataset', '?')}`{note}",
               f"- files: {', '.join(files)}", ""]
     headlines = metrics.get("headlines") or []
     if headlines:
         lines += ["| result | value | read against | note |", "|---|---|---|---|"]
-        lines += [f"| {_cell(h.get('label'))} | {_cell(h.get('value'))} | {_cell(h.get('anchor'))} | {_cell(h.get('note'))} |"
+        lines += ["| " + " | ".join(_cell(h.get(k)) for k in ("label", "value", "anchor", "note")) + " |"
                   for h in headlines]
     else:
         lines.append("No headline rows in metrics.json.")
