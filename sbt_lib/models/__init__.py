@@ -1,6 +1,6 @@
 """Models: transformer blocks, SoftVQ, the local aligners, the SelfBootTok tokenizer, the linear code
-(PCA) it starts from, the 2D VAE of the OT term, the discriminator, and the frozen pretrained encoders
-(teachers, LPIPS).  The generator joins here.
+(PCA, an anchor), the 2D VAE of the OT term, the discriminator, the frozen pretrained encoders (teachers,
+LPIPS), and the generator: SiT over the global tokens and the class-conditional Gaussian (its anchor).
 
 May import: the top level of ``sbt_lib``.
 """
