@@ -136,4 +136,18 @@ def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_pa
     assert base.startswith(f"| [`{weights.as_posix()}/base-x`](weights/base-x/README.md) | `python -m sbt_lib "
                            "train base-x` | 8,000 × 128 | 6287 s (104.8 min) | Test CPU (2 threads)")
     assert "(weights/generator-x/training.json)" in generator and "2584 s (43.1 min)" in generator
+    assert generator.endswith("| not recorded |")  # no quality in its record
     assert "## Shipped weights" not in report.render(runs, tmp_path / "RESULTS.md", weights=None)
+
+
+def test_the_shipped_weights_measured_column_reads_each_kind_of_record():
+    base = {"test": {"test_psnr": 21.29, "fd_effnet": 133.94, "test_images": 2000},
+            "anchors": {"PCA": {"values": 64, "psnr": 21.42, "fd_effnet": 286.78}}}
+    assert report.measured(base) == ("PSNR 21.29 dB, rFD-EffNet 133.9 (PCA at 64 values: 21.42 dB, 286.8); "
+                                     "2000 test images")
+    rows = {"SiT": {"gfd_mean": 170.04, "gfd_std": 0.91}, "Gaussian": {"gfd_mean": 167.84, "gfd_std": 0.83},
+            "base decodes of them (ceiling)": {"gfd_mean": 137.97, "gfd_std": 0.0}}
+    generator = {"quality": {"label": "gFD-EffNet@2000", "seeds": [0, 1, 2], "rows": rows}}
+    assert report.measured(generator) == ("gFD-EffNet@2000 170.0 ± 0.9 over 3 seeds (Gaussian anchor 167.8 ± 0.8; "
+                                          "ceiling 138.0)")
+    assert report.measured({}) == report.NOT_RECORDED

@@ -136,6 +136,28 @@ def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dic
     return lines
 
 
+def measured(record: dict) -> str:
+    """A shipped model's headline from its ``training.json``: a tokenizer's held-out PSNR and rFD beside PCA at
+    as many values, a generator's gFD (mean ± std over sampling seeds) beside its Gaussian anchor and ceiling."""
+    test, anchors, quality = record.get("test"), record.get("anchors") or {}, record.get("quality")
+    if test and "test_psnr" in test:
+        text = f"PSNR {test['test_psnr']:.2f} dB, rFD-EffNet {test['fd_effnet']:.1f}"
+        pca = anchors.get("PCA")
+        if pca:
+            text += f" (PCA at {pca['values']} values: {pca['psnr']:.2f} dB, {pca['fd_effnet']:.1f})"
+        return text + f"; {test['test_images']} test images"
+    if quality and "SiT" in quality.get("rows", {}):
+        rows = quality["rows"]
+
+        def spread(name):
+            return f"{rows[name]['gfd_mean']:.1f} ± {rows[name]['gfd_std']:.1f}"
+        seeds = len(quality["seeds"])
+        text = f"{quality['label']} {spread('SiT')} over {seeds} seeds (Gaussian anchor {spread('Gaussian')}"
+        ceiling = next((v for k, v in rows.items() if "ceiling" in k), None)
+        return text + (f"; ceiling {ceiling['gfd_mean']:.1f})" if ceiling else ")")
+    return NOT_RECORDED
+
+
 def weights_section(weights: Path, page: Path) -> list[str]:
     """The shipped models the notebooks stand on: per ``weights/<name>/training.json``, the command that
     made it, its steps, training time and machine, and a link to its model card (which holds its numbers)."""
@@ -145,14 +167,15 @@ def weights_section(weights: Path, page: Path) -> list[str]:
     lines = ["## Shipped weights", "",
              "The notebooks at `cpu` stand on these models, trained once; each folder's `training.json` holds how "
              "it was made and what it measures, its `README.md` the model card.", "",
-             "| folder | command | steps × batch | training time | machine |", "|---|---|---|---|---|"]
+             "| folder | command | steps × batch | training time | machine | measured |", "|---|---|---|---|---|---|"]
     for file in records:
         r, folder = json.loads(file.read_text()), file.parent
         card = folder / "README.md"
         name = f"[`{_shown(folder)}`]({_link(card if card.exists() else file, page)})"
         steps = f"{r['steps']:,} × {r['batch_size']}" if r.get("steps") and r.get("batch_size") else NOT_RECORDED
         lines.append(f"| {name} | `{_cell(r.get('command') or NOT_RECORDED)}` | {steps} | "
-                     f"{format_seconds(r.get('training_seconds'))} | {_cell(format_machine(r.get('machine')))} |")
+                     f"{format_seconds(r.get('training_seconds'))} | {_cell(format_machine(r.get('machine')))} | "
+                     f"{_cell(measured(r))} |")
     return lines + [""]
 
 
