@@ -34,13 +34,21 @@ variant in PSNR gains less than 0.05 dB over the level before and the best in rF
 the results say which of the two ended each part.
 
 **Order of the work: round-robin by level.**  All selected parts' runs are brought to the first level, evaluated,
-then to the next, and so on (within a level, part by part, variant by variant, seed by seed; ``workers`` runs at a
-time).  So every chunk leaves complete levels (all variants and seeds at the same images seen, comparable at once),
-a part stops as soon as its rule holds without training runs it would not need, and the verdicts always read the
-longest complete curves.  The price: a level costs as much as all before it, so the last levels take several
-chunks; ``deadline`` pauses each run at the end of a step with a checkpoint (the engine's ``until`` / ``deadline``),
-so a chunk loses no work, and the next call resumes every run from its checkpoint.  A run already evaluated at a
-level is never trained or evaluated there again.
+then to the next, and so on (within a level the slowest runs first, B's, C's, then A's, so that the workers end a
+level together; variant by variant, seed by seed; ``workers`` runs at a time).  So every chunk leaves complete
+levels (all variants and seeds at the same images seen, comparable at once), a part stops as soon as its rule holds
+without training runs it would not need, and the verdicts always read the longest complete curves.  The price: a
+level costs as much as all before it, so the last levels take several chunks; ``deadline`` pauses each run at the
+end of a step with a checkpoint (the engine's ``until`` / ``deadline``), so a chunk loses no work, and the next call
+resumes every run from its checkpoint.  A run already evaluated at a level is never trained or evaluated there
+again.
+
+**Cost at cpu** (estimated from the images/s the README measures, one thread per run, two runs at a time): A's 18
+runs to 409,600 images at 190-280 images/s each, about 8.5 CPU hours; B's 4 whole tokenizers at about 45 images/s,
+9-11; C's xs runs to 2.2 × 409,600 images at 248 and xl's to 409,600 at 126, about 6; the evaluations (some 220 of
+1000 images) about 1: some 25 CPU hours, 13 hours on two cores, nine chunks of 90 minutes — less where A or C
+flatten early, up to about twice that if a run is as slow as issue 40's one long run was (92 images/s).
+``images_per_s`` and ``cpu_hours`` in the results say what it took.
 
 **Where things live.**  ``root`` holds ``study.json`` (the study's settings, the runs it registers and the anchors)
 and one folder per run, ``<root>/<part>/runs/<variant>/seed<s>``, with the engine's checkpoint and ``curve.json``
@@ -165,8 +173,9 @@ def command(scale: str = "cpu", minutes: int = 85, root: str | None = None, part
 class Part:
     """One part of the study: its parameters (the run's recipe; a variant's switches are laid over them), its
     variants (name → switches), the variants read off another run at scaled images (``derived``: name →
-    (source variant, ratio)), whether it trains decoder sides on the base (``on_base``) or whole tokenizers, whether it may stop as soon as its curves flatten (``anytime``), and its claims
-    (id, variant a, variant b, what the claim is)."""
+    (source variant, ratio)), whether it trains decoder sides on the base (``on_base``) or whole tokenizers,
+    whether it may stop as soon as its curves flatten (``anytime``), and its claims (id, variant a, variant b, what
+    the claim is)."""
 
     name: str
     title: str
@@ -197,8 +206,10 @@ class Part:
 
 
 def _study_params(notebook: str, scale: str, dataset: str, eval_images: int, first_steps: int, **more) -> Params:
-    return resolve(notebook, scale, dataset=dataset, train_size=None, test_size=eval_images, seed=0, eval_every=0,
-                   ckpt_every=first_steps, progress=False, **more)
+    """A notebook's bundle with the study's data (the whole training split: ``resolve`` skips ``None``, so it is set
+    by ``replace``), test images, checkpoints every first level, no evaluation during training, and ``more``."""
+    return resolve(notebook, scale, dataset=dataset, test_size=eval_images, seed=0, eval_every=0,
+                   ckpt_every=first_steps, progress=False, **more).replace(train_size=None)
 
 
 def build_parts(scale: str, names, base, train_set, dataset: str, first_images: int, max_images: int,
@@ -246,8 +257,9 @@ def build_parts(scale: str, names, base, train_set, dataset: str, first_images: 
         flops = {s: ab.on_base_step_flops(P, base, variants[f"two-stage {s}"], train_set) for s in (small, large)}
         control = f"{small} at the FLOPs of {large}"
         parts["C"] = Part("C", f"C · stage 2 on the base, {small} and {large} aligners (notebook 04, Fig. 6)", P,
-                          variants, {control: (f"two-stage {small}", flops[large] / flops[small])}, on_base=True, anytime=True,
-                          claims=_claims("C", small, large), notebooks=("04_aligner_scaling",), flops=flops)
+                          variants, {control: (f"two-stage {small}", flops[large] / flops[small])}, on_base=True,
+                          anytime=True, claims=_claims("C", small, large), notebooks=("04_aligner_scaling",),
+                          flops=flops)
     return {n: parts[n] for n in PARTS if n in parts}
 
 
@@ -390,7 +402,7 @@ def run_study(scale: str = "cpu", parts=PARTS, variants: list[str] | None = None
             raise ValueError(f"{root} holds a study with {key}={saved.get(key)!r}, not {value!r}: "
                              "choose another --root")
 
-    D = resolve("02_bootstrapping", scale, dataset=dataset, train_size=None, test_size=eval_images, seed=0)
+    D = resolve("02_bootstrapping", scale, dataset=dataset, test_size=eval_images, seed=0).replace(train_size=None)
     train_set, test_set = load_data(D)
     base = notebook_base(D, train_set, test_set, root, progress=False).cpu().eval()
     built = build_parts(scale, list(chosen), base, train_set, D.data.dataset, s["first_images"], max_images,
@@ -429,6 +441,7 @@ def run_study(scale: str = "cpu", parts=PARTS, variants: list[str] | None = None
                 run.target = max(part.steps_at(level, v) for v in names if part.source(v) == run.variant)
                 if any(p <= run.target and p not in {r["steps"] for r in read_curve(run.folder)} for p in run.points):
                     jobs.append(run)
+        jobs.sort(key=lambda run: "BCA".index(run.part))  # the slowest first, so the workers end a level together
         if jobs:
             print(f"level {level:,} images: {len(jobs)} run(s) to train and evaluate, {workers} at a time", flush=True)
             done = map_runs(advance, jobs, (train_set, test_set, base, z_global), workers, progress=False)
@@ -713,6 +726,8 @@ def verdicts(results: dict, parts=None, claims=None) -> list[dict]:
                 label, unit, lower = LABELS[metric]
                 line = ab.verdict(summary, a, b, metric, unit, lower).removeprefix("- ")
                 line = line.replace("  (", " (").replace(" ;", ";").replace(" )", ")")
+                if n == 1:
+                    line += " One seed: no spread to read it against."
                 out.append({**head, "metric": metric, "level": level, "seeds": n,
                             **ab.comparison(summary, a, b, metric, lower),
                             "line": f"- [{name} · {level:,} images · {label}] {line}"})
@@ -746,9 +761,10 @@ def _status(part: dict) -> str:
         state = "running: no level yet with every seed"
     finished = sum(r["finished"] for r in part["runs"])
     speed = f"{part['images_per_s']:.0f} images/s per run" if part["images_per_s"] else "no training timed yet"
-    return (f"**{part['title']}** — {len(part['variants'])} variants × {len(part['seeds'])} seeds; stopping rule: "
+    n, threads = len(part["seeds"]), "/".join(map(str, part["threads_per_run"])) or "?"
+    return (f"**{part['title']}** — {len(part['variants'])} variants × {n} seed{'s' * (n != 1)}; stopping rule: "
             f"{state}. {finished} of {len(part['runs'])} runs finished; {speed} "
-            f"({'/'.join(map(str, part['threads_per_run'])) or '?'} threads each), "
+            f"({threads} thread{'s' * (threads != '1')} each), "
             f"{part['cpu_hours']:.1f} CPU hours so far.")
 
 
@@ -799,7 +815,7 @@ def figure(results: dict, parts=None, variants=None, path=None):
                 curve = [e for e in part["curves"][v] if f"{metric}_mean" in e]
                 x = [e["level"] for e in curve]
                 ax.plot(x, [e[f"{metric}_mean"] for e in curve], marker="o", ms=3, color=f"C{i}",
-                        label=f"{v}" + (f" (× {part['derived'][v][1]:.2f} images)" if v in part["derived"] else ""))
+                        label=f"{v}" + (f" ({part['derived'][v][1]:.2f}× the images)" if v in part["derived"] else ""))
                 ax.fill_between(x, [e[f"{metric}_min"] for e in curve], [e[f"{metric}_max"] for e in curve],
                                 color=f"C{i}", alpha=0.2, lw=0)
             for j, (anchor, style) in enumerate((("PCA", "--"), ("base", ":"))):
