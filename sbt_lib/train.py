@@ -26,6 +26,12 @@ numbers (rank 0 the stream a single process would; the others are seeded from (s
 checkpoint keeps every rank's RNG state, so resume at the same world size is exact; a checkpoint resumes
 at any other world size too (the data order is exact, the other ranks' random streams start afresh).
 
+Pausing: ``train(..., until=N)`` stops after step ``N`` and ``deadline=T`` after the first step that ends past the
+wall-clock time ``T`` (``time.time()``), both with a checkpoint saved and without an error, so that a long run is made
+in pieces (the convergence study evaluates a run at chosen steps and stops after a given number of minutes); the
+same call again resumes.  Under DDP every rank pauses at the same step (rank 0's clock is not needed: a rank past
+the deadline pauses them all, as a held signal does).
+
 Interruption: Ctrl-C (SIGINT) or SIGTERM during a step is held until the step ends; then every rank stops
 at that same step, rank 0 saves, and :class:`KeyboardInterrupt` is raised (a second Ctrl-C interrupts at
 once).  A non-finite loss on any rank stops every rank with :class:`NonFiniteLossError`, naming the step
@@ -308,6 +314,7 @@ class Trainer:
         self.meta = meta or {}
         self.step, self.seconds, self.history = 0, 0.0, []
         self.signals = _HeldSignals()  # installed while run() runs
+        self.deadline: float | None = None  # time.time() after which run() pauses (see the module docstring)
 
     @property
     def is_main(self) -> bool:
@@ -432,7 +439,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimizer step; returns the loss terms (as tensors, converted only when logged) and, under
-        ``stop``, whether a signal asks every rank to stop after it."""
+        ``stop``, whether a signal asks every rank to stop after it, under ``pause``, whether the deadline passed."""
         cfg = self.cfg
         lr = cfg.lr_at(self.step)
         for opt in [o for o in (self.opt, self.opt_d) if o is not None]:
@@ -455,7 +462,7 @@ class Trainer:
                 with self._autocast():
                     terms = self.step_module(batch)
                 total = sum(terms.values())
-                stop = self._agree(terms, total, last)
+                stop, pause = self._agree(terms, total, last)
                 (total * (len(indices) / n)).backward()
             for key, v in {"loss": total, **terms}.items():
                 logged[key] = logged.get(key, 0) + v.detach() * (len(indices) / n)
@@ -468,23 +475,24 @@ class Trainer:
         if self.critic is not None and self.loss_module.critic_active(self.step):
             row.update(self._critic_step(batch))
         self.step += 1
-        row["stop"] = stop
+        row["stop"], row["pause"] = stop, pause
         return row
 
-    def _agree(self, terms, total, last: bool) -> bool:
+    def _agree(self, terms, total, last: bool) -> tuple[bool, bool]:
         """Raise on a non-finite loss (on every rank when any rank has one, before the gradients are
-        exchanged) and return whether a held signal on any rank asks to stop after this step (one small
-        collective per step under DDP)."""
+        exchanged) and return whether a held signal on any rank asks to stop after this step, and whether the
+        deadline has passed on any rank (one small collective per step under DDP)."""
         finite = bool(torch.isfinite(total))
         stop_requested = self.signals.received is not None
+        pause = self.deadline is not None and time.time() >= self.deadline
         if self.world_size > 1 and last:
-            bad_anywhere, stop_requested = dist.any_ranks([not finite, stop_requested])
+            bad_anywhere, stop_requested, pause = dist.any_ranks([not finite, stop_requested, pause])
             if bad_anywhere and finite:
                 raise NonFiniteLossError(f"non-finite loss at step {self.step} on another rank; every rank "
                                          "stopped. The last good checkpoint (if any) is untouched.")
         if not finite:
             raise _nonfinite_error(terms, total, self.step)
-        return stop_requested
+        return stop_requested, pause
 
     def _critic_step(self, batch) -> dict[str, torch.Tensor]:
         """One step of the critic on this step's images and (detached) reconstructions."""
@@ -514,34 +522,39 @@ class Trainer:
 
     def _log_row(self, row: dict) -> dict[str, float]:
         """The logged values as floats, averaged over the ranks."""
-        keys = [k for k in row if k != "stop"]
+        keys = [k for k in row if k not in ("stop", "pause")]
         values = dist.all_mean(torch.stack([torch.as_tensor(row[k], dtype=torch.float64).cpu() for k in keys]))
         return dict(zip(keys, values.tolist()))
 
-    def run(self) -> TrainResult:
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to ``cfg.steps``, or pause (a checkpoint saved) after step ``until`` or past ``self.deadline``."""
         cfg = self.cfg
+        end = cfg.steps if until is None else min(until, cfg.steps)
         # A slow refresh: on 2 cores, frequent progress messages from a notebook kernel slow the steps.
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="train",
                    dynamic_ncols=True, mininterval=1.0)
         try:
             with self.signals:
-                while self.step < cfg.steps:
+                while self.step < end:
                     t0 = time.perf_counter()
                     row = self.train_step()
                     self.seconds += time.perf_counter() - t0
                     last = self.step == cfg.steps
+                    pause = not last and (self.step == end or row["pause"])
                     if self.step % cfg.log_every == 0 or last:
                         logged = self._log_row(row)
                         self.history.append({"step": self.step, "seconds": self.seconds, **logged})
                         bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}", refresh=False)
                     if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
                         self.history.append({"step": self.step, "seconds": self.seconds, **self.evaluate()})
-                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or row["stop"]:
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last or row["stop"] or pause:
                         self.save()
                     bar.update(1)
                     if row["stop"]:
                         raise KeyboardInterrupt(f"stopped by a signal after step {self.step}; the checkpoint "
                                                 "is saved: run again to resume")
+                    if pause:
+                        break
         finally:
             bar.close()
         return TrainResult(self.model, self.ema.module if self.ema is not None else None,
@@ -575,16 +588,19 @@ def _fingerprint(train_cfg: dict, meta: dict) -> dict:
 
 
 def train(model: torch.nn.Module, loss_fn: LossFn, data, cfg: TrainConfig | None = None, *, out_dir=None,
-          eval_fn: EvalFn | None = None, resume: bool = True, meta: dict | None = None) -> TrainResult:
+          eval_fn: EvalFn | None = None, resume: bool = True, meta: dict | None = None, until: int | None = None,
+          deadline: float | None = None) -> TrainResult:
     """Train ``model`` on ``data`` (an :class:`~sbt_lib.data.datasets.ImageDataset`) for ``cfg.steps`` steps.
 
     ``loss_fn(model, batch)`` (a :class:`~sbt_lib.batch.Batch`) returns a dict of (already weighted)
     loss terms; their sum is minimised and each is logged.  ``eval_fn(model)`` returns held-out metrics (run under
     ``no_grad`` on the EMA model when EMA is on).  With ``out_dir`` the run checkpoints there and,
     when ``resume`` is true and a checkpoint exists, continues from it.  ``meta`` is stored in
-    the checkpoint JSON (e.g. the model's configuration).
+    the checkpoint JSON (e.g. the model's configuration).  ``until`` (a step) and ``deadline`` (a ``time.time()``)
+    pause the run early with a checkpoint saved (module docstring); the result's ``step`` says where it stopped.
     """
     trainer = Trainer(model, loss_fn, data, cfg or TrainConfig(), out_dir, eval_fn, meta)
+    trainer.deadline = deadline
     if resume:
         trainer.resume()
-    return trainer.run()
+    return trainer.run(until)

@@ -64,6 +64,24 @@ def test_resume_is_exact(tiny_config, tiny_shapes, tmp_path, ema):
     assert s[4:] == r[-4:]
 
 
+def test_a_run_paused_at_a_step_or_a_deadline_resumes_exactly(tiny_config, tiny_shapes, tmp_path):
+    """``until`` and ``deadline`` pause a run with a checkpoint and no error; the same call goes on, and the pieces
+    give the straight run's weights."""
+    import time
+
+    straight = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=8), out_dir=tmp_path / "straight")
+    folder = tmp_path / "pieces"
+    first = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=8), out_dir=folder, until=3)
+    assert first.step == 3 and json.loads((folder / "checkpoint.json").read_text())["step"] == 3
+    late = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=8), out_dir=folder, deadline=time.time())
+    assert late.step == 4  # one step, then the deadline (already past) pauses it
+    assert json.loads((folder / "checkpoint.json").read_text())["step"] == 4
+    rest = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(steps=8), out_dir=folder)
+    assert rest.step == 8
+    for (name, a), b in zip(straight.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_finished_run_is_not_retrained(tiny_config, tiny_shapes, tmp_path):
     first = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path)
     again = train(_model(tiny_config), Objective(), tiny_shapes, _cfg(), out_dir=tmp_path)

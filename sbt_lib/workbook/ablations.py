@@ -319,23 +319,41 @@ def summary_table(summary: dict[str, dict], baseline: str | None = None, anchors
     return markdown_table(header, rows)
 
 
-def verdict(summary: dict[str, dict], a: str, b: str, metric: str = "test_psnr", unit: str = "dB",
-            lower_is_better: bool = False) -> str:
-    """One line reading variant ``a`` against ``b`` on ``metric``: the difference of means, the larger seed std,
-    and whether the difference is clear (more than twice that std) or within the seed-to-seed spread; where both
-    have one value per seed, also the difference seed by seed (the seeds are paired: same seed, same batches)."""
+def comparison(summary: dict[str, dict], a: str, b: str, metric: str = "test_psnr",
+               lower_is_better: bool = False) -> dict:
+    """Variant ``a`` against ``b`` on ``metric``, in numbers: ``difference`` of the means, ``spread`` (the larger
+    seed std), ``call`` (``better`` or ``worse`` where the difference in ``a``'s favour or against it exceeds twice
+    the spread, else ``within``), and, where both have one value per seed (paired: same seed, same batches),
+    ``paired_mean`` and ``paired_std`` of the difference seed by seed and ``paired_agree`` (whether every seed's
+    difference has the sign of the mean); ``None`` for those otherwise."""
     sa, sb = summary[a], summary[b]
     d = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
     spread = max(sa[f"{metric}_std"], sb[f"{metric}_std"])
     gain = -d if lower_is_better else d
-    call = ("clearly better than" if gain > 2 * spread else "clearly worse than" if gain < -2 * spread
-            else "within the seed-to-seed spread of")
-    paired = ""
+    out = {"difference": float(d), "spread": float(spread),
+           "call": "better" if gain > 2 * spread else "worse" if gain < -2 * spread else "within",
+           "paired_mean": None, "paired_std": None, "paired_agree": None}
     va, vb = (x.get("values", {}).get(metric) for x in (sa, sb))
     if va and vb and len(va) == len(vb) > 1:
         diff = np.array(va) - np.array(vb)
-        paired = f"; seed by seed {diff.mean():+.2f} ± {diff.std(ddof=1):.2f} {unit}"
-    return (f"- **{a}** vs **{b}**: {d:+.2f} {unit} (largest seed std {spread:.2f} {unit}{paired}) — {call} {b}.")
+        out.update(paired_mean=float(diff.mean()), paired_std=float(diff.std(ddof=1)),
+                   paired_agree=bool(np.all(diff * diff.mean() > 0)))
+    return out
+
+
+CALLS = {"better": "clearly better than", "worse": "clearly worse than", "within": "within the seed-to-seed spread of"}
+
+
+def verdict(summary: dict[str, dict], a: str, b: str, metric: str = "test_psnr", unit: str = "dB",
+            lower_is_better: bool = False) -> str:
+    """One line reading variant ``a`` against ``b`` on ``metric`` (:func:`comparison`): the difference of means, the
+    larger seed std, and whether the difference is clear (more than twice that std) or within the seed-to-seed
+    spread; where both have one value per seed, also the difference seed by seed (the seeds are paired)."""
+    c = comparison(summary, a, b, metric, lower_is_better)
+    paired = ("" if c["paired_mean"] is None
+              else f"; seed by seed {c['paired_mean']:+.2f} ± {c['paired_std']:.2f} {unit}")
+    return (f"- **{a}** vs **{b}**: {c['difference']:+.2f} {unit} (largest seed std {c['spread']:.2f} {unit}{paired})"
+            f" — {CALLS[c['call']]} {b}.")
 
 
 def seed_spread(summary: dict[str, dict]) -> str:

@@ -133,11 +133,13 @@ def prepare_training(P: Params, train_set, progress: bool = True) -> None:
 
 
 def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: bool = True,
-                    evaluate: bool = True, distribution: bool = False) -> TrainResult:
+                    evaluate: bool = True, distribution: bool = False, until: int | None = None,
+                    deadline: float | None = None) -> TrainResult:
     """Train the tokenizer of ``P`` on ``train_set`` with the objective of ``P``; held-out PSNR on
     ``test_set`` is logged every ``eval_every`` steps and at the end (``evaluate=False``: never, for
     callers that evaluate themselves; ``distribution=True``: also the rFID-style distance and KID at
-    ``P.eval.fd_size``, for a training curve).  Checkpoints land in ``out_dir``; a rerun resumes from them."""
+    ``P.eval.fd_size``, for a training curve).  Checkpoints land in ``out_dir``; a rerun resumes from them.
+    ``until`` and ``deadline`` pause the run early (:func:`~sbt_lib.train.train`)."""
     model = build_tokenizer(P, train_set)
     objective = build_objective(P, model, train_set, progress)
 
@@ -150,7 +152,8 @@ def train_tokenizer(P: Params, train_set, test_set, out_dir: Path, progress: boo
     data = {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size, "train_size": P.data.train_size,
             "seed": P.seed}
     meta = {"tokenizer": model.cfg.to_dict(), "data": data, "objective": objective.cfg.to_dict()}
-    return train(model, objective, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta)
+    return train(model, objective, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn if evaluate else None, meta=meta,
+                 until=until, deadline=deadline)
 
 
 # ----------------------------------------------------------------------------- stage 2 (paper §3.4)
@@ -204,14 +207,16 @@ def base_params(P: Params, base: SelfBootTok) -> Params:
 
 
 def train_on_base(P: Params, base: SelfBootTok, train_set, test_set, out_dir: Path,
-                  z_global: FeatureCache | None = None, progress: bool = True, finetune: bool = False) -> TrainResult:
+                  z_global: FeatureCache | None = None, progress: bool = True, finetune: bool = False,
+                  until: int | None = None, deadline: float | None = None) -> TrainResult:
     """The decoder side of the tokenizer ``P.tokenizer`` trained on the frozen encoder and global codebook of
     ``base`` (:func:`~sbt_lib.models.two_stage.on_base`, fresh from ``P.seed``): every variant has the base's
     ``z_global``, read from the cache ``z_global`` (built by :func:`global_token_cache` when not given), so a
     step runs only the local aligners and the decoder.  The objective is ``P.objective`` (REPA to a local
     teacher and L_OT act on the local tokens); ``P.training`` sets the steps; checkpoints in ``out_dir``.
     With ``finetune``, the whole tokenizer trains from the base's weights instead (no cache: the encoder moves),
-    so that terms acting on the encoder (CRT, GloTok) are compared from one learned start."""
+    so that terms acting on the encoder (CRT, GloTok) are compared from one learned start.  ``until`` and
+    ``deadline`` pause the run early (:func:`~sbt_lib.train.train`)."""
     switches = {k: v for k, v in P.tokenizer.to_dict().items() if k not in ENCODER_SWITCHES}
     model = on_base(base, seed=P.seed, inherit_decoder=finetune, finetune=finetune, **switches)
     if finetune:
@@ -225,7 +230,7 @@ def train_on_base(P: Params, base: SelfBootTok, train_set, test_set, out_dir: Pa
     meta = {"tokenizer": model.cfg.to_dict(), "objective": objective.cfg.to_dict(), "base": where,
             "data": {"dataset": P.data.dataset, "image_size": P.tokenizer.image_size,
                      "train_size": P.data.train_size, "seed": P.seed}}
-    return train(model, objective, train_set, cfg, out_dir=out_dir, meta=meta)
+    return train(model, objective, train_set, cfg, out_dir=out_dir, meta=meta, until=until, deadline=deadline)
 
 
 def reconstruction_cache(model: SelfBootTok, train_set, P: Params, progress: bool = True) -> FeatureCache:
