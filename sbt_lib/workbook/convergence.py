@@ -222,11 +222,15 @@ def build_parts(scale: str, names, base, train_set, dataset: str, first_images: 
     ot_switches = {"ot_weight": ot.objective.ot_weight, "ot_eps": ot.objective.ot_eps,
                    **{f"vae_{k}": v for k, v in ot.vae.to_dict().items()}}
     parts = {}
+
+    def on_base(notebook: str) -> Params:
+        """The notebook's recipe on the frozen base, at a constant learning rate after warm-up (an anytime curve)."""
+        first = first_images // resolve(notebook, scale).training.batch_size
+        return base_params(_study_params(notebook, scale, dataset, eval_images, first, steps=HORIZON_STEPS,
+                                         min_lr_ratio=1.0), base)
+
     if "A" in names:
-        P = resolve("02_bootstrapping", scale)
-        first = first_images // P.training.batch_size
-        P = base_params(_study_params("02_bootstrapping", scale, dataset, eval_images, first, steps=HORIZON_STEPS,
-                                      min_lr_ratio=1.0), base)
+        P = on_base("02_bootstrapping")
         t3 = ab.table3_variants(P.tokenizer.local_2d)
         full = t3["G+L1+L2"]
         repa = ab.table2_variants(P.tokenizer.local_2d, ["hog"], P.study.local_teacher_weight)["REPA-local: hog"]
@@ -248,10 +252,7 @@ def build_parts(scale: str, names, base, train_set, dataset: str, first_images: 
                           on_base=False, anytime=False, claims=_claims("B"),
                           notebooks=("02_bootstrapping", "03_ot_alignment"))
     if "C" in names:
-        P = resolve("04_aligner_scaling", scale)
-        first = first_images // P.training.batch_size
-        P = base_params(_study_params("04_aligner_scaling", scale, dataset, eval_images, first, steps=HORIZON_STEPS,
-                                      min_lr_ratio=1.0), base)
+        P = on_base("04_aligner_scaling")
         small, large = P.stage2.aligners[0], P.stage2.aligners[-1]
         variants = ab.stage2_on_base([small, large])
         flops = {s: ab.on_base_step_flops(P, base, variants[f"two-stage {s}"], train_set) for s in (small, large)}
