@@ -48,6 +48,17 @@ def test_parameters_are_typed_sections_with_prefixed_names_for_side_models():
         p.replace(width=33)
 
 
+def test_auto_is_resolved_once_and_loading_leaves_the_parameters_alone():
+    from sbt_lib.workbook.builders import load_data
+
+    p = resolve("01_decomposition", "cpu", dataset="auto", train_size=16, test_size=8)
+    assert p.data.dataset in ("cifar10", "photos") and (p.data.note is None) == (p.data.dataset == "cifar10")
+    before = json.dumps(p.flat(), default=str)
+    train_set, test_set = load_data(p)
+    assert json.dumps(p.flat(), default=str) == before  # the builders read the parameters, never write them
+    assert (len(train_set), len(test_set)) == (16, 8)
+
+
 def test_cpu_scale_is_a_real_bottleneck():
     p = resolve("01_decomposition", "cpu")
     assert p.tokenizer.token_values * 8 <= 3 * p.tokenizer.image_size ** 2

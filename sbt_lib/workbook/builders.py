@@ -31,15 +31,12 @@ from .params import Params
 
 
 def load_data(P: Params):
-    """(train, test) datasets of ``P.data`` at the tokenizer's image size.
-
-    ``auto`` is resolved here once (CIFAR-10 when it can be had, else the built-in photos): the
-    name actually used replaces it in ``P.data.dataset``, and ``P.data.note`` says why when it
-    fell back, so the run's metrics record which data it trained on."""
+    """(train, test) datasets of ``P.data`` at the tokenizer's image size.  ``P`` is only read:
+    :func:`~sbt_lib.workbook.params.resolve` has already resolved ``auto`` (a hand-made ``auto``
+    is resolved here for the loading alone) and ``P.data.note`` says why where it fell back."""
     name, note = resolve_dataset_name(P.data.dataset)
-    P.data.dataset, P.data.note = name, note
-    if note:
-        print(note)
+    if note or P.data.note:
+        print(note or P.data.note)
     kw = dict(image_size=P.tokenizer.image_size, seed=P.seed)
     return (load_dataset(name, "train", size=P.data.train_size, **kw),
             load_dataset(name, "test", size=P.data.test_size, **kw))

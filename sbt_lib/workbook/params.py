@@ -31,9 +31,10 @@ Every section is built with the strict ``from_dict``; an unknown name is an erro
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from ..config import Config
+from ..data.datasets import resolve_dataset_name
 from ..models.tokenizer_config import TokenizerConfig
 from ..objective.objective import ObjectiveConfig
 from ..train import TrainConfig
@@ -48,7 +49,7 @@ class DataConfig(Config):
     dataset: str = "auto"
     train_size: int | None = None
     test_size: int | None = None
-    note: str | None = None  # set when the data is loaded: why ``auto`` fell back to the photos
+    note: str | None = None  # set by :func:`resolve`: why ``auto`` fell back to the photos
 
 
 @dataclass
@@ -220,7 +221,9 @@ def resolve(notebook: str, scale: str = "cpu", **overrides) -> Params:
     """The parameters of ``notebook`` at ``scale`` with every non-``None`` override applied.
 
     Names are flat (see the module docstring) and case-insensitive.  An unknown notebook, scale or
-    name is an error that lists the valid ones."""
+    name is an error that lists the valid ones.  A dataset of ``auto`` is resolved here, once: the name
+    used replaces it and ``data.note`` says why where it fell back, so that nothing downstream changes
+    the parameters and a run's metrics record the data it trained on."""
     if notebook not in NOTEBOOKS:
         raise KeyError(f"unknown notebook {notebook!r}; known: {sorted(NOTEBOOKS)}")
     if scale not in NOTEBOOKS[notebook]:
@@ -239,8 +242,11 @@ def resolve(notebook: str, scale: str = "cpu", **overrides) -> Params:
         section, fld = FLAT_NAMES[name]
         sections[section][fld] = value
     params = Params(notebook=notebook, scale=scale, out_dir=None,
-                    **{s: SECTIONS[s].from_dict(d) for s, d in sections.items()})
-    return params.replace(**given)
+                    **{s: SECTIONS[s].from_dict(d) for s, d in sections.items()}).replace(**given)
+    if params.data.dataset == "auto":
+        name, note = resolve_dataset_name("auto")
+        params.data = replace(params.data, dataset=name, note=note)  # a fresh object, not yet handed out
+    return params
 
 
 def notebook_params(notebook: str, namespace: dict) -> Params:
