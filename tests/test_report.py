@@ -22,7 +22,8 @@ def fake_run(root: Path, name: str, value, written_at="2026-01-02 03:04:05", mac
     run.mkdir(parents=True)
     write_metrics(run, {"dataset": "cifar10", "test_psnr": value, "kid_effnet_std": 0.1, "runs": [1, 2]},
                   headlines=[headline("held-out PSNR (dB)", value, "PCA 26.45", "3 seeds"),
-                             headline("a | in a label", "1 ± 0.1")])
+                             headline("a | in a label", "1 ± 0.1")],
+                  verdicts=[f"- **G+L1+L2** vs G: +{value} dB (spread 0.1):\n  larger than the spread"])
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "written_at": written_at, "machine": machine}))
     for fig in figures:
@@ -54,6 +55,14 @@ def test_the_page_shows_each_notebooks_headlines_command_date_machine_and_time(r
     assert "| held-out PSNR (dB) | 2.5 |" in second
     assert "wall time: 612 s (10.2 min)" in second and "machine: not recorded" in second
     assert "kid_effnet_std" not in page and "[1, 2]" not in page  # headlines only
+
+
+def test_each_notebooks_verdicts_are_listed_one_per_line_under_its_table(runs, tmp_path):
+    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    first = page[page.index(f"## {FIRST}"):page.index(f"## {SECOND}")]
+    assert "Verdicts:\n\n- **G+L1+L2** vs G: +1.5 dB (spread 0.1): larger than the spread\n" in first
+    assert first.index("| held-out PSNR (dB)") < first.index("Verdicts:") < first.index("Figures:")
+    assert "+2.5 dB" in page[page.index(f"## {SECOND}"):] and "+2.5 dB" not in first
 
 
 def test_links_are_relative_to_the_page_and_figures_sorted(runs, tmp_path):

@@ -324,7 +324,7 @@ def test_notebook_06_tokenizers_compared(tiny_run):
         assert {"test_psnr", "test_ssim", m["feature_distance"], "gfd", "gkid", "generator_gflops_forward"} <= set(row)
     flops = {row["generator_gflops_forward"] for row in m["rows"]}
     assert len(flops) == 1  # the same generator on the same global tokens for every tokenizer
-    assert {"bicubic", "PCA"} <= set(m["anchors"]) and len(m["claims"]) == 5
+    assert {"bicubic", "PCA"} <= set(m["anchors"]) and len(m["verdicts"]) == 5
     assert [r["tokenizer"] for r in m["paper_rows"]] == ["SoftVQ", "SelfBootTok", "CRT", "GloTok"]
     for fig in ("compression_generation.png", "crt_weight.png"):
         assert (run / fig).stat().st_size > 1000, fig

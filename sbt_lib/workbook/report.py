@@ -4,7 +4,8 @@
 folder (what :func:`sbt_lib.workbook.runs.write_metrics` wrote) and ``wall_seconds.json`` (what the runner
 timed) and writes, per notebook in order: the command that remakes it, when its results were written, the
 machine and the wall time, its headline table (the result, the anchor it is read against, the seed spread or
-a note, as the notebook chose them) and links to its figures.  A notebook without results in the folder is
+a note, as the notebook chose them), its verdicts (each claim read against the seed spread) and links to its
+figures.  A notebook without results in the folder is
 listed as not run, with its command.  A last section lists the shipped weights the notebooks stand on
 (``weights/*/training.json``: the command, steps, training time and machine).
 
@@ -49,6 +50,11 @@ def _title(name: str) -> str | None:
 def _cell(v) -> str:
     text = f"{v:.4g}" if isinstance(v, float) else "–" if v is None or v == "" else str(v)
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _line(text: str) -> str:
+    """A verdict as one list item: no leading bullet of its own, no line breaks."""
+    return " ".join(text.removeprefix("- ").split())
 
 
 def _link(target: Path, page: Path) -> str:
@@ -130,6 +136,9 @@ def notebook_section(name: str, runs: Path, page: Path, scale: str, seconds: dic
     else:
         lines.append("No headline rows in metrics.json.")
     lines.append("")
+    verdicts = metrics.get("verdicts") or []
+    if verdicts:
+        lines += ["Verdicts:", ""] + [f"- {_line(v)}" for v in verdicts] + [""]
     figures = sorted(run.glob("*.png"))
     if figures:
         lines += ["Figures: " + " · ".join(f"[{f.stem}]({_link(f, page)})" for f in figures), ""]

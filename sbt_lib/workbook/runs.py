@@ -60,12 +60,14 @@ def headline(label: str, value, anchor: str | None = None, note: str = "") -> di
     return {"label": label, "value": value, "anchor": anchor, "note": note}
 
 
-def write_metrics(out_dir: Path, metrics: dict, headlines: list[dict] | None = None) -> Path:
+def write_metrics(out_dir: Path, metrics: dict, headlines: list[dict] | None = None,
+                  verdicts: list[str] | None = None) -> Path:
     """Write ``metrics.json`` (what the tests and the results page read); ``headlines`` are the
-    rows (:func:`headline`) the page shows for this notebook, beside when and on what :func:`machine`."""
+    rows (:func:`headline`) the page shows for this notebook, beside when and on what :func:`machine`;
+    ``verdicts`` its claims read against the seed spread, one markdown line each (the page lists them)."""
     path = Path(out_dir) / "metrics.json"
-    write_json(path, {**metrics, "headlines": headlines or [], "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "machine": machine()})
+    write_json(path, {**metrics, "headlines": headlines or [], "verdicts": verdicts or [],
+                      "written_at": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()})
     return path
 
 
