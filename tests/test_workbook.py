@@ -163,6 +163,15 @@ def test_reproduce_writes_notebooks_run_folders_and_summary(tiny_run):
         assert f"## {path.stem}" in summary
 
 
+def test_every_comparison_notebook_records_its_verdicts_and_the_summary_lists_them(tiny_run):
+    summary = (tiny_run / "summary.md").read_text()
+    for path in rp.notebooks()[1:]:  # 01 shows one tokenizer; 02-06 compare
+        verdicts = json.loads((tiny_run / path.stem / "metrics.json").read_text())["verdicts"]
+        assert verdicts and all(("std" in v or "spread" in v) for v in verdicts), (path.stem, verdicts)
+        section = summary[summary.index(f"## {path.stem}"):]
+        assert "Verdicts:" in section.split("\n## ")[0], path.stem
+
+
 def test_notebook_01_metrics_and_figures(tiny_run):
     run = tiny_run / "01_decomposition"
     m = json.loads((run / "metrics.json").read_text())
