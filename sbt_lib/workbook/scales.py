@@ -142,14 +142,16 @@ _STAGE2 = {
 # SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches the
 # lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
 # and against the guidance scale, with the Gaussian anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from
-# zero at equal FLOPs.
+# zero at equal FLOPs: at cpu (a) gets 5,540 steps of 128 (about ten minutes, where SiT-mini has clearly learned:
+# benchmarks/generator_size_cpu.json), so three seeds of the three rows fit one sitting of
+# benchmarks/generator_compare.py.
 _GENERATOR = {
     "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
                  generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
                  generator_compare_steps=20),
     "cpu": dict(generator_size="mini", generator_steps=36000, generator_batch_size=128, generator_lr=5e-4,
                 generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
-                generator_compare_size="mini", generator_compare_steps=400, generator_compare_lr=1e-3),
+                generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
                 generator_compare_size="S", generator_compare_steps=5000, generator_compare_lr=3e-4),
