@@ -24,7 +24,7 @@ For each (size × token set) it prints one markdown row:
   papers' convention (their "Gflops" count a multiply-add as **1** FLOP), i.e. half of it;
 - training images/s: ``--batch-size`` × ``--steps`` / their seconds, after ``--warmup`` untimed steps, of one
   optimizer step of :class:`~sbt_lib.generation.transport.FlowMatchingLoss` as the training engine takes it
-  (forward under bf16 autocast on CUDA, backward, gradient-norm clipping, AdamW of ``sbt_lib.train._optimizer``
+  (forward under bf16 autocast on CUDA, backward, gradient-norm clipping, AdamW of ``sbt_lib.train.trainer._optimizer``
   at the scale's generator learning rate);
 - sampling ms per image of :func:`sbt_lib.generation.samplers.sample` for ``--sample-batch`` classes at
   classifier-free guidance ``--guidance`` (above 1 every evaluation runs the conditional and the null class
@@ -55,7 +55,8 @@ from sbt_lib.eval.flops import flops_by_module, num_params  # importing it regis
 from sbt_lib.generation.samplers import sample
 from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer
 from sbt_lib.models.sit import PRIORS, SIT_PRESETS, SiT
-from sbt_lib.train import _optimizer, resolve_device
+from sbt_lib.train import resolve_device
+from sbt_lib.train.trainer import _optimizer
 from sbt_lib.workbook.params import Params, resolve
 
 NUM_CLASSES = 10

@@ -65,10 +65,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from .checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
-from .config import Config
-from .batch import Batch, batch_indices
+from .. import distributed as dist
+from ..checkpoint import load_checkpoint, prefixed, save_checkpoint, unprefixed, write_json
+from ..config import Config
+from ..batch import Batch, batch_indices
 
 LossFn = Callable[[torch.nn.Module, Batch], dict[str, torch.Tensor]]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
