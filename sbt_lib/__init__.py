@@ -4,7 +4,8 @@ Subpackages map onto the paper; dependencies point one way, down this list (``te
 
 - top level: ``config`` (strict dataclass configs), ``files`` (the repository root, atomic writes,
   content keys), ``batch`` (which images a training step draws), ``checkpoint``, ``weights`` (the one
-  resolver of pretrained weights), ``train`` (the training engine);
+  resolver of pretrained weights);
+- ``train``: the training engine (its settings, the steps, stops, RNG streams, checkpoints and resume, the loop);
 - ``data``: the built-in sets, CIFAR-10 and image folders, and per-image feature caches;
 - ``models``: blocks, SoftVQ, the local aligners, the SelfBootTok tokenizer, PCA (the linear code it
   starts from), the 2D VAE, the discriminator, frozen pretrained encoders (teachers, LPIPS);

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import sbt_lib.train as engine
+import sbt_lib.train.state as engine_state
 from sbt_lib import distributed as dist
 from sbt_lib.workbook import builders
 from sbt_lib.workbook.params import resolve
@@ -56,9 +57,9 @@ def flat(model):
 def main(out: Path, scenario: str):
     rank, world = dist.rank_and_world_size()
     writes = []
-    for name in ("save_checkpoint", "write_json"):  # every write the engine makes, by rank
-        real = getattr(engine, name)
-        setattr(engine, name, lambda path, *a, _real=real, **k: writes.append(str(path)) or _real(path, *a, **k))
+    for name in ("save_checkpoint", "write_json"):  # every write the engine makes (all in its state module), by rank
+        real = getattr(engine_state, name)
+        setattr(engine_state, name, lambda path, *a, _real=real, **k: writes.append(str(path)) or _real(path, *a, **k))
     P = params()
     with dist.main_first():
         train_set, _ = builders.load_data(P)
