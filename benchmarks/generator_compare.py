@@ -27,7 +27,7 @@ from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
 from sbt_lib.workbook import ablations, builders, generation_study as study, viz
 from sbt_lib.workbook.base import _machine, notebook_base
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 
 def main() -> None:

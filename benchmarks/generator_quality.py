@@ -38,7 +38,7 @@ from sbt_lib.files import REPO, write_json
 from sbt_lib.generation.transport import TokenNormalizer
 from sbt_lib.workbook import builders
 from sbt_lib.workbook.base import notebook_base
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 
 def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:

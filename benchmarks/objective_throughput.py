@@ -31,7 +31,7 @@ import torch
 
 from sbt_lib.train import Trainer
 from sbt_lib.workbook import builders as ex
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
 
 WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl_weight=0.01)
 ALL_TERMS = dict(WITHOUT_TEACHERS, repa_global_weight=0.5, repa_local_weight=0.5)

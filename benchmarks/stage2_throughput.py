@@ -37,7 +37,7 @@ from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
 from sbt_lib.workbook import builders as ex
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
 
 
 def _sync(device: torch.device) -> None:

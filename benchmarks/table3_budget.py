@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sbt_lib.workbook import ablations as ab, viz
 from sbt_lib.workbook.builders import load_data
-from sbt_lib.workbook.params import notebook_params
+from sbt_lib.workbook.config.params import notebook_params
 
 
 def main():

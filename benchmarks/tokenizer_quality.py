@@ -41,7 +41,7 @@ from sbt_lib.eval.metrics import psnr, ssim
 from sbt_lib.eval.reconstruction import anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct
 from sbt_lib.train import train
 from sbt_lib.workbook.builders import build_tokenizer, load_data, train_refiner
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
 from sbt_lib.workbook.runs import load_tokenizer
 
 # Recipes to compare, as overrides of the notebook-01 parameters at the chosen scale.

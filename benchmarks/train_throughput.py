@@ -19,7 +19,7 @@ from sbt_lib.eval.flops import training_step_flops
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.objective import Objective
 from sbt_lib.train import _optimizer, resolve_device
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 
 

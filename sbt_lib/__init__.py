@@ -25,7 +25,7 @@ _EXPORTS = {
     "SelfBootTok": "models.tokenizer", "TokenizerConfig": "models.tokenizer_config", "SoftVQ": "models.quantizer",
     "PCA": "models.pca", "Objective": "objective.objective", "ObjectiveConfig": "objective.objective",
     "TrainConfig": "train", "load_dataset": "data.datasets", "psnr": "eval.metrics",
-    "ssim": "eval.metrics", "resolve": "workbook.params", "Params": "workbook.params",
+    "ssim": "eval.metrics", "resolve": "workbook.config.params", "Params": "workbook.config.params",
 }
 __all__ = sorted(_EXPORTS)
 

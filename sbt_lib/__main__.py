@@ -17,7 +17,7 @@ import argparse
 import ast
 import sys
 
-from .workbook.scales import SCALE_NAMES
+from .workbook.config.scales import SCALE_NAMES
 
 
 def _parse_param(text: str) -> tuple[str, object]:

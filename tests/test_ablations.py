@@ -58,7 +58,7 @@ def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_
     """Notebook 03's baseline is notebook 02's full model: a finished run with the same parameters in the other
     folder is evaluated there, not retrained; a run with other parameters there is left alone."""
     from sbt_lib.workbook import builders
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=1, test_size=16)
     train_set, test_set = builders.load_data(P)
@@ -103,7 +103,7 @@ def test_runs_in_parallel_workers_give_the_rows_of_runs_one_after_another(tmp_pa
     import torch
 
     from sbt_lib.workbook import builders
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=2, test_size=16, workers=2)
     train_set, test_set = builders.load_data(P)
@@ -143,7 +143,7 @@ def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_
 SWEEP_SCRIPT = """
 import sys
 from sbt_lib.workbook import ablations as ab, builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 if __name__ == "__main__":
     P = resolve("02_bootstrapping", "tiny", steps=100_000, seeds=1, test_size=16, workers=2, ckpt_every=10)

@@ -94,7 +94,7 @@ def test_the_notebooks_at_cpu_and_gpu_stand_on_the_shipped_base(notebook, tmp_pa
     """The shipped folder is the ``base`` bundle's (read as a config: fields added since it was saved take their
     defaults), so a notebook loads it instead of training the base for hours."""
     from sbt_lib.workbook.base import notebook_base_folder
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
 
     for scale in ("cpu", "gpu"):
         assert notebook_base_folder(resolve(notebook, scale), tmp_path) == base_folder("cifar10"), scale

@@ -13,7 +13,7 @@ from sbt_lib.workbook.base import load_base
 from sbt_lib.workbook.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
                                              read_record, recipe, save_generator, shipped_for)
 from sbt_lib.workbook.launch import train_command
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.runs import load_tokenizer
 
 TINY = SiTConfig(num_tokens=8, token_dim=4, num_classes=3, size="tiny")

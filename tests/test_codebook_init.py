@@ -9,7 +9,7 @@ from sbt_lib.models.quantizer import SoftVQ, kmeans
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 TINY = dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=4,
             token_dim=4, codebook_size=16, conv_channels=8, trunk="conv", linear_path=True, keep_norm=True, tau=0.3)

@@ -13,7 +13,7 @@ from sbt_lib.objective.adversarial import ADVERSARIAL_DEFAULTS, Adversarial
 from sbt_lib.objective.objective import Objective, ObjectiveConfig
 from sbt_lib.models.quantizer import kl_to_uniform
 from sbt_lib.objective.repa import REPAlignment, patches_to_tokens, teacher_tokens
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 

@@ -17,8 +17,8 @@ from sbt_lib.models.two_stage import stage2_tokenizer
 from sbt_lib.train import TrainConfig, train
 from sbt_lib.weights import MissingWeightsError
 from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
-from sbt_lib.workbook.scales import NOTEBOOKS, epochs
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.config.scales import NOTEBOOKS, epochs
 
 
 def test_the_paper_preset_has_the_papers_sizes():

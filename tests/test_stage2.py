@@ -12,7 +12,7 @@ from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
 from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.runs import load_tokenizer
 
 

@@ -7,7 +7,7 @@ from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.data.cache import FeatureCache
 from sbt_lib.objective.objective import Objective
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 from sbt_lib.models.vae2d import VAE2D, VAE2DConfig, as_2d_encoder

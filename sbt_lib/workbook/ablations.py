@@ -1,7 +1,7 @@
 """Ablations in miniature: train tokenizer variants over seeds, evaluate, summarise (paper Table 3).
 
 A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid over a
-notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair
+notebook's :class:`~sbt_lib.workbook.config.params.Params`.  :func:`run_variants` trains every (variant, seed) pair
 into its own run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained;
 on a CPU several at once (:mod:`~sbt_lib.workbook.pool`) — and returns one row of held-out metrics per run;
 :func:`summarize` turns the rows into mean ± standard deviation per variant.
@@ -21,7 +21,7 @@ from ..eval.reconstruction import evaluate_tokenizer, held_out_images, prepare_e
 from ..models.two_stage import decoder_side_params
 from ..train import DifferentRunError, resolve_device
 from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_tokenizer
-from .params import Params
+from .config.params import Params
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
 from .tables import markdown_table, mean_std

@@ -2,7 +2,7 @@
 
 A tokenizer trained briefly is at best the linear code (PCA) of its number of values; the base is
 trained far longer (``python -m sbt_lib train base``, the ``base`` bundle of
-:mod:`~sbt_lib.workbook.scales`; it resumes exactly, so it need not run in one go), exported as a
+:mod:`~sbt_lib.workbook.config.scales`; it resumes exactly, so it need not run in one go), exported as a
 ``save_pretrained`` folder (config + float16 safetensors, :mod:`~sbt_lib.models.pretrained`) and shipped
 in ``weights/``.  The notebooks' experiments stand on it, as the paper's stage 2 stands on stage 1.
 
@@ -52,7 +52,7 @@ def notebook_base_folder(P, out_root: str | Path) -> Path:
     """Where the base tokenizer of a notebook at ``P.scale`` is: the shipped ``save_pretrained`` folder where its
     configuration is the ``base`` bundle's at that scale (cpu and gpu share one), else the run folder
     ``<out_root>/base/tokenizer`` that :func:`notebook_base` trains it into."""
-    from .params import resolve
+    from .config.params import resolve
 
     shipped = base_folder("cifar10")
     if (shipped / "config.json").exists():  # read as a config, so that fields added since it was saved take defaults
@@ -68,7 +68,7 @@ def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool =
     seconds, at ``cpu`` hours, which is why the shipped one exists).  The notebook's data need not be the
     base's: the CIFAR-10 base applied to the built-in photos is how the offline fallback runs."""
     from . import builders
-    from .params import resolve
+    from .config.params import resolve
 
     folder = notebook_base_folder(P, out_root)
     if (folder / "config.json").exists():
@@ -211,7 +211,7 @@ def base_training_flops(scale: str, train_set, folder: str | Path | None = None)
     none) — stage 1 of the aligner sweep, for the accounting of what reusing one generator saves."""
     from ..eval.flops import training_step_flops
     from .builders import build_objective
-    from .params import resolve
+    from .config.params import resolve
 
     B = resolve("base", scale)
     model = SelfBootTok(B.tokenizer)  # FLOPs do not depend on the weights: no data-dependent start needed

@@ -88,7 +88,7 @@ def shipped_for(P, base: SelfBootTok) -> Path | None:
 def generator_params(P):
     """``P`` with the data of the ``generator`` bundle at ``P.scale`` (every training image's tokens at cpu): the
     parameters the reused generator is trained with, whatever notebook ``P`` is of."""
-    from .params import resolve
+    from .config.params import resolve
 
     bundle = resolve("generator", P.scale, dataset=P.data.dataset)
     return P.replace(train_size=bundle.data.train_size, test_size=bundle.data.test_size)

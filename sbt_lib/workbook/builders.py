@@ -1,6 +1,6 @@
 """Builders from typed parameters: a notebook's data, tokenizer, objective and training run.
 
-Each function takes the run's :class:`~sbt_lib.workbook.params.Params` (or one of its typed
+Each function takes the run's :class:`~sbt_lib.workbook.config.params.Params` (or one of its typed
 sections), so a notebook stays a page of narrative, calls and plots.
 """
 from __future__ import annotations
@@ -27,12 +27,12 @@ from ..objective.stage2 import RefinerLoss, Stage2Loss
 from ..objective.repa import patches_to_tokens, teacher_tokens
 from ..objective.vae_latents import train_vae2d
 from ..train import TrainResult, resolve_device, train
-from .params import Params
+from .config.params import Params
 
 
 def load_data(P: Params):
     """(train, test) datasets of ``P.data`` at the tokenizer's image size.  ``P`` is only read:
-    :func:`~sbt_lib.workbook.params.resolve` has already resolved ``auto`` (a hand-made ``auto``
+    :func:`~sbt_lib.workbook.config.params.resolve` has already resolved ``auto`` (a hand-made ``auto``
     is resolved here for the loading alone) and ``P.data.note`` says why where it fell back."""
     name, note = resolve_dataset_name(P.data.dataset)
     if note or P.data.note:

@@ -1,7 +1,7 @@
 """Table 1 in miniature (notebook 06): tokenizers side by side at the same token budget, each with the same
 small generator trained on the tokens it needs.
 
-The tokenizers are variants of one :class:`~sbt_lib.workbook.params.Params` (the same number of global tokens,
+The tokenizers are variants of one :class:`~sbt_lib.workbook.config.params.Params` (the same number of global tokens,
 token size, training steps and seeds): the SoftVQ baseline (global tokens only), SelfBootTok (G+L1+L2), and
 the SoftVQ baseline with CRT's causal regulariser (:mod:`sbt_lib.objective.crt`) at a few weights or with
 GloTok's histogram relations and residual recovery (:mod:`sbt_lib.objective.glotok`,
@@ -19,7 +19,7 @@ from ..eval.flops import flops_by_module
 from ..eval.generation import generation_metrics
 from ..eval.reconstruction import held_out_images
 from .builders import generate_images, token_cache, train_generator
-from .params import Params
+from .config.params import Params
 from .runs import load_generator, load_tokenizer
 
 # The rows of the papers' own tables for these methods: ImageNet at 256×256, tokenizers of ~100M+ parameters

@@ -75,7 +75,7 @@ from ..eval.reconstruction import (evaluate_tokenizer, held_out_images, prepare_
                                    swapped_local_tokens)
 from ..files import REPO, atomic_write, write_json
 from . import ablations as ab
-from .params import Params, resolve
+from .config.params import Params, resolve
 from .runs import variant_run
 
 PARTS = ("A", "B", "C")

@@ -39,7 +39,7 @@ from . import builders
 from .ablations import stage2_on_base
 from .base import export_base, load_base, notebook_base_folder
 from .base_generator import export_run
-from .params import Params, resolve
+from .config.params import Params, resolve
 from .runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")

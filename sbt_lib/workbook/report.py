@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..files import REPO
-from .scales import SCALE_NAMES
+from .config.scales import SCALE_NAMES
 
 NOTEBOOK_DIR = REPO / "notebooks"
 WEIGHTS = REPO / "weights"

@@ -1,8 +1,8 @@
 """Named bundles of defaults — the workbook's only 'configuration'.
 
-A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.params` says how a name maps
+A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.config.params` says how a name maps
 onto its typed section).  Each notebook has a ``parameters`` cell with ``scale`` and the parameters it
-exposes, all ``None`` by default; :func:`~sbt_lib.workbook.params.resolve` starts from the notebook's
+exposes, all ``None`` by default; :func:`~sbt_lib.workbook.config.params.resolve` starts from the notebook's
 bundle at that scale and overrides every parameter that was set, so any single value can be changed
 without touching the rest.
 

@@ -3,7 +3,7 @@
 A notebook's ``parameters`` cell names each parameter once, by its config field's name (``steps``,
 ``width``, ``ot_weight``), every one ``None`` unless set; one line turns the cell into a
 :class:`Params`: ``P = notebook_params("01_decomposition", globals())``.  The values come from the
-notebook's bundle at the chosen scale (:mod:`~sbt_lib.workbook.scales`), with every non-``None``
+notebook's bundle at the chosen scale (:mod:`~sbt_lib.workbook.config.scales`), with every non-``None``
 cell value laid over it.
 
 Flat names and sections.  A parameter's name is its field's name; the fields of the sections
@@ -33,11 +33,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields, replace
 
-from ..config import Config
-from ..data.datasets import resolve_dataset_name
-from ..models.tokenizer_config import TokenizerConfig
-from ..objective.objective import ObjectiveConfig
-from ..train import TrainConfig
+from ...config import Config
+from ...data.datasets import resolve_dataset_name
+from ...models.tokenizer_config import TokenizerConfig
+from ...objective.objective import ObjectiveConfig
+from ...train import TrainConfig
 from .scales import NOTEBOOKS
 
 
