@@ -25,7 +25,8 @@ import torch
 
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
-from sbt_lib.workbook import ablations, builders, generation_study as study, viz
+from sbt_lib.workbook import ablations, builders, generation_study as study
+from sbt_lib.workbook.report import viz
 from sbt_lib.workbook.base import _machine, notebook_base
 from sbt_lib.workbook.config.params import resolve
 

@@ -19,7 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from sbt_lib.workbook import ablations as ab, viz
+from sbt_lib.workbook import ablations as ab
+from sbt_lib.workbook.report import viz
 from sbt_lib.workbook.builders import load_data
 from sbt_lib.workbook.config.params import notebook_params
 

@@ -179,7 +179,7 @@ def base_probes(run: Path, meta: dict) -> None:
     groups, against the same probe on as many principal components of the shapes images (the linear code)."""
     from sbt_lib.data.datasets import load_dataset
     from sbt_lib.data.shapes import SHAPE_FACTORS
-    from sbt_lib.workbook.analysis import probe_groups
+    from sbt_lib.workbook.report.analysis import probe_groups
 
     size = meta["tokenizer"]["image_size"]
     shapes = [load_dataset("shapes", split, image_size=size, size=n, seed=0) for split, n in (("train", 3000),

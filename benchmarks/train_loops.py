@@ -30,7 +30,7 @@ from sbt_lib.__main__ import _parse_param  # noqa: E402
 from sbt_lib.workbook import builders  # noqa: E402
 from sbt_lib.workbook.launch import BUNDLE  # noqa: E402
 from sbt_lib.workbook.config.params import resolve  # noqa: E402
-from sbt_lib.workbook.tables import markdown_table  # noqa: E402
+from sbt_lib.workbook.report.tables import markdown_table  # noqa: E402
 
 
 def _row(name, result, batch, full_steps, warmup, params) -> dict:

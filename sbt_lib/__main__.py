@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args) -> int:
-    from .workbook.report import write_report
+    from .workbook.report.results_page import write_report
 
     try:
         print(write_report(args.runs, args.out, args.scale))

@@ -3,7 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from sbt_lib.workbook import viz  # noqa: E402
+from sbt_lib.workbook.report import viz  # noqa: E402
 
 
 def test_a_log_axis_is_labelled_with_plain_numbers(tmp_path):
@@ -23,7 +23,7 @@ import IPython.display  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sbt_lib.workbook import viz_ot  # noqa: E402
+from sbt_lib.workbook.report import viz_ot  # noqa: E402
 
 
 @pytest.fixture

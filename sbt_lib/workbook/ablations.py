@@ -24,7 +24,7 @@ from .builders import base_params, global_token_cache, prepare_training, train_o
 from .config.params import Params
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
-from .tables import markdown_table, mean_std
+from .report.tables import markdown_table, mean_std
 
 FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
 FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}

@@ -799,7 +799,7 @@ def figure(results: dict, parts=None, variants=None, path=None):
     seed — with PCA at the base's number of values and the base itself as horizontal lines."""
     import matplotlib.pyplot as plt
 
-    from .viz import save_figure
+    from .report.viz import save_figure
 
     fd = feature_key(results)
     metrics = [("test_psnr", "held-out PSNR (dB)")] + ([(fd, f"{LABELS[fd][0]} ↓")] if fd else [])

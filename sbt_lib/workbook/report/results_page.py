@@ -17,8 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from ..files import REPO
-from .config.scales import SCALE_NAMES
+from ...files import REPO
+from ..config.scales import SCALE_NAMES
 
 NOTEBOOK_DIR = REPO / "notebooks"
 WEIGHTS = REPO / "weights"
