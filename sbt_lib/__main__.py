@@ -83,7 +83,7 @@ def _report(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .workbook.runner import NotebookFailed, reproduce  # papermill and Jupyter: only for the notebooks
+    from .workbook.cli.runner import NotebookFailed, reproduce  # papermill and Jupyter: only for the notebooks
 
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     try:
@@ -96,7 +96,7 @@ def _reproduce(args) -> int:
 
 def _train(args) -> int:
     from .train import NonFiniteLossError
-    from .workbook.launch import evaluate_command, train_command
+    from .workbook.cli.launch import evaluate_command, train_command
 
     command = train_command if args.command == "train" else evaluate_command
     try:

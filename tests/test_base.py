@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.workbook.base import RECORD, base_folder, check_psnr, load_base, read_record
-from sbt_lib.workbook.launch import train_command
+from sbt_lib.workbook.cli.launch import train_command
 
 TINY = TokenizerConfig(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2,
                        num_tokens=8, token_dim=4, codebook_size=64, conv_channels=8, trunk="conv", local_1d=True,

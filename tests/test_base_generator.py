@@ -12,7 +12,7 @@ from sbt_lib.models.sit import SiT, SiTConfig
 from sbt_lib.workbook.base import load_base
 from sbt_lib.workbook.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
                                              read_record, recipe, save_generator, shipped_for)
-from sbt_lib.workbook.launch import train_command
+from sbt_lib.workbook.cli.launch import train_command
 from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.runs import load_tokenizer
 

@@ -76,7 +76,7 @@ def test_a_headless_explorer_draws_its_first_state_without_widgets(tiny_model, m
 def test_the_runner_runs_its_kernels_headless_and_restores_the_environment(tmp_path, monkeypatch):
     import os
 
-    from sbt_lib.workbook import runner
+    from sbt_lib.workbook.cli import runner
 
     seen = {}
     monkeypatch.delenv("SBT_HEADLESS", raising=False)

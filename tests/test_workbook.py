@@ -16,7 +16,7 @@ from sbt_lib.__main__ import main
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.objective.objective import ObjectiveConfig
 from sbt_lib.train import TrainConfig
-from sbt_lib.workbook import runner as rp
+from sbt_lib.workbook.cli import runner as rp
 from sbt_lib.workbook.config.params import FLAT_NAMES, RUN_NAMES, notebook_params, resolve
 from sbt_lib.workbook.config.scales import NOTEBOOKS
 

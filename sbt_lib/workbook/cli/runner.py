@@ -25,9 +25,9 @@ from unittest import mock
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 
-from ..data.datasets import DATASETS
-from ..files import REPO, write_json
-from .report.results_page import NOTEBOOK_DIR, write_report
+from ...data.datasets import DATASETS
+from ...files import REPO, write_json
+from ..report.results_page import NOTEBOOK_DIR, write_report
 
 
 class LocalKernelManager(AsyncKernelManager):

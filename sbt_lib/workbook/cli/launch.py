@@ -31,16 +31,16 @@ import json
 import time
 from pathlib import Path
 
-from .. import distributed as dist
-from ..eval import sharded
-from ..files import REPO, write_json
-from ..train import TrainResult, resolve_device
-from . import builders
-from .ablations import stage2_on_base
-from .base import export_base, load_base, notebook_base_folder
-from .base_generator import export_run
-from .config.params import Params, resolve
-from .runs import load_generator, load_tokenizer, variant_run
+from ... import distributed as dist
+from ...eval import sharded
+from ...files import REPO, write_json
+from ...train import TrainResult, resolve_device
+from .. import builders
+from ..ablations import stage2_on_base
+from ..base import export_base, load_base, notebook_base_folder
+from ..base_generator import export_run
+from ..config.params import Params, resolve
+from ..runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
 BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "generator"}  # the bundle of each command
