@@ -33,7 +33,7 @@ from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.models.tokenizer_parts import ConvHead, ConvTrunk
 from sbt_lib.objective.perceptual import PerceptualLoss
 from sbt_lib.train import train
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 
 # The probes: overrides of the base bundle (no GAN, no EMA: what learns fastest, not what ends best).

@@ -36,8 +36,8 @@ from sbt_lib.eval.generation import generation_metrics
 from sbt_lib.eval.reconstruction import held_out_images
 from sbt_lib.files import REPO, write_json
 from sbt_lib.generation.transport import TokenNormalizer
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.base import notebook_base
+from sbt_lib.workbook.pipeline import builders
+from sbt_lib.workbook.pipeline.base import notebook_base
 from sbt_lib.workbook.config.params import resolve
 
 
@@ -175,8 +175,8 @@ def training_command() -> str:
 def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds) -> dict[str, dict]:
     """gFD and KID (mean ± std over sampling ``seeds``) of the run's generator and of the Gaussian of the same
     tokens at each guidance scale; also each one's best scale."""
-    from sbt_lib.workbook.generation_study import summarize
-    from sbt_lib.workbook.runs import load_generator
+    from sbt_lib.workbook.pipeline.generation_study import summarize
+    from sbt_lib.workbook.pipeline.runs import load_generator
 
     G = P.generator
     gaussian, gaussian_norm = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)

@@ -26,7 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sbt_lib.train import TrainConfig, Trainer  # noqa: E402
-from sbt_lib.workbook import builders  # noqa: E402
+from sbt_lib.workbook.pipeline import builders  # noqa: E402
 from sbt_lib.workbook.config.params import resolve  # noqa: E402
 from sbt_lib.workbook.report.tables import markdown_table  # noqa: E402
 

@@ -30,7 +30,7 @@ import time
 import torch
 
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import builders as ex
 from sbt_lib.workbook.config.params import Params, resolve
 
 WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl_weight=0.01)

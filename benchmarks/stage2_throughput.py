@@ -36,7 +36,7 @@ from sbt_lib.eval.flops import num_params, training_step_flops
 from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import builders as ex
 from sbt_lib.workbook.config.params import Params, resolve
 
 

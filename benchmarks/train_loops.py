@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sbt_lib import distributed as dist  # noqa: E402
 from sbt_lib.__main__ import _parse_param  # noqa: E402
-from sbt_lib.workbook import builders  # noqa: E402
+from sbt_lib.workbook.pipeline import builders  # noqa: E402
 from sbt_lib.workbook.cli.launch import BUNDLE  # noqa: E402
 from sbt_lib.workbook.config.params import resolve  # noqa: E402
 from sbt_lib.workbook.report.tables import markdown_table  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 
 import sbt_lib.train as engine
 from sbt_lib import distributed as dist
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 
 

@@ -8,7 +8,7 @@ from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.quantizer import SoftVQ, kmeans
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 
 TINY = dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=4,

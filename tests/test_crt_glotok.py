@@ -8,7 +8,7 @@ from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.crt import CausalRegularizer
 from sbt_lib.objective.glotok import histogram_relation_loss, histograms
 from sbt_lib.objective.objective import Objective, ObjectiveConfig
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 
 

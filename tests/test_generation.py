@@ -241,9 +241,9 @@ def test_the_generator_learns_class_conditional_tokens_through_the_engine(tmp_pa
 
 @pytest.mark.parametrize("groups", ["global", "all"])
 def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, groups):
-    from sbt_lib.workbook import builders
+    from sbt_lib.workbook.pipeline import builders
     from sbt_lib.workbook.config.params import resolve
-    from sbt_lib.workbook.runs import load_generator
+    from sbt_lib.workbook.pipeline.runs import load_generator
 
     P = resolve("04_aligner_scaling", "tiny", train_size=64, test_size=16, generator_size="tiny", generator_steps=6,
                 generator_batch_size=16, generator_prior="gaussian")

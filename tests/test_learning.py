@@ -22,7 +22,7 @@ import torch
 
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.eval.reconstruction import evaluate_tokenizer, held_out_images
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 
 MARGIN_DB = 1.5

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import builders as ex
 from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.cache import FeatureCache
 from sbt_lib.objective.adversarial import ADVERSARIAL_DEFAULTS, Adversarial

@@ -16,7 +16,7 @@ from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.two_stage import stage2_tokenizer
 from sbt_lib.train import TrainConfig, train
 from sbt_lib.weights import MissingWeightsError
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.config.scales import NOTEBOOKS, epochs
 

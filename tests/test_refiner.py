@@ -7,9 +7,9 @@ from sbt_lib.models.refiner import PixelRefiner
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.models.two_stage import refined_tokenizer
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 
 @pytest.fixture(scope="module")

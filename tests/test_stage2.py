@@ -11,9 +11,9 @@ from sbt_lib.models.aligners import LocalAligner2D
 from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline import builders
 from sbt_lib.workbook.config.params import resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_the_objective_on_cached_global_tokens_is_the_objective_on_the_frozen_en
 def test_the_parameter_matched_control_has_about_the_full_models_decoder_side():
     from sbt_lib.models.tokenizer import SelfBootTok
     from sbt_lib.models.two_stage import decoder_side_params, on_base
-    from sbt_lib.workbook.ablations import matched_control
+    from sbt_lib.workbook.pipeline.ablations import matched_control
 
     base = SelfBootTok(**BASE)
     full = dict(local_1d=True, local_2d="m")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import builders as ex
 from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.data.cache import FeatureCache

@@ -9,12 +9,12 @@ configuration is the scale's ``base`` bundle (cpu, gpu), else the one ``train ba
 ===========  ==========================================================  ==========================================
 command      trains                                                      run folder (under ``out``)
 ===========  ==========================================================  ==========================================
-base         the base tokenizer, stage 1 (:mod:`~sbt_lib.workbook.base`)  ``base/tokenizer``; with ``--export DIR``
+base         the base tokenizer, stage 1 (:mod:`~sbt_lib.workbook.pipeline.base`)  ``base/tokenizer``; with ``--export DIR``
              its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
 stage2       notebook 04's stage 2 per size of ``stage2_aligners`` on       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
-             the base (:func:`~sbt_lib.workbook.builders.train_on_base`)
+             the base (:func:`~sbt_lib.workbook.pipeline.builders.train_on_base`)
 generator    the SiT on the base's global tokens that notebook 05 reuses  ``05_generation/generators/global``; with
-             (:mod:`~sbt_lib.workbook.base_generator`)                   ``--export DIR`` its ``save_pretrained``
+             (:mod:`~sbt_lib.workbook.pipeline.base_generator`)                   ``--export DIR`` its ``save_pretrained``
                                                                          folder at the end (shipped: ``weights/``)
 ===========  ==========================================================  ==========================================
 
@@ -35,12 +35,12 @@ from ... import distributed as dist
 from ...eval import sharded
 from ...files import REPO, write_json
 from ...train import TrainResult, resolve_device
-from .. import builders
-from ..ablations import stage2_on_base
-from ..base import export_base, load_base, notebook_base_folder
-from ..base_generator import export_run
 from ..config.params import Params, resolve
-from ..runs import load_generator, load_tokenizer, variant_run
+from ..pipeline import builders
+from ..pipeline.ablations import stage2_on_base
+from ..pipeline.base import export_base, load_base, notebook_base_folder
+from ..pipeline.base_generator import export_run
+from ..pipeline.runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
 BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "generator"}  # the bundle of each command
@@ -55,7 +55,7 @@ def run_folders(out: Path, P: Params) -> dict[str, Path]:
 
 
 def _stage1(P: Params, out: Path):
-    """The base the notebooks stand on at ``P.scale`` (:func:`~sbt_lib.workbook.base.notebook_base_folder`)."""
+    """The base the notebooks stand on at ``P.scale`` (:func:`~sbt_lib.workbook.pipeline.base.notebook_base_folder`)."""
     run = notebook_base_folder(P, out)
     if (run / "config.json").exists():
         return load_base(run)

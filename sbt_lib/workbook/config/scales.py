@@ -137,10 +137,10 @@ _STAGE2 = {
 }
 
 # Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
-# bundle, sbt_lib.workbook.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6 million
-# token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather than
-# SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches the
-# lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
+# bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6
+# million token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather
+# than SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches
+# the lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
 # and against the guidance scale, with the Gaussian anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from
 # zero at equal FLOPs.
 _GENERATOR = {
@@ -188,9 +188,9 @@ _FINETUNE = {
 }
 
 # The base tokenizer: learned once, at a budget where a learned code overtakes the linear one, and shipped
-# (weights/, sbt_lib.workbook.base); the notebooks' experiments stand on it as the paper's stage 2 stands on stage 1.
-# 16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path: the
-# networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
+# (weights/, sbt_lib.workbook.pipeline.base); the notebooks' experiments stand on it as the paper's stage 2 stands on
+# stage 1.  16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path:
+# the networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
 # channels, and the dense path beside the latent tokens: the choices benchmarks/base_recipe.py measures (images/s
 # and held-out PSNR / rFD at equal images seen).  MSE + the perceptual loss, the GAN from half-way, EMA weights.
 _BASE_TOKENIZER = dict(_TOKENIZER["cpu"], patch_size=8, width=128, encoder_depth=2, decoder_depth=2, num_heads=4,

@@ -10,24 +10,24 @@ from pathlib import Path
 
 import torch
 
-from ..data.cache import FeatureCache, OnlineFeatures
-from ..data.datasets import LazyImageFolder, load_dataset, resolve_dataset_name
-from ..eval.reconstruction import evaluate_tokenizer, held_out_images
-from ..models.encoder_init import init_encoder
-from ..models.teachers import load_teacher
-from ..models.tokenizer import SelfBootTok
-from ..files import content_key
-from ..generation.samplers import sample
-from ..generation.transport import FlowMatchingLoss, TokenNormalizer
-from ..models.sit import SiT
-from ..models.two_stage import ENCODER_SWITCHES, frozen_state, on_base, refined_tokenizer, stage2_tokenizer
-from ..models.vae2d import VAE2D, VAE2DConfig
-from ..objective.objective import Objective
-from ..objective.stage2 import RefinerLoss, Stage2Loss
-from ..objective.repa import patches_to_tokens, teacher_tokens
-from ..objective.vae_latents import train_vae2d
-from ..train import TrainResult, resolve_device, train
-from .config.params import Params
+from ...data.cache import FeatureCache, OnlineFeatures
+from ...data.datasets import LazyImageFolder, load_dataset, resolve_dataset_name
+from ...eval.reconstruction import evaluate_tokenizer, held_out_images
+from ...models.encoder_init import init_encoder
+from ...models.teachers import load_teacher
+from ...models.tokenizer import SelfBootTok
+from ...files import content_key
+from ...generation.samplers import sample
+from ...generation.transport import FlowMatchingLoss, TokenNormalizer
+from ...models.sit import SiT
+from ...models.two_stage import ENCODER_SWITCHES, frozen_state, on_base, refined_tokenizer, stage2_tokenizer
+from ...models.vae2d import VAE2D, VAE2DConfig
+from ...objective.objective import Objective
+from ...objective.stage2 import RefinerLoss, Stage2Loss
+from ...objective.repa import patches_to_tokens, teacher_tokens
+from ...objective.vae_latents import train_vae2d
+from ...train import TrainResult, resolve_device, train
+from ..config.params import Params
 
 
 def load_data(P: Params):

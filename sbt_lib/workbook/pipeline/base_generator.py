@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..files import write_json
-from ..generation.path import interpolate, target_velocity
-from ..generation.transport import TokenNormalizer
-from ..models.sit import SiT
-from ..models.tokenizer import SelfBootTok
+from ...files import write_json
+from ...generation.path import interpolate, target_velocity
+from ...generation.transport import TokenNormalizer
+from ...models.sit import SiT
+from ...models.tokenizer import SelfBootTok
 from .base import WEIGHTS, _machine, check_batches
 
 RECORD = "training.json"
@@ -88,7 +88,7 @@ def shipped_for(P, base: SelfBootTok) -> Path | None:
 def generator_params(P):
     """``P`` with the data of the ``generator`` bundle at ``P.scale`` (every training image's tokens at cpu): the
     parameters the reused generator is trained with, whatever notebook ``P`` is of."""
-    from .config.params import resolve
+    from ..config.params import resolve
 
     bundle = resolve("generator", P.scale, dataset=P.data.dataset)
     return P.replace(train_size=bundle.data.train_size, test_size=bundle.data.test_size)
@@ -126,8 +126,8 @@ def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, pr
 
 @torch.no_grad()
 def check_loss(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, seed: int = 0) -> dict[str, float]:
-    """The flow-matching loss of ``model`` on each of :func:`~sbt_lib.workbook.base.check_batches`' global tokens
-    under ``base``, at fixed noise and times, unconditional (the null class: any data set has it).  A number that
+    """The flow-matching loss of ``model`` on each of :func:`~sbt_lib.workbook.pipeline.base.check_batches`' global
+    tokens under ``base``, at fixed noise and times, unconditional (the null class: any data set has it).  A number that
     moves when the generator, its normaliser or the base changes."""
     model, out = model.eval(), {}
     for name, images in check_batches(base.cfg.image_size).items():
@@ -145,8 +145,8 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     """gFD-EffNet and KID (mean ± std over sampling ``seeds``) of ``samples`` balanced samples of ``model`` against
     as many test images, beside the class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor
     to beat), real training images (the floor at this count) and the base's decodes of them (the ceiling)."""
-    from ..eval.generation import generation_metrics
-    from ..eval.reconstruction import held_out_images
+    from ...eval.generation import generation_metrics
+    from ...eval.reconstruction import held_out_images
     from . import builders
     from .generation_study import summarize
 
@@ -217,9 +217,9 @@ global tokens of `weights/base-tokenizer-{r["dataset"]}`; the aligners bootstrap
 the decoder renders them. Float16 weights (they load as float32) and the token normaliser:
 
 ```python
-from sbt_lib.workbook.base_generator import load_generator_folder
-from sbt_lib.workbook.base import load_base
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline.base_generator import load_generator_folder
+from sbt_lib.workbook.pipeline.base import load_base
+from sbt_lib.workbook.pipeline import builders
 sit, normalizer = load_generator_folder("{{this folder}}")
 images = builders.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]})
 ```

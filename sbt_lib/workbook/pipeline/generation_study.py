@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ..eval.flops import flops_by_module, training_step_flops
-from ..eval.generation import generation_metrics
-from ..eval.reconstruction import held_out_images
-from ..files import REPO
-from ..generation.transport import FlowMatchingLoss
+from ...eval.flops import flops_by_module, training_step_flops
+from ...eval.generation import generation_metrics
+from ...eval.reconstruction import held_out_images
+from ...files import REPO
+from ...generation.transport import FlowMatchingLoss
 from . import ablations, builders
 from .runs import load_generator, load_tokenizer
 
