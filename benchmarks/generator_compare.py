@@ -25,10 +25,10 @@ import torch
 
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
-from sbt_lib.workbook.pipeline import ablations, builders, generation_study as study
-from sbt_lib.workbook.report import viz
-from sbt_lib.workbook.pipeline.base import _machine, notebook_base
 from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import ablations, caches, generation_study as study
+from sbt_lib.workbook.pipeline.base import _machine, notebook_base
+from sbt_lib.workbook.report import viz
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     P = resolve("05_generation", args.scale, dataset=args.dataset, **dict(args.param))
     runs = REPO / "runs" / args.scale
     out = runs / "05_generation"
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     stage1 = notebook_base(P, train_set, test_set, runs)
     stage2, where = ablations.aligner_sweep(P, stage1, train_set, test_set, runs / "04_aligner_scaling",
                                             out / "tokenizers")

@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from sbt_lib.workbook.pipeline import ablations as ab
-from sbt_lib.workbook.report import viz
-from sbt_lib.workbook.pipeline.builders import load_data
 from sbt_lib.workbook.config.params import notebook_params
+from sbt_lib.workbook.pipeline import ablations as ab
+from sbt_lib.workbook.pipeline.caches import load_data
+from sbt_lib.workbook.report import viz
 
 
 def main():

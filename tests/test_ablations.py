@@ -57,11 +57,11 @@ def test_verdict_reads_a_difference_against_the_seed_spread():
 def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_path):
     """Notebook 03's baseline is notebook 02's full model: a finished run with the same parameters in the other
     folder is evaluated there, not retrained; a run with other parameters there is left alone."""
-    from sbt_lib.workbook.pipeline import builders
     from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline import caches
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=1, test_size=16)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     full = {"G+L1+L2": dict(local_1d=True, local_2d="xs")}
     first = ab.run_variants(P, full, train_set, test_set, tmp_path / "02", progress=False)
     shared = variant_run(tmp_path / "02", "G+L1+L2", P.seed)
@@ -102,11 +102,11 @@ def test_runs_in_parallel_workers_give_the_rows_of_runs_one_after_another(tmp_pa
     (the same arithmetic): parallel training changes the wall time, not the result."""
     import torch
 
-    from sbt_lib.workbook.pipeline import builders
     from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline import caches
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=2, test_size=16, workers=2)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     variants = {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)}
     parallel = ab.run_variants(P, variants, train_set, test_set, tmp_path / "parallel", progress=False)
     threads = torch.get_num_threads()
@@ -142,12 +142,12 @@ def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_
 
 SWEEP_SCRIPT = """
 import sys
-from sbt_lib.workbook.pipeline import ablations as ab, builders
 from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import ablations as ab, caches
 
 if __name__ == "__main__":
     P = resolve("02_bootstrapping", "tiny", steps=100_000, seeds=1, test_size=16, workers=2, ckpt_every=10)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     ab.run_variants(P, {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)},
                     train_set, test_set, sys.argv[1], progress=False)
 """

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from sbt_lib.__main__ import main
-from sbt_lib.workbook.report import results_page
 from sbt_lib.workbook.cli import runner as rp
 from sbt_lib.workbook.pipeline.runs import headline, write_metrics
+from sbt_lib.workbook.report import results_page
 
 NAMES = [p.stem for p in rp.notebooks()]
 FIRST, SECOND = NAMES[:2]

@@ -49,7 +49,7 @@ def test_parameters_are_typed_sections_with_prefixed_names_for_side_models():
 
 
 def test_auto_is_resolved_once_and_loading_leaves_the_parameters_alone():
-    from sbt_lib.workbook.pipeline.builders import load_data
+    from sbt_lib.workbook.pipeline.caches import load_data
 
     p = resolve("01_decomposition", "cpu", dataset="auto", train_size=16, test_size=8)
     assert p.data.dataset in ("cifar10", "photos") and (p.data.note is None) == (p.data.dataset == "cifar10")

@@ -19,7 +19,7 @@ The switches beside the paper's parts, with what each is for (the workbook's rec
   quantization starts close to that linear code rather than far below it;
 - ``refiner``: a pixel-space residual CNN after the decoder (:mod:`sbt_lib.models.refiner`), added to a trained
   tokenizer and trained with everything else frozen (the refine stage,
-  :func:`~sbt_lib.workbook.pipeline.builders.train_refiner`); it sees decoded pixels only.
+  :func:`~sbt_lib.workbook.pipeline.trainers.train_refiner`); it sees decoded pixels only.
 """
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ class Stage2Config(Config):
     :data:`~sbt_lib.models.aligners.ALIGNER_2D_PRESETS`), what stays frozen (``encoder`` or ``all``,
     :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size; and the refine stage (a pixel refiner trained
     after the tokenizer with the rest frozen, :func:`~sbt_lib.models.two_stage.refined_tokenizer`,
-    :func:`~sbt_lib.workbook.pipeline.builders.train_refiner`)."""
+    :func:`~sbt_lib.workbook.pipeline.trainers.train_refiner`)."""
 
     aligners: list[str] = field(default_factory=lambda: ["xs", "s", "m", "l", "xl"])
     freeze: str = "encoder"

@@ -127,7 +127,7 @@ _OT = {
 # Notebook 04: the base is stage 1; stage 2 trains the decoder side on it with a 2D aligner of each size (notebook
 # 02's recipe on the base), and the smallest aligner at each larger size's FLOPs is the control.  Notebook 05 decodes
 # one generator through every size.  ``stage2_steps`` is the length of stage 2 grown from a tokenizer trained end to
-# end (ablations.run_stage2, e.g. at the paper scale); on a base, ``steps`` is.
+# end (sbt_lib.workbook.pipeline.trainers.train_stage2, e.g. at the paper scale); on a base, ``steps`` is.
 _STAGE2 = {
     "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
     "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=3, test_size=500),

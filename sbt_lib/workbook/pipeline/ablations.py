@@ -22,9 +22,10 @@ from ...models.two_stage import decoder_side_params
 from ...train import DifferentRunError, resolve_device
 from ..config.params import Params
 from ..report.tables import markdown_table, mean_std
-from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_tokenizer
+from .caches import global_token_cache
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
+from .trainers import base_params, prepare_training, train_on_base, train_tokenizer
 
 FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
 FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}
@@ -108,7 +109,7 @@ def run_on_base(P: Params, base, variants: dict[str, dict], train_set, test_set,
     """:func:`run_variants` on a base tokenizer: every (variant, seed) trains its decoder side (local aligners,
     their codebooks, fusion, decoder, and the objective's own parts) from a fresh start of that seed on the
     frozen encoder and global codebook of ``base``, so every variant has the same global tokens, read once
-    from a cache (:func:`~sbt_lib.workbook.pipeline.builders.train_on_base`).  A variant may only change decoder-side
+    from a cache (:func:`~sbt_lib.workbook.pipeline.trainers.train_on_base`).  A variant may only change decoder-side
     switches and objective weights.  With ``finetune``, every variant trains all of its weights instead, started
     from the base's.  One row per run, as :func:`run_variants` gives; ``reuse`` as there."""
     P = base_params(P, base)
@@ -137,7 +138,7 @@ def on_base_step_flops(P: Params, base, switches: dict, train_set) -> int:
     the decoder side only, as :func:`run_on_base` trains it, since the frozen encoder's tokens are cached."""
     from ...eval.flops import training_step_flops
     from ...models.two_stage import ENCODER_SWITCHES, on_base
-    from .builders import build_objective
+    from .trainers import build_objective
 
     Q = base_params(P, base).replace(**switches)
     model = on_base(base, seed=Q.seed, inherit_decoder=False,

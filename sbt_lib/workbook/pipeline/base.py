@@ -67,7 +67,7 @@ def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool =
     the ``base`` bundle of ``P.scale`` trained here on ``train_set`` (a rerun loads it; at ``tiny`` it takes
     seconds, at ``cpu`` hours, which is why the shipped one exists).  The notebook's data need not be the
     base's: the CIFAR-10 base applied to the built-in photos is how the offline fallback runs."""
-    from . import builders
+    from . import trainers
     from ..config.params import resolve
 
     folder = notebook_base_folder(P, out_root)
@@ -77,7 +77,7 @@ def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool =
     if not (folder / "checkpoint.json").exists():
         print(f"no shipped base tokenizer for scale {P.scale!r}: training the base bundle into {folder} "
               f"({bundle.training.steps} steps; a rerun loads it)")
-    result = builders.train_tokenizer(bundle, train_set, test_set, folder, progress=progress, evaluate=False)
+    result = trainers.train_tokenizer(bundle, train_set, test_set, folder, progress=progress, evaluate=False)
     return result.best_model.cpu().eval()
 
 
@@ -210,7 +210,7 @@ def base_training_flops(scale: str, train_set, folder: str | Path | None = None)
     objective, torch's counter) times the steps its ``training.json`` records (the bundle's steps where there is
     none) — stage 1 of the aligner sweep, for the accounting of what reusing one generator saves."""
     from ...eval.flops import training_step_flops
-    from .builders import build_objective
+    from .trainers import build_objective
     from ..config.params import resolve
 
     B = resolve("base", scale)

@@ -19,7 +19,8 @@ from ...eval.flops import flops_by_module
 from ...eval.generation import generation_metrics
 from ...eval.reconstruction import held_out_images
 from ..config.params import Params
-from .builders import generate_images, token_cache, train_generator
+from .caches import token_cache
+from .generators import generate_images, train_generator
 from .runs import load_generator, load_tokenizer
 
 # The rows of the papers' own tables for these methods: ImageNet at 256×256, tokenizers of ~100M+ parameters

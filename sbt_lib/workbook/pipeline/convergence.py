@@ -216,7 +216,7 @@ def build_parts(scale: str, names, base, train_set, dataset: str, first_images: 
                 eval_images: int) -> dict[str, Part]:
     """The parts ``names`` at ``scale`` (module docstring), their recipes from the notebooks' bundles; ``base`` is
     the frozen base of A and C, ``train_set`` what C's FLOPs are counted on."""
-    from .builders import base_params
+    from .trainers import base_params
 
     ot = resolve("03_ot_alignment", scale)
     ot_switches = {"ot_weight": ot.objective.ot_weight, "ot_eps": ot.objective.ot_eps,
@@ -328,7 +328,7 @@ def measure(model, test_set, fd_size: int) -> dict:
 
 
 def _train(run: _Run, until: int, train_set, test_set, base, z_global):
-    from .builders import train_on_base, train_tokenizer
+    from .trainers import train_on_base, train_tokenizer
 
     if run.on_base:
         return train_on_base(run.params, base, train_set, test_set, run.folder, z_global=z_global, progress=False,
@@ -381,7 +381,8 @@ def run_study(scale: str = "cpu", parts=PARTS, variants: list[str] | None = None
     ``root``; the results go to ``out`` (default ``benchmarks/``) as ``convergence_<scale>.json`` and ``.png``.
     Returns the results."""
     from .base import _machine, notebook_base
-    from .builders import global_token_cache, load_data, prepare_training
+    from .caches import global_token_cache, load_data
+    from .trainers import prepare_training
     from .pool import map_runs, sweep_workers
     from ...train import resolve_device
 
