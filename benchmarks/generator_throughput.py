@@ -57,7 +57,7 @@ from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer
 from sbt_lib.models.sit import PRIORS, SIT_PRESETS, SiT
 from sbt_lib.train import resolve_device
 from sbt_lib.train.steps import adamw
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
 
 NUM_CLASSES = 10
 SAMPLERS = ("euler", "heun", "sde", "dopri5")  # dopri5 is adaptive: --sampling-steps does not apply to it

@@ -20,7 +20,7 @@ from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.objective import Objective
 from sbt_lib.train import resolve_device
 from sbt_lib.train.steps import adamw
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 
 

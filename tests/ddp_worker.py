@@ -16,8 +16,8 @@ import torch
 import sbt_lib.train as engine
 import sbt_lib.train.state as engine_state
 from sbt_lib import distributed as dist
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 
 class Recording:
@@ -41,8 +41,8 @@ def params():
 
 
 def build(P, train_set):
-    model = builders.build_tokenizer(P, train_set)
-    return model, builders.build_objective(P, model, train_set, progress=False)
+    model = trainers.build_tokenizer(P, train_set)
+    return model, trainers.build_objective(P, model, train_set, progress=False)
 
 
 def trainer(P, train_set, data, out, **cfg):
@@ -62,7 +62,7 @@ def main(out: Path, scenario: str):
         setattr(engine_state, name, lambda path, *a, _real=real, **k: writes.append(str(path)) or _real(path, *a, **k))
     P = params()
     with dist.main_first():
-        train_set, _ = builders.load_data(P)
+        train_set, _ = caches.load_data(P)
         build(P, train_set)  # the teacher cache, filled by rank 0
     report = {"rank": rank, "world_size": world}
 

@@ -1,7 +1,7 @@
 """Table 1 in miniature (notebook 06): tokenizers side by side at the same token budget, each with the same
 small generator trained on the tokens it needs.
 
-The tokenizers are variants of one :class:`~sbt_lib.workbook.params.Params` (the same number of global tokens,
+The tokenizers are variants of one :class:`~sbt_lib.workbook.config.params.Params` (the same number of global tokens,
 token size, training steps and seeds): the SoftVQ baseline (global tokens only), SelfBootTok (G+L1+L2), and
 the SoftVQ baseline with CRT's causal regulariser (:mod:`sbt_lib.objective.crt`) at a few weights or with
 GloTok's histogram relations and residual recovery (:mod:`sbt_lib.objective.glotok`,
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..eval.flops import flops_by_module
-from ..eval.generation import generation_metrics
-from ..eval.reconstruction import held_out_images
-from .builders import generate_images, token_cache, train_generator
-from .params import Params
+from ...eval.flops import flops_by_module
+from ...eval.generation import generation_metrics
+from ...eval.reconstruction import held_out_images
+from ..config.params import Params
+from .caches import token_cache
+from .generators import generate_images, train_generator
 from .runs import load_generator, load_tokenizer
 
 # The rows of the papers' own tables for these methods: ImageNet at 256×256, tokenizers of ~100M+ parameters
@@ -51,9 +52,9 @@ def tokenizer_variants(aligner_2d: str, crt_weights: list[float], glotok_weight:
 
 
 def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], train_set, test_set) -> list[dict]:
-    """For every tokenizer run of ``rows`` (:func:`~sbt_lib.workbook.ablations.run_variants`' rows): the generator
-    of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there), then
-    ``P.generator.samples`` samples of balanced classes against as many held-out images.  Adds to each row:
+    """For every tokenizer run of ``rows`` (:func:`~sbt_lib.workbook.pipeline.ablations.run_variants`' rows): the
+    generator of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there),
+    then ``P.generator.samples`` samples of balanced classes against as many held-out images.  Adds to each row:
     ``gfd``, ``gkid``, ``gfd_label``, ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per
     multiply-add) and ``tokens`` (the generator's sequence length)."""
     G = P.generator
@@ -79,9 +80,10 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
 
 
 def claim(summary: dict[str, dict], a: str, b: str, metric: str, label: str, lower_is_better: bool) -> str:
-    """One line reading ``metric`` of variant ``a`` against ``b`` (:func:`~sbt_lib.workbook.ablations.summarize`'s
-    entries): the difference of the means, the larger seed std, and whether ``a`` is clearly better, clearly
-    worse (a difference beyond twice that std), or within the seed-to-seed spread."""
+    """One line reading ``metric`` of variant ``a`` against ``b``
+    (:func:`~sbt_lib.workbook.pipeline.ablations.summarize`'s entries): the difference of the means, the larger seed
+    std, and whether ``a`` is clearly better, clearly worse (a difference beyond twice that std), or within the
+    seed-to-seed spread."""
     sa, sb = summary[a], summary[b]
     d = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
     spread = max(sa[f"{metric}_std"], sb[f"{metric}_std"])

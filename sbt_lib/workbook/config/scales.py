@@ -1,8 +1,8 @@
 """Named bundles of defaults — the workbook's only 'configuration'.
 
-A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.params` says how a name maps
+A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.config.params` says how a name maps
 onto its typed section).  Each notebook has a ``parameters`` cell with ``scale`` and the parameters it
-exposes, all ``None`` by default; :func:`~sbt_lib.workbook.params.resolve` starts from the notebook's
+exposes, all ``None`` by default; :func:`~sbt_lib.workbook.config.params.resolve` starts from the notebook's
 bundle at that scale and overrides every parameter that was set, so any single value can be changed
 without touching the rest.
 
@@ -127,7 +127,7 @@ _OT = {
 # Notebook 04: the base is stage 1; stage 2 trains the decoder side on it with a 2D aligner of each size (notebook
 # 02's recipe on the base), and the smallest aligner at each larger size's FLOPs is the control.  Notebook 05 decodes
 # one generator through every size.  ``stage2_steps`` is the length of stage 2 grown from a tokenizer trained end to
-# end (ablations.run_stage2, e.g. at the paper scale); on a base, ``steps`` is.
+# end (sbt_lib.workbook.pipeline.trainers.train_stage2, e.g. at the paper scale); on a base, ``steps`` is.
 _STAGE2 = {
     "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
     "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=3, test_size=500),
@@ -137,10 +137,10 @@ _STAGE2 = {
 }
 
 # Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
-# bundle, sbt_lib.workbook.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6 million
-# token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather than
-# SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches the
-# lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
+# bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6
+# million token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather
+# than SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches
+# the lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
 # and against the guidance scale, with the Gaussian anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from
 # zero at equal FLOPs.
 _GENERATOR = {
@@ -188,9 +188,9 @@ _FINETUNE = {
 }
 
 # The base tokenizer: learned once, at a budget where a learned code overtakes the linear one, and shipped
-# (weights/, sbt_lib.workbook.base); the notebooks' experiments stand on it as the paper's stage 2 stands on stage 1.
-# 16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path: the
-# networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
+# (weights/, sbt_lib.workbook.pipeline.base); the notebooks' experiments stand on it as the paper's stage 2 stands on
+# stage 1.  16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path:
+# the networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
 # channels, and the dense path beside the latent tokens: the choices benchmarks/base_recipe.py measures (images/s
 # and held-out PSNR / rFD at equal images seen).  MSE + the perceptual loss, the GAN from half-way, EMA weights.
 _BASE_TOKENIZER = dict(_TOKENIZER["cpu"], patch_size=8, width=128, encoder_depth=2, decoder_depth=2, num_heads=4,
