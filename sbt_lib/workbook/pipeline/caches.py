@@ -13,6 +13,7 @@ import torch
 
 from ...data.cache import FeatureCache, OnlineFeatures
 from ...data.datasets import LazyImageFolder, load_dataset, resolve_dataset_name
+from ...eval.reconstruction import held_out_images
 from ...files import content_key
 from ...models.teachers import load_teacher
 from ...models.tokenizer import SelfBootTok
@@ -34,6 +35,14 @@ def load_data(P: Params):
     kw = dict(image_size=P.tokenizer.image_size, seed=P.seed)
     return (load_dataset(name, "train", size=P.data.train_size, **kw),
             load_dataset(name, "test", size=P.data.test_size, **kw))
+
+
+def test_images(P: Params, n: int) -> torch.Tensor:
+    """``n`` images of ``P``'s test split, evenly spaced over a class-balanced subset of that size: the reference
+    set of a generator's samples, which may need more test images than ``P.data.test_size`` holds."""
+    name, _ = resolve_dataset_name(P.data.dataset)
+    test = load_dataset(name, "test", size=n, image_size=P.tokenizer.image_size, seed=P.seed)
+    return held_out_images(test, n)
 
 
 def train_2d_vae(P: Params, train_set, progress: bool = True) -> VAE2D:

@@ -10,6 +10,7 @@ GloTok's histogram relations and residual recovery (:mod:`sbt_lib.objective.glot
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from ...eval.flops import flops_by_module
 from ...eval.generation import generation_metrics
-from ...eval.reconstruction import held_out_images
+from ...files import REPO
 from ..config.params import Params
 from .caches import token_cache
 from .generators import generate_images, train_generator
@@ -51,16 +52,24 @@ def tokenizer_variants(aligner_2d: str, crt_weights: list[float], glotok_weight:
     return variants
 
 
-def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], train_set, test_set) -> list[dict]:
+def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], train_set, real: torch.Tensor,
+                    deadline: float | None = None) -> list[dict]:
     """For every tokenizer run of ``rows`` (:func:`~sbt_lib.workbook.pipeline.ablations.run_variants`' rows): the
     generator of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there),
-    then ``P.generator.samples`` samples of balanced classes against as many held-out images.  Adds to each row:
-    ``gfd``, ``gkid``, ``gfd_label``, ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per
-    multiply-add) and ``tokens`` (the generator's sequence length)."""
+    then ``P.generator.samples`` samples of balanced classes against the held-out images ``real`` (as many; see
+    :func:`~sbt_lib.workbook.pipeline.caches.test_images`).  Adds to each row: ``gfd``, ``gkid``, ``gfd_label``,
+    ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per multiply-add) and ``tokens`` (the
+    generator's sequence length).  With ``deadline`` (a ``time.time()``), no new row starts after it: the rows
+    not reached come back without those keys."""
     G = P.generator
-    real = held_out_images(test_set, G.samples)
+    if len(real) < G.samples:
+        raise ValueError(f"{G.samples} samples need as many held-out images; got {len(real)}: pass "
+                         "caches.test_images(P, P.generator.samples)")
+    real = real[:G.samples]
     classes = torch.arange(G.samples) % len(train_set.classes)
     for row in rows:
+        if deadline is not None and time.time() > deadline:
+            break
         Q = P.replace(**variants[row["variant"]], seed=row["seed"])
         tokenizer = load_tokenizer(row["run"])
         tokens = token_cache(tokenizer, train_set, Q, "global", progress=False)
@@ -76,6 +85,50 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
         row.update(gfd=metrics["gfd"], gkid=metrics["kid"], gfd_label=metrics["label"], tokens=tokens.shape[0],
                    generator_seconds=result.seconds, generator_steps=result.step,
                    generator_wall_seconds=time.perf_counter() - t0, generator_gflops_forward=flops / 1e9)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- the committed study
+
+GENERATOR_ROW_KEYS = ("gfd", "gkid", "gfd_label", "tokens", "generator_seconds", "generator_steps",
+                      "generator_wall_seconds", "generator_gflops_forward")
+
+
+def study_recipe(P: Params, variants: dict[str, dict]) -> dict:
+    """What the generators of notebook 06 depend on: the tokenizers (variants, seeds, their fine-tuning) and the
+    generator's recipe, sampling and reference set."""
+    g, t = P.generator, P.training
+    return {"variants": variants, "seeds": list(P.seeds), "dataset": P.data.dataset, "train_size": P.data.train_size,
+            "tokenizer": {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr},
+            "generator": {"size": g.size, "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "ema": g.ema,
+                          "time_sampling": g.time_sampling, "sampler": g.sampler,
+                          "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples}}
+
+
+def study_file(scale: str) -> Path:
+    """The committed generators of notebook 06 at ``scale`` (``benchmarks/tokenizers_compared.py`` writes it)."""
+    return REPO / "benchmarks" / f"tokenizers_compared_{scale}.json"
+
+
+def committed_generators(P: Params, variants: dict[str, dict]) -> dict | None:
+    """The committed study of ``P``'s scale where it is complete and its recipe is ``P``'s
+    (:func:`study_recipe`), else None."""
+    path = study_file(P.scale)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    same = saved.get("recipe") == json.loads(json.dumps(study_recipe(P, variants)))
+    return saved if same and saved.get("complete") else None
+
+
+def with_saved_generators(rows: list[dict], saved: dict) -> list[dict]:
+    """``rows`` with each run's generator numbers taken from the committed study ``saved`` (same variant and seed)."""
+    by_run = {(r["variant"], r["seed"]): r for r in saved["rows"]}
+    missing = [(r["variant"], r["seed"]) for r in rows if (r["variant"], r["seed"]) not in by_run]
+    if missing:
+        raise KeyError(f"the committed study has no generator for {missing}: rerun benchmarks/tokenizers_compared.py")
+    for row in rows:
+        row.update({k: by_run[(row["variant"], row["seed"])][k] for k in GENERATOR_ROW_KEYS})
     return rows
 
 
