@@ -33,8 +33,8 @@ from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.models.tokenizer_parts import ConvHead, ConvTrunk
 from sbt_lib.objective.perceptual import PerceptualLoss
 from sbt_lib.train import train
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 # The probes: overrides of the base bundle (no GAN, no EMA: what learns fastest, not what ends best).
 PROBES = {
@@ -92,8 +92,8 @@ def probe(name: str, steps: int, train_set, test_set, test_size: int) -> dict:
         if name == "no quantizer":
             quantizer.SoftVQ.forward = identity_quantizer
         try:
-            model = builders.build_tokenizer(P, train_set)
-            objective = builders.build_objective(P, model, train_set, progress=False)
+            model = trainers.build_tokenizer(P, train_set)
+            objective = trainers.build_objective(P, model, train_set, progress=False)
             t0 = time.perf_counter()
             train(model, objective, train_set, cfg)
             seconds = time.perf_counter() - t0
@@ -113,7 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
     P = resolve("base", "cpu")
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     print(f"| probe | steps of {P.training.batch_size} | images/s | parameters | PSNR (dB) | rFD-EffNet ↓ |\n"
           "|---|---|---|---|---|---|")
     for name in args.probes:

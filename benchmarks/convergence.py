@@ -1,6 +1,6 @@
 """The convergence study (issue 40): notebooks 02-04's comparisons trained until their curves flatten, over seeds.
 
-Parts (``--part``; :mod:`sbt_lib.workbook.convergence` has the details and the reasons for each choice):
+Parts (``--part``; :mod:`sbt_lib.workbook.pipeline.convergence` has the details and the reasons for each choice):
 
 - **A**, decoder sides on the frozen base at equal global tokens (notebooks 02, 03): ``G``, ``G (param-matched)``,
   ``G+L1``, ``G+L1+L2``, ``REPA-local: hog``, ``with L_OT``; seeds 0 1 2.
@@ -33,7 +33,7 @@ import shlex
 import sys
 import time
 
-from sbt_lib.workbook import convergence
+from sbt_lib.workbook.pipeline import convergence
 
 
 def main(argv: list[str] | None = None) -> int:

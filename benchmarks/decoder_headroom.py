@@ -28,7 +28,7 @@ from sbt_lib.data.datasets import load_dataset
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.pca import PCA
 from sbt_lib.models.blocks import ResBlock
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 
 def refiner(channels: int = 32, blocks: int = 3) -> nn.Module:

@@ -3,7 +3,7 @@
 (a) a SiT on the global tokens only, (b) the same SiT on all three token groups for as many steps as (a)'s training
 FLOPs buy, (c) the SoftVQ baseline (no local parts) decoding (a)'s samples: each from zero velocity, one per seed, with
 gFD-EffNet and KID of ``generator_samples`` samples against as many test images, and the FLOPs and wall time per
-forward and per sample (:func:`sbt_lib.workbook.generation_study.comparison`).  Notebook 05 reads the committed
+forward and per sample (:func:`sbt_lib.workbook.pipeline.generation_study.comparison`).  Notebook 05 reads the committed
 summary where its recipe is the notebook's, since three seeds at thousands of samples do not fit its minutes::
 
     python benchmarks/generator_compare.py [--scale cpu] [-p NAME=VALUE ...] [--out benchmarks]
@@ -25,9 +25,10 @@ import torch
 
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
-from sbt_lib.workbook import ablations, builders, generation_study as study, viz
-from sbt_lib.workbook.base import _machine, notebook_base
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import ablations, caches, generation_study as study
+from sbt_lib.workbook.pipeline.base import _machine, notebook_base
+from sbt_lib.workbook.report import viz
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     P = resolve("05_generation", args.scale, dataset=args.dataset, **dict(args.param))
     runs = REPO / "runs" / args.scale
     out = runs / "05_generation"
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     stage1 = notebook_base(P, train_set, test_set, runs)
     stage2, where = ablations.aligner_sweep(P, stage1, train_set, test_set, runs / "04_aligner_scaling",
                                             out / "tokenizers")

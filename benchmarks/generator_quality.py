@@ -36,20 +36,20 @@ from sbt_lib.eval.generation import generation_metrics
 from sbt_lib.eval.reconstruction import held_out_images
 from sbt_lib.files import REPO, write_json
 from sbt_lib.generation.transport import TokenNormalizer
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.base import notebook_base
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, generators
+from sbt_lib.workbook.pipeline.base import notebook_base
 
 
 def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:
     """gFD and KID of the Gaussian generator, of real training images and of their decodes, against ``real``."""
     G = P.generator
-    gaussian, normalizer = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
-    fake = builders.generate_images(base, gaussian.eval(), normalizer, classes, "global", G.sampler,
-                                    G.sampling_steps, G.guidance, seed=P.seed)
+    gaussian, normalizer = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    fake = generators.generate_images(base, gaussian.eval(), normalizer, classes, "global", G.sampler,
+                                      G.sampling_steps, G.guidance, seed=P.seed)
     train_images = held_out_images(train_set, len(real))
     with torch.no_grad():
-        decoded = torch.cat([builders.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
+        decoded = torch.cat([generators.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
     return {name: generation_metrics(real, images, P.eval.fd_size)
             for name, images in (("Gaussian", fake), ("real", train_images), ("decoded", decoded))}
 
@@ -100,9 +100,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run.mkdir(parents=True, exist_ok=True)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     base = notebook_base(P, train_set, test_set, REPO / "runs" / args.scale)
-    tokens = builders.token_cache(base, train_set, P, "global")
+    tokens = caches.token_cache(base, train_set, P, "global")
     real = held_out_images(test_set, args.samples)
     classes = torch.arange(args.samples) % len(train_set.classes)
     saved = run / "anchors.json"
@@ -114,8 +114,8 @@ def main() -> None:
 
     def evaluate(model) -> dict:
         t0 = time.perf_counter()
-        fake = builders.generate_images(base, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
-                                        G.guidance, seed=P.seed)
+        fake = generators.generate_images(base, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
+                                          G.guidance, seed=P.seed)
         m = generation_metrics(real, fake, P.eval.fd_size)
         model.train()
         return {"gfd": m["gfd"], "kid": m["kid"], "eval_seconds": time.perf_counter() - t0}
@@ -125,7 +125,7 @@ def main() -> None:
         step, seconds = max(h["step"] for h in history), json.loads((run / "checkpoint.json").read_text())["seconds"]
     else:
         P = P.replace(eval_every=max(1, G.steps // args.evals))
-        result = builders.train_generator(P, base, train_set, run, "global", tokens=tokens, eval_fn=evaluate)
+        result = generators.train_generator(P, base, train_set, run, "global", tokens=tokens, eval_fn=evaluate)
         history, step, seconds = result.history, result.step, result.seconds
     rows = [{"step": h["step"], "images_seen": h["step"] * G.batch_size, "gfd": h["eval_gfd"], "kid": h["eval_kid"],
              "label": refs["real"]["label"]} for h in history if "eval_gfd" in h]
@@ -175,16 +175,16 @@ def training_command() -> str:
 def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds) -> dict[str, dict]:
     """gFD and KID (mean ± std over sampling ``seeds``) of the run's generator and of the Gaussian of the same
     tokens at each guidance scale; also each one's best scale."""
-    from sbt_lib.workbook.generation_study import summarize
-    from sbt_lib.workbook.runs import load_generator
+    from sbt_lib.workbook.pipeline.generation_study import summarize
+    from sbt_lib.workbook.pipeline.runs import load_generator
 
     G = P.generator
-    gaussian, gaussian_norm = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    gaussian, gaussian_norm = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
     models = {"SiT": load_generator(run), "Gaussian": (gaussian.eval(), gaussian_norm)}
     out = {}
     for name, (model, normalizer) in models.items():
-        runs = {str(g): [generation_metrics(real, builders.generate_images(base, model, normalizer, classes, "global",
-                                                                          G.sampler, G.sampling_steps, g, seed=s),
+        runs = {str(g): [generation_metrics(real, generators.generate_images(base, model, normalizer, classes, "global",
+                                                                             G.sampler, G.sampling_steps, g, seed=s),
                                             P.eval.fd_size) for s in seeds] for g in scales}
         out[name] = summarize(runs, keys=("gfd", "kid"))
         for g, m in out[name].items():

@@ -24,7 +24,7 @@ For each (size × token set) it prints one markdown row:
   papers' convention (their "Gflops" count a multiply-add as **1** FLOP), i.e. half of it;
 - training images/s: ``--batch-size`` × ``--steps`` / their seconds, after ``--warmup`` untimed steps, of one
   optimizer step of :class:`~sbt_lib.generation.transport.FlowMatchingLoss` as the training engine takes it
-  (forward under bf16 autocast on CUDA, backward, gradient-norm clipping, AdamW of ``sbt_lib.train._optimizer``
+  (forward under bf16 autocast on CUDA, backward, gradient-norm clipping, AdamW of ``sbt_lib.train.steps.adamw``
   at the scale's generator learning rate);
 - sampling ms per image of :func:`sbt_lib.generation.samplers.sample` for ``--sample-batch`` classes at
   classifier-free guidance ``--guidance`` (above 1 every evaluation runs the conditional and the null class
@@ -55,8 +55,9 @@ from sbt_lib.eval.flops import flops_by_module, num_params  # importing it regis
 from sbt_lib.generation.samplers import sample
 from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer
 from sbt_lib.models.sit import PRIORS, SIT_PRESETS, SiT
-from sbt_lib.train import _optimizer, resolve_device
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.train import resolve_device
+from sbt_lib.train.steps import adamw
+from sbt_lib.workbook.config.params import Params, resolve
 
 NUM_CLASSES = 10
 SAMPLERS = ("euler", "heun", "sde", "dopri5")  # dopri5 is adaptive: --sampling-steps does not apply to it
@@ -115,7 +116,7 @@ def train_speed(P: Params, model: SiT, batch_size: int, steps: int, warmup: int,
     images = torch.zeros(batch_size, 1, device=device)  # the loss reads only its device (and the batch length)
     targets = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
     batch = Batch(images, targets, torch.arange(batch_size), step=0)
-    opt = _optimizer([model], cfg)
+    opt = adamw([model], cfg)
     params = [p for group in opt.param_groups for p in group["params"]]
     autocast = cfg.bf16 and device.type == "cuda"
     model.train()

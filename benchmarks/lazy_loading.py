@@ -26,9 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sbt_lib.train import TrainConfig, Trainer  # noqa: E402
-from sbt_lib.workbook import builders  # noqa: E402
-from sbt_lib.workbook.params import resolve  # noqa: E402
-from sbt_lib.workbook.tables import markdown_table  # noqa: E402
+from sbt_lib.workbook.config.params import resolve  # noqa: E402
+from sbt_lib.workbook.pipeline import caches, trainers  # noqa: E402
+from sbt_lib.workbook.report.tables import markdown_table  # noqa: E402
 
 
 def synthetic_imagenet(root: Path, per_class: int, classes: int = 8) -> None:
@@ -72,14 +72,14 @@ def main(argv=None) -> None:
     os.environ["SBT_DATA"] = str(root)
     P = resolve("05_generation", args.scale, dataset="imagenet", encoder_init="", repa_global_weight=0,
                 repa_local_weight=0, progress=False)
-    train_set, _ = builders.load_data(P)
+    train_set, _ = caches.load_data(P)
     t = time.perf_counter()
     train_set.images_at(torch.arange(args.batch_size))
     decode_ms = 1000 * (time.perf_counter() - t)
     rows = []
     for name, data in (("decoded when a step asks", _InMemoryOnly(train_set)), ("next batch prefetched", train_set)):
-        model = builders.build_tokenizer(P, train_set)
-        objective = builders.build_objective(P, model, train_set, progress=False)
+        model = trainers.build_tokenizer(P, train_set)
+        objective = trainers.build_objective(P, model, train_set, progress=False)
         cfg = TrainConfig(steps=args.steps + args.warmup + 1, batch_size=args.batch_size, lr=1e-4, warmup=2,
                           progress=False)
         trainer = Trainer(model, objective, data, cfg)

@@ -30,8 +30,8 @@ import time
 import torch
 
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders as ex
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 WITHOUT_TEACHERS = dict(perceptual_weight=0.1, adv_weight=0.1, ot_weight=0.1, kl_weight=0.01)
 ALL_TERMS = dict(WITHOUT_TEACHERS, repa_global_weight=0.5, repa_local_weight=0.5)
@@ -83,8 +83,8 @@ def vit_teacher(folder) -> str:
 
 def images_per_second(P: Params, terms, train_set, steps, live_teachers=False) -> tuple[float, list[str]]:
     p = P.replace(**terms)
-    model = ex.build_tokenizer(p, train_set)
-    objective = ex.build_objective(p, model, train_set, progress=False)
+    model = trainers.build_tokenizer(p, train_set)
+    objective = trainers.build_objective(p, model, train_set, progress=False)
     if live_teachers:
         objective = uncached(objective, p, train_set)
     trainer = Trainer(model, objective, train_set, dataclasses.replace(p.training, progress=False))
@@ -113,7 +113,7 @@ def main():
     P = resolve("01_decomposition", args.scale, dataset=args.dataset, train_size=args.train_size, device=args.device,
                 repa_global_teacher="effnet_lite0", repa_local_teacher="hog")
     P.vae = resolve("03_ot_alignment", args.scale).vae  # the OT term's VAE
-    train_set, _ = ex.load_data(P)
+    train_set, _ = caches.load_data(P)
     runs = {"reconstruction only": ({}, False), "without teachers": (WITHOUT_TEACHERS, False),
             "all terms, cached teachers": (ALL_TERMS, False), "all terms, teachers every step": (ALL_TERMS, True)}
     with tempfile.TemporaryDirectory() as folder:

@@ -5,7 +5,7 @@
 
 Prints one table per device (CPU, and CUDA when present): median time, iterations, and the largest
 relative difference of the transport cost from a float64 reference (POT, tolerance 1e-10).  See
-:mod:`sbt_lib.workbook.ot_benchmark` for how the problems are made.
+:mod:`sbt_lib.workbook.pipeline.ot_benchmark` for how the problems are made.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from sbt_lib.workbook.ot_benchmark import compare_solvers, solver_table
+from sbt_lib.workbook.pipeline.ot_benchmark import compare_solvers, solver_table
 
 
 def main():

@@ -36,8 +36,8 @@ from sbt_lib.eval.flops import num_params, training_step_flops
 from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders as ex
-from sbt_lib.workbook.params import Params, resolve
+from sbt_lib.workbook.config.params import Params, resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 
 def _sync(device: torch.device) -> None:
@@ -86,18 +86,18 @@ def main():
     P = resolve("04_aligner_scaling", args.scale, dataset=args.dataset, train_size=args.train_size,
                 test_size=64, stage2_aligners=args.aligners, stage2_freeze=args.freeze, device=args.device)
     aligners, freeze = P.stage2.aligners, P.stage2.freeze
-    train_set, _ = ex.load_data(P)  # the test split is not used: only 64 images of it are loaded
+    train_set, _ = caches.load_data(P)  # the test split is not used: only 64 images of it are loaded
 
-    parent = ex.build_tokenizer(P.replace(local_2d=aligners[0]), train_set)
+    parent = trainers.build_tokenizer(P.replace(local_2d=aligners[0]), train_set)
     t = time.perf_counter()
-    cache = ex.global_token_cache(parent, train_set, P, progress=False)
+    cache = caches.global_token_cache(parent, train_set, P, progress=False)
     cache_seconds = time.perf_counter() - t
 
     rows = []
     for size in aligners:
         Q = P.replace(local_2d=size)
-        model = ex.build_tokenizer(Q, train_set)
-        stage1 = measure(Q, model, ex.build_objective(Q, model, train_set, progress=False), train_set,
+        model = trainers.build_tokenizer(Q, train_set)
+        stage1 = measure(Q, model, trainers.build_objective(Q, model, train_set, progress=False), train_set,
                          args.steps, args.warmup)
         del model
         _free()

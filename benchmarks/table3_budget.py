@@ -2,7 +2,7 @@
 
 Trains the Table 3 variants of notebook 02 (default G, G+L1, G+L1+L2) with its tokenizer, data and recipe,
 changing only the steps and batch of each run (warm-up: a seventh of the steps, at least the notebook's 15),
-for every seed, through :func:`sbt_lib.workbook.ablations.run_variants` (runs resume from their checkpoints),
+for every seed, through :func:`sbt_lib.workbook.pipeline.ablations.run_variants` (runs resume from their checkpoints),
 and prints the table (held-out PSNR / SSIM / FD-EffNet, mean ± std), the span of the means against the
 largest seed std, and each variant against G; ``table3_psnr.png`` in the run folder shows the means, stds and seeds.  On a GPU the runs use bf16 autocast, as the engine does there.
 
@@ -19,9 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from sbt_lib.workbook import ablations as ab, viz
-from sbt_lib.workbook.builders import load_data
-from sbt_lib.workbook.params import notebook_params
+from sbt_lib.workbook.config.params import notebook_params
+from sbt_lib.workbook.pipeline import ablations as ab
+from sbt_lib.workbook.pipeline.caches import load_data
+from sbt_lib.workbook.report import viz
 
 
 def main():

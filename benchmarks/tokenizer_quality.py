@@ -11,7 +11,7 @@ Prints one table per data set (PSNR/SSIM at every evaluation point, mean ± std 
 the anchors) and saves the curves as a PNG.  ``--variant`` names other recipes to compare
 (``previous`` is the recipe before the conv trunk, gain-shape SoftVQ and the linear path).  ``--refine``
 adds the refine stage after each run (a pixel refiner trained with the rest frozen,
-:func:`sbt_lib.workbook.builders.train_refiner`) and a row for it in the end-of-run table.
+:func:`sbt_lib.workbook.pipeline.trainers.train_refiner`) and a row for it in the end-of-run table.
 
     python benchmarks/tokenizer_quality.py [--datasets cifar10 photos] [--seeds 0 1 2]
         [--variants recipe previous] [--scale cpu] [--steps N] [--evals 8] [--refine] [--out DIR]
@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from sbt_lib.eval.metrics import psnr, ssim
 from sbt_lib.eval.reconstruction import anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct
 from sbt_lib.train import train
-from sbt_lib.workbook.builders import build_tokenizer, load_data, train_refiner
-from sbt_lib.workbook.params import Params, resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.config.params import Params, resolve
+from sbt_lib.workbook.pipeline.caches import load_data
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
+from sbt_lib.workbook.pipeline.trainers import build_tokenizer, train_refiner
 
 # Recipes to compare, as overrides of the notebook-01 parameters at the chosen scale.
 VARIANTS = {
@@ -179,7 +180,7 @@ def base_probes(run: Path, meta: dict) -> None:
     groups, against the same probe on as many principal components of the shapes images (the linear code)."""
     from sbt_lib.data.datasets import load_dataset
     from sbt_lib.data.shapes import SHAPE_FACTORS
-    from sbt_lib.workbook.analysis import probe_groups
+    from sbt_lib.workbook.report.analysis import probe_groups
 
     size = meta["tokenizer"]["image_size"]
     shapes = [load_dataset("shapes", split, image_size=size, size=n, seed=0) for split, n in (("train", 3000),

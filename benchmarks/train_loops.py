@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sbt_lib import distributed as dist  # noqa: E402
 from sbt_lib.__main__ import _parse_param  # noqa: E402
-from sbt_lib.workbook import builders  # noqa: E402
-from sbt_lib.workbook.launch import BUNDLE  # noqa: E402
-from sbt_lib.workbook.params import resolve  # noqa: E402
-from sbt_lib.workbook.tables import markdown_table  # noqa: E402
+from sbt_lib.workbook.cli.launch import BUNDLE  # noqa: E402
+from sbt_lib.workbook.config.params import resolve  # noqa: E402
+from sbt_lib.workbook.pipeline import caches, generators, trainers  # noqa: E402
+from sbt_lib.workbook.report.tables import markdown_table  # noqa: E402
 
 
 def _row(name, result, batch, full_steps, warmup, params) -> dict:
@@ -66,27 +66,27 @@ def main(argv=None) -> list[dict]:
                       ckpt_every=0, log_every=1, progress=False)
         out = Path(dist.broadcast_object(tempfile.mkdtemp(prefix="train_loops-") if rank == 0 else None))
         with dist.main_first():
-            train_set, _ = builders.load_data(P)
-            model = builders.build_tokenizer(P, train_set)
-            builders.build_objective(P, model, train_set, progress=False)
+            train_set, _ = caches.load_data(P)
+            model = trainers.build_tokenizer(P, train_set)
+            trainers.build_objective(P, model, train_set, progress=False)
         rows = []
         _reset_memory()
-        r = builders.train_tokenizer(P, train_set, None, out / "stage1", progress=False, evaluate=False)
+        r = trainers.train_tokenizer(P, train_set, None, out / "stage1", progress=False, evaluate=False)
         rows.append(_row(f"stage-1 tokenizer ({P.tokenizer.local_2d} aligner)", r, P.training.batch_size,
                          full["tokenizer"], args.warmup, model.num_params()["total"]))
         parent = r.model.eval()
         with dist.main_first():
-            z_global = builders.global_token_cache(parent, train_set, P, progress=False)
-            tokens = builders.token_cache(parent, train_set, P, "global", progress=False)
+            z_global = caches.global_token_cache(parent, train_set, P, progress=False)
+            tokens = caches.token_cache(parent, train_set, P, "global", progress=False)
         for s in P.stage2.aligners:
             _reset_memory()
-            r = builders.train_stage2(P, parent, s, train_set, None, out / f"stage2-{s}", z_global=z_global,
+            r = trainers.train_stage2(P, parent, s, train_set, None, out / f"stage2-{s}", z_global=z_global,
                                       progress=False)
             trainable = sum(p.numel() for p in r.model.parameters() if p.requires_grad)
             rows.append(_row(f"stage 2, {s} aligner (trainable)", r, P.training.batch_size, full["stage2"],
                              args.warmup, trainable))
         _reset_memory()
-        r = builders.train_generator(P, parent, train_set, out / "generator", "global", tokens=tokens, progress=False)
+        r = generators.train_generator(P, parent, train_set, out / "generator", "global", tokens=tokens, progress=False)
         rows.append(_row(f"generator SiT-{P.generator.size}", r, P.generator.batch_size, full["generator"],
                          args.warmup, sum(p.numel() for p in r.model.parameters())))
         if rank == 0:

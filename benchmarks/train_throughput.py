@@ -18,8 +18,9 @@ from sbt_lib.batch import Batch
 from sbt_lib.eval.flops import training_step_flops
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.objective import Objective
-from sbt_lib.train import _optimizer, resolve_device
-from sbt_lib.workbook.params import resolve
+from sbt_lib.train import resolve_device
+from sbt_lib.train.steps import adamw
+from sbt_lib.workbook.config.params import resolve
 
 
 
@@ -55,7 +56,7 @@ def main():
     torch.manual_seed(0)  # the linear path stays a random projection: its values do not change the step's cost
     model = SelfBootTok(P.tokenizer).to(device)
     cfg = P.training
-    opt, loss_fn = _optimizer([model], cfg), Objective()
+    opt, loss_fn = adamw([model], cfg), Objective()
     size = P.tokenizer.image_size
     images = torch.rand(cfg.batch_size, 3, size, size, device=device) * 2 - 1
     batch = Batch(images, torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))

@@ -17,7 +17,7 @@ import argparse
 import ast
 import sys
 
-from .workbook.scales import SCALE_NAMES
+from .workbook.config.scales import SCALE_NAMES
 
 
 def _parse_param(text: str) -> tuple[str, object]:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args) -> int:
-    from .workbook.report import write_report
+    from .workbook.report.results_page import write_report
 
     try:
         print(write_report(args.runs, args.out, args.scale))
@@ -83,7 +83,7 @@ def _report(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .workbook.runner import NotebookFailed, reproduce  # papermill and Jupyter: only for the notebooks
+    from .workbook.cli.runner import NotebookFailed, reproduce  # papermill and Jupyter: only for the notebooks
 
     only = [o.strip() for o in args.only.split(",")] if args.only else None
     try:
@@ -96,7 +96,7 @@ def _reproduce(args) -> int:
 
 def _train(args) -> int:
     from .train import NonFiniteLossError
-    from .workbook.launch import evaluate_command, train_command
+    from .workbook.cli.launch import evaluate_command, train_command
 
     command = train_command if args.command == "train" else evaluate_command
     try:

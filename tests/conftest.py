@@ -7,7 +7,7 @@ import copy
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 
 TINY = resolve("04_aligner_scaling", "tiny")  # a tiny bundle: the base recipe's tokenizer with the on-base training settings
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 import sbt_lib.train as engine
+import sbt_lib.train.state as engine_state
 from sbt_lib import distributed as dist
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 
 class Recording:
@@ -40,8 +41,8 @@ def params():
 
 
 def build(P, train_set):
-    model = builders.build_tokenizer(P, train_set)
-    return model, builders.build_objective(P, model, train_set, progress=False)
+    model = trainers.build_tokenizer(P, train_set)
+    return model, trainers.build_objective(P, model, train_set, progress=False)
 
 
 def trainer(P, train_set, data, out, **cfg):
@@ -56,12 +57,12 @@ def flat(model):
 def main(out: Path, scenario: str):
     rank, world = dist.rank_and_world_size()
     writes = []
-    for name in ("save_checkpoint", "write_json"):  # every write the engine makes, by rank
-        real = getattr(engine, name)
-        setattr(engine, name, lambda path, *a, _real=real, **k: writes.append(str(path)) or _real(path, *a, **k))
+    for name in ("save_checkpoint", "write_json"):  # every write the engine makes (all in its state module), by rank
+        real = getattr(engine_state, name)
+        setattr(engine_state, name, lambda path, *a, _real=real, **k: writes.append(str(path)) or _real(path, *a, **k))
     P = params()
     with dist.main_first():
-        train_set, _ = builders.load_data(P)
+        train_set, _ = caches.load_data(P)
         build(P, train_set)  # the teacher cache, filled by rank 0
     report = {"rank": rank, "world_size": world}
 

@@ -1,7 +1,7 @@
 import pytest
 
-from sbt_lib.workbook import ablations as ab
-from sbt_lib.workbook.runs import slug, variant_run
+from sbt_lib.workbook.pipeline import ablations as ab
+from sbt_lib.workbook.pipeline.runs import slug, variant_run
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 
 
@@ -57,11 +57,11 @@ def test_verdict_reads_a_difference_against_the_seed_spread():
 def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_path):
     """Notebook 03's baseline is notebook 02's full model: a finished run with the same parameters in the other
     folder is evaluated there, not retrained; a run with other parameters there is left alone."""
-    from sbt_lib.workbook import builders
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline import caches
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=1, test_size=16)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     full = {"G+L1+L2": dict(local_1d=True, local_2d="xs")}
     first = ab.run_variants(P, full, train_set, test_set, tmp_path / "02", progress=False)
     shared = variant_run(tmp_path / "02", "G+L1+L2", P.seed)
@@ -82,7 +82,7 @@ def test_map_runs_keeps_the_order_and_names_a_failed_run():
     with the job's name and its cause."""
     import math
 
-    from sbt_lib.workbook.pool import RunFailed, map_runs, sweep_workers
+    from sbt_lib.workbook.pipeline.pool import RunFailed, map_runs, sweep_workers
 
     assert map_runs(math.sqrt, [9.0, 4.0, 1.0, 16.0], workers=2, progress=False) == [3.0, 2.0, 1.0, 4.0]
     with pytest.raises(RunFailed, match=r"the run job -1\.0 failed .*ValueError: math domain error"):
@@ -102,11 +102,11 @@ def test_runs_in_parallel_workers_give_the_rows_of_runs_one_after_another(tmp_pa
     (the same arithmetic): parallel training changes the wall time, not the result."""
     import torch
 
-    from sbt_lib.workbook import builders
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline import caches
 
     P = resolve("02_bootstrapping", "tiny", steps=4, seeds=2, test_size=16, workers=2)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     variants = {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)}
     parallel = ab.run_variants(P, variants, train_set, test_set, tmp_path / "parallel", progress=False)
     threads = torch.get_num_threads()
@@ -131,7 +131,7 @@ def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_
     """The jobs that are only re-evaluated are handed out last (they fill the end); results keep the jobs' order.
     Which worker starts which job first depends on how fast each process starts, so the test reads the order of
     dispatch, not start times."""
-    from sbt_lib.workbook.pool import dispatch_order, map_runs
+    from sbt_lib.workbook.pipeline.pool import dispatch_order, map_runs
 
     jobs = [-1, 2, -3, 4, 5]  # negative: cheap
     assert [jobs[i] for i in dispatch_order(jobs, cheap=lambda j: j < 0)] == [2, 4, 5, -1, -3]
@@ -142,12 +142,12 @@ def test_map_runs_hands_out_the_cheap_jobs_last_and_returns_every_result_in_job_
 
 SWEEP_SCRIPT = """
 import sys
-from sbt_lib.workbook import ablations as ab, builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import ablations as ab, caches
 
 if __name__ == "__main__":
     P = resolve("02_bootstrapping", "tiny", steps=100_000, seeds=1, test_size=16, workers=2, ckpt_every=10)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     ab.run_variants(P, {"G": dict(local_1d=False, local_2d=None), "G+L1": dict(local_1d=True, local_2d=None)},
                     train_set, test_set, sys.argv[1], progress=False)
 """

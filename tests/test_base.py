@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
-from sbt_lib.workbook.base import RECORD, base_folder, check_psnr, load_base, read_record
-from sbt_lib.workbook.launch import train_command
+from sbt_lib.workbook.cli.launch import train_command
+from sbt_lib.workbook.pipeline.base import RECORD, base_folder, check_psnr, load_base, read_record
 
 TINY = TokenizerConfig(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2,
                        num_tokens=8, token_dim=4, codebook_size=64, conv_channels=8, trunk="conv", local_1d=True,
@@ -93,8 +93,8 @@ def test_the_shipped_base_tokenizer_reconstructs_its_check_batches_as_recorded()
 def test_the_notebooks_at_cpu_and_gpu_stand_on_the_shipped_base(notebook, tmp_path):
     """The shipped folder is the ``base`` bundle's (read as a config: fields added since it was saved take their
     defaults), so a notebook loads it instead of training the base for hours."""
-    from sbt_lib.workbook.base import notebook_base_folder
-    from sbt_lib.workbook.params import resolve
+    from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline.base import notebook_base_folder
 
     for scale in ("cpu", "gpu"):
         assert notebook_base_folder(resolve(notebook, scale), tmp_path) == base_folder("cifar10"), scale

@@ -9,12 +9,12 @@ from safetensors import safe_open
 
 from sbt_lib.generation.transport import TokenNormalizer
 from sbt_lib.models.sit import SiT, SiTConfig
-from sbt_lib.workbook.base import load_base
-from sbt_lib.workbook.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
+from sbt_lib.workbook.pipeline.base import load_base
+from sbt_lib.workbook.pipeline.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
                                              read_record, recipe, save_generator, shipped_for)
-from sbt_lib.workbook.launch import train_command
-from sbt_lib.workbook.params import resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.cli.launch import train_command
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 TINY = SiTConfig(num_tokens=8, token_dim=4, num_classes=3, size="tiny")
 
@@ -110,7 +110,7 @@ def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_notebook_05_at_cpu_and_gpu_reuses_the_generator_bundle(scale):
     """Notebook 05's generator is the ``generator`` bundle's, so that at cpu it loads the shipped one."""
-    from sbt_lib.workbook.base_generator import generator_params
+    from sbt_lib.workbook.pipeline.base_generator import generator_params
 
     assert recipe(generator_params(resolve("05_generation", scale, dataset="cifar10"))) == \
         recipe(resolve("generator", scale, dataset="cifar10"))

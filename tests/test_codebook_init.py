@@ -8,8 +8,8 @@ from sbt_lib.eval.metrics import psnr
 from sbt_lib.models.quantizer import SoftVQ, kmeans
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import trainers
 
 TINY = dict(image_size=16, patch_size=4, width=32, encoder_depth=1, decoder_depth=1, num_heads=2, num_tokens=4,
             token_dim=4, codebook_size=16, conv_channels=8, trunk="conv", linear_path=True, keep_norm=True, tau=0.3)
@@ -110,14 +110,14 @@ def test_build_tokenizer_starts_the_codebooks_from_the_training_set_seeded():
     P = resolve("02_bootstrapping", "tiny")
     assert P.tokenizer.codebook_init == "kmeans"  # the recipe of every scale but the paper's
     train_set = load_dataset("shapes", "train", image_size=16, size=128, seed=0)
-    a, b = (builders.build_tokenizer(P, train_set) for _ in range(2))
-    c = builders.build_tokenizer(P.replace(seed=1), train_set)
-    random = builders.build_tokenizer(P.replace(codebook_init="random"), train_set)
+    a, b = (trainers.build_tokenizer(P, train_set) for _ in range(2))
+    c = trainers.build_tokenizer(P.replace(seed=1), train_set)
+    random = trainers.build_tokenizer(P.replace(codebook_init="random"), train_set)
     book = lambda m: m.quantizer("global").codebook  # noqa: E731
     torch.testing.assert_close(book(a), book(b))
     assert not torch.equal(book(a), book(c)) and not torch.equal(book(a), book(random))
     with pytest.raises(ValueError, match="codebook_init='kmeans'.*pass train_set"):
-        builders.build_tokenizer(P.replace(linear_path=False))
+        trainers.build_tokenizer(P.replace(linear_path=False))
 
 
 def test_an_unknown_codebook_init_is_refused():

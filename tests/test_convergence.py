@@ -10,8 +10,8 @@ import time
 import pytest
 
 from sbt_lib.files import REPO, write_json
-from sbt_lib.workbook import convergence as cv
-from sbt_lib.workbook.runs import variant_run
+from sbt_lib.workbook.pipeline import convergence as cv
+from sbt_lib.workbook.pipeline.runs import variant_run
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -169,7 +169,7 @@ def made(tmp_path_factory):
     """Part A's full model, one seed, levels 32 and 64 images at tiny: straight, and in pieces — to the first level
     (``until_images``), a call stopped at once (``minutes=0``), one paused a step into the second level (its deadline
     already past, as at a chunk's end), and the call that finishes it."""
-    from sbt_lib.workbook import convergence
+    from sbt_lib.workbook.pipeline import convergence
 
     tmp = tmp_path_factory.mktemp("convergence")
     straight = cv.run_study(**STUDY, root=tmp / "straight", out=tmp / "straight", command_line="straight")

@@ -8,8 +8,8 @@ from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.objective.crt import CausalRegularizer
 from sbt_lib.objective.glotok import histogram_relation_loss, histograms
 from sbt_lib.objective.objective import Objective, ObjectiveConfig
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import trainers
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_histogram_relation_is_zero_for_matching_relations_and_reaches_the_encod
     P, train_set, batch = setup
     Q = P.replace(glotok_weight=1.0)
     model = _model(Q)
-    objective = builders.build_objective(Q, model, train_set, progress=False)
+    objective = trainers.build_objective(Q, model, train_set, progress=False)
     terms = objective(model, batch)
     assert set(terms) == {"rec", "glotok"} and terms["glotok"] > 0
     terms["glotok"].backward()

@@ -42,8 +42,8 @@ def _torchrun(*args, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def setup():
     P = ddp_worker.params()
-    from sbt_lib.workbook import builders
-    train_set, _ = builders.load_data(P)
+    from sbt_lib.workbook.pipeline import caches
+    train_set, _ = caches.load_data(P)
     return P, train_set
 
 

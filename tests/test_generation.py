@@ -241,15 +241,15 @@ def test_the_generator_learns_class_conditional_tokens_through_the_engine(tmp_pa
 
 @pytest.mark.parametrize("groups", ["global", "all"])
 def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, groups):
-    from sbt_lib.workbook import builders
-    from sbt_lib.workbook.params import resolve
-    from sbt_lib.workbook.runs import load_generator
+    from sbt_lib.workbook.config.params import resolve
+    from sbt_lib.workbook.pipeline import caches, generators, trainers
+    from sbt_lib.workbook.pipeline.runs import load_generator
 
     P = resolve("04_aligner_scaling", "tiny", train_size=64, test_size=16, generator_size="tiny", generator_steps=6,
                 generator_batch_size=16, generator_prior="gaussian")
-    train_set, _ = builders.load_data(P)
-    tokenizer = builders.build_tokenizer(P, train_set)
-    result = builders.train_generator(P, tokenizer, train_set, tmp_path, groups=groups, progress=False)
+    train_set, _ = caches.load_data(P)
+    tokenizer = trainers.build_tokenizer(P, train_set)
+    result = generators.train_generator(P, tokenizer, train_set, tmp_path, groups=groups, progress=False)
     n = P.tokenizer.num_tokens * (1 if groups == "global" else 2) + (P.tokenizer.local_tokens if groups == "all" else 0)
     assert result.step == 6 and result.model.cfg.num_tokens == n
     generator, normalizer = load_generator(tmp_path)
@@ -257,8 +257,8 @@ def test_a_generator_trains_on_a_tokenizers_cached_tokens_and_decodes(tmp_path, 
     assert P.generator.prior == "gaussian" and torch.equal(generator.prior.mean, result.model.prior.mean.cpu())
     assert not torch.equal(generator.prior.variance, torch.ones_like(generator.prior.variance))  # fitted too
     stats = {}
-    images = builders.generate_images(tokenizer, generator, normalizer, torch.tensor([0, 1, 2]), groups,
-                                      sampler="euler", steps=3, scale=2.0, stats=stats)
+    images = generators.generate_images(tokenizer, generator, normalizer, torch.tensor([0, 1, 2]), groups,
+                                        sampler="euler", steps=3, scale=2.0, stats=stats)
     assert images.shape == (3, 3, 16, 16) and images.abs().max() <= 1 and stats["nfe"] == 3
     with pytest.raises(ValueError, match="valid"):
-        builders.token_cache(tokenizer, train_set, P, groups="local")
+        caches.token_cache(tokenizer, train_set, P, groups="local")

@@ -2,7 +2,8 @@
 
 Every ``import`` in ``sbt_lib`` is parsed (function-level imports included); an import of a
 subpackage that sits at the same level or above the importer's is a reverse edge and fails here.
-The design page's layer table is the one enforced here, and every ``file::name`` it cites exists.
+Inside the workbook, its parts (``config``, ``report``, ``pipeline``, ``cli``) are ordered the same way.
+The design page's tables are the ones enforced here, and every ``file::name`` it cites exists.
 """
 from __future__ import annotations
 
@@ -19,18 +20,19 @@ DESIGN = REPO / "docs" / "design.md"
 # Each subpackage may import the top level and the subpackages listed for it; nothing imports workbook.
 MAY_IMPORT = {
     "top": set(),
+    "train": {"top"},
     "data": {"top"},
     "models": {"top"},
-    "objective": {"top", "data", "models"},
+    "objective": {"top", "train", "data", "models"},
     "generation": {"top", "models"},
     "eval": {"top", "data", "models"},
-    "workbook": {"top", "data", "models", "objective", "generation", "eval"},
+    "workbook": {"top", "train", "data", "models", "objective", "generation", "eval"},
 }
 ENTRY_POINTS = {"__init__.py", "__main__.py"}  # the package's face: may re-export anything
 
 
 def layer(module: str, lib: Path = LIB) -> str:
-    """'sbt_lib.models.tokenizer' -> 'models'; 'sbt_lib.train' -> 'top'."""
+    """'sbt_lib.models.tokenizer' -> 'models'; 'sbt_lib.train.trainer' -> 'train'; 'sbt_lib.checkpoint' -> 'top'."""
     parts = module.split(".")
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and (lib / parts[1]).is_dir()) else "top"
 
@@ -68,7 +70,7 @@ def edges(lib: Path = LIB) -> list[tuple[str, int, str, str]]:
 
 
 def test_the_layout_has_the_subpackages_of_the_design():
-    for pkg in ("data", "models", "objective", "eval", "workbook"):
+    for pkg in ("train", "data", "models", "objective", "eval", "workbook"):
         init = LIB / pkg / "__init__.py"
         assert init.exists(), f"sbt_lib/{pkg}/ is missing"
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
@@ -135,3 +137,85 @@ def test_the_main_names_are_reexported_at_the_top(name):
 
     assert getattr(sbt_lib, name) is not None
     assert name in sbt_lib.__all__
+
+
+# ----------------------------------------------------------------------------- inside the workbook
+
+# The workbook's parts, by role, and the parts each may import (besides the library below the workbook).
+WORKBOOK_MAY_IMPORT = {
+    "config": set(),
+    "report": {"config"},
+    "pipeline": {"config", "report"},
+    "cli": {"config", "report", "pipeline"},
+}
+
+
+def workbook_part(module: str) -> str | None:
+    """'sbt_lib.workbook.pipeline.caches' -> 'pipeline'; 'sbt_lib.workbook' -> 'workbook'; None outside it."""
+    parts = module.split(".")
+    if parts[:2] != ["sbt_lib", "workbook"]:
+        return None
+    return parts[2] if len(parts) > 2 else "workbook"
+
+
+def workbook_edges(lib: Path = LIB) -> list[tuple[str, int, str, str]]:
+    """(file, line, importer part, imported part) for every import from one part of the workbook to another."""
+    out = []
+    for path in sorted((lib / "workbook").rglob("*.py")):
+        rel = path.relative_to(lib / "workbook")
+        src = rel.parts[0] if len(rel.parts) > 1 else "workbook"
+        for line, module in imported_modules(path, lib):
+            dst = workbook_part(module)
+            if dst is not None and dst != src:
+                out.append((str(path.relative_to(lib)), line, src, dst))
+    return out
+
+
+def workbook_reverse_edges(lib: Path = LIB) -> list[str]:
+    return [f"{f}:{line}: {src} imports {dst}" for f, line, src, dst in workbook_edges(lib)
+            if dst not in WORKBOOK_MAY_IMPORT.get(src, set())]
+
+
+def test_the_workbook_has_the_parts_of_the_design():
+    workbook = LIB / "workbook"
+    parts = {p.name for p in workbook.iterdir() if (p / "__init__.py").exists()}
+    assert parts == set(WORKBOOK_MAY_IMPORT), "a workbook part the design page (and WORKBOOK_MAY_IMPORT) does not know"
+    loose = sorted(p.name for p in workbook.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"every workbook module lives in one of its parts, not in sbt_lib/workbook/: {loose}"
+    for part in parts:
+        doc = ast.get_docstring(ast.parse((workbook / part / "__init__.py").read_text())) or ""
+        assert "May import" in doc, f"sbt_lib/workbook/{part}/__init__.py must say what it holds and may import"
+
+
+def test_every_workbook_import_points_down_its_parts():
+    wrong = workbook_reverse_edges()
+    assert not wrong, "imports against the order of the workbook's parts:\n" + "\n".join(wrong)
+
+
+def test_the_checker_sees_a_reverse_edge_inside_the_workbook(tmp_path):
+    """The check itself can fail: the configuration importing the pipeline inside a function, and a figure module
+    importing the pipeline, are both reported; the pipeline using a table of the report is not."""
+    fake = tmp_path / "sbt_lib"
+    for part in ("config", "report", "pipeline"):
+        (fake / "workbook" / part).mkdir(parents=True)
+    (fake / "workbook" / "config" / "bad.py").write_text("def f():\n    from ..pipeline import runs\n")
+    (fake / "workbook" / "report" / "bad.py").write_text("from sbt_lib.workbook.pipeline.caches import load_data\n")
+    (fake / "workbook" / "pipeline" / "good.py").write_text("from ..report.tables import markdown_table\n")
+    assert workbook_edges(fake) == [("workbook/config/bad.py", 2, "config", "pipeline"),
+                                    ("workbook/pipeline/good.py", 1, "pipeline", "report"),
+                                    ("workbook/report/bad.py", 1, "report", "pipeline")]
+    assert workbook_reverse_edges(fake) == ["workbook/config/bad.py:2: config imports pipeline",
+                                            "workbook/report/bad.py:1: report imports pipeline"]
+
+
+def design_workbook_parts(text: str) -> dict[str, set[str]]:
+    """The workbook's table in docs/design.md's *Layers*: ``| `sbt_lib/workbook/<part>/` | holds | may import |``
+    → {part: may import}."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `sbt_lib/workbook/(\w+)/` \|.*\| ([^|]+) \|$", section, re.M)
+    return {name: {w for w in re.findall(r"\b(\w+)\b", cell) if w in WORKBOOK_MAY_IMPORT} for name, cell in rows}
+
+
+def test_the_design_page_lists_every_workbook_part_with_what_it_may_import():
+    assert design_workbook_parts(DESIGN.read_text()) == WORKBOOK_MAY_IMPORT, \
+        "docs/design.md's table of the workbook's parts and WORKBOOK_MAY_IMPORT disagree"

@@ -22,8 +22,8 @@ import torch
 
 from sbt_lib.eval.metrics import psnr
 from sbt_lib.eval.reconstruction import evaluate_tokenizer, held_out_images
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
 
 MARGIN_DB = 1.5
 
@@ -33,7 +33,7 @@ def tiny_data():
     # the base recipe with a fixed linear path, MSE only: a tokenizer that starts at PCA (a learned code from scratch
     # needs far more than a test's steps to pass the mean colour; notebook 01 shows the budget)
     params = resolve("base", "tiny", linear_path=True, perceptual_weight=0.0, adv_weight=0.0, ema=0.0)
-    return params, *builders.load_data(params)
+    return params, *caches.load_data(params)
 
 
 def mean_colour_psnr(images: torch.Tensor) -> float:
@@ -42,8 +42,8 @@ def mean_colour_psnr(images: torch.Tensor) -> float:
 
 def trained_psnr(params, train_set, test_set, out) -> tuple[float, float]:
     """Held-out PSNR of the tokenizer of ``params`` before and after its training run."""
-    start = evaluate_tokenizer(builders.build_tokenizer(params, train_set), test_set)["test_psnr"]
-    result = builders.train_tokenizer(params, train_set, test_set, out, progress=False, evaluate=False)
+    start = evaluate_tokenizer(trainers.build_tokenizer(params, train_set), test_set)["test_psnr"]
+    result = trainers.train_tokenizer(params, train_set, test_set, out, progress=False, evaluate=False)
     return start, evaluate_tokenizer(result.model, test_set)["test_psnr"]
 
 

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import trainers
 from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.cache import FeatureCache
 from sbt_lib.objective.adversarial import ADVERSARIAL_DEFAULTS, Adversarial
 from sbt_lib.objective.objective import Objective, ObjectiveConfig
 from sbt_lib.models.quantizer import kl_to_uniform
 from sbt_lib.objective.repa import REPAlignment, patches_to_tokens, teacher_tokens
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 
@@ -33,8 +33,8 @@ def _params(**kw):
 
 def _setup(data, **kw):
     params = _params(**kw)
-    model = ex.build_tokenizer(params, data)
-    return model, ex.build_objective(params, model, data, progress=False)
+    model = trainers.build_tokenizer(params, data)
+    return model, trainers.build_objective(params, model, data, progress=False)
 
 
 def test_every_term_is_on_and_named(cache, tiny_shapes):

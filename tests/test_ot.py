@@ -5,7 +5,7 @@ import torch
 
 import sbt_lib.objective.ot as sot
 from sbt_lib.objective.ot import OTAlignment, SinkhornResult, ot_loss, sinkhorn, squared_euclidean
-from sbt_lib.workbook.ot_benchmark import random_problems
+from sbt_lib.workbook.pipeline.ot_benchmark import random_problems
 
 
 def _rel(a, b):

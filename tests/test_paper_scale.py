@@ -16,9 +16,9 @@ from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.two_stage import stage2_tokenizer
 from sbt_lib.train import TrainConfig, train
 from sbt_lib.weights import MissingWeightsError
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
-from sbt_lib.workbook.scales import NOTEBOOKS, epochs
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.config.scales import NOTEBOOKS, epochs
+from sbt_lib.workbook.pipeline import caches, trainers
 
 
 def test_the_paper_preset_has_the_papers_sizes():
@@ -39,7 +39,7 @@ def test_the_paper_preset_has_the_papers_sizes():
 def test_missing_imagenet_says_where_it_was_looked_for_and_the_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("SBT_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"imagenet/\{train,val\}/<wnid>/\*\.JPEG") as e:
-        builders.load_data(resolve("05_generation", "paper"))
+        caches.load_data(resolve("05_generation", "paper"))
     assert str(tmp_path / "imagenet" / "train") in str(e.value)
     run = subprocess.run([sys.executable, "-m", "sbt_lib", "train", "base", "--scale", "paper"],
                          env={**__import__("os").environ, "SBT_DATA": str(tmp_path)}, capture_output=True, text=True)
@@ -49,7 +49,7 @@ def test_missing_imagenet_says_where_it_was_looked_for_and_the_layout(tmp_path, 
 def test_missing_dinov2_weights_say_which_file_to_put_where(offline):
     P = resolve("05_generation", "tiny", encoder_init="dinov2_b", trunk="patch", conv_channels=0)
     with pytest.raises(MissingWeightsError, match="vit_base_patch14_dinov2") as e:
-        builders.build_tokenizer(P, None)
+        trainers.build_tokenizer(P, None)
     assert "SBT_WEIGHTS" in str(e.value)
 
 
@@ -78,15 +78,15 @@ def test_imagenet_is_read_lazily_centre_cropped_and_trains(imagenet):
     assert dataset_fingerprint(train_set)["n"] == 12 and dataset_fingerprint(train_set) != dataset_fingerprint(test_set)
     assert len(load_dataset("imagenet", "train", image_size=16, root=str(imagenet), size=4)) == 4  # balanced subset
     P = resolve("05_generation", "tiny", repa_global_weight=0.5)
-    assert builders._cache(train_set) is OnlineFeatures  # teacher features per batch, not a 126 GB cache
-    teacher = builders.teacher_cache("effnet_lite0", P, train_set, P.tokenizer.num_tokens, progress=False)
+    assert caches._cache(train_set) is OnlineFeatures  # teacher features per batch, not a 126 GB cache
+    teacher = caches.teacher_cache("effnet_lite0", P, train_set, P.tokenizer.num_tokens, progress=False)
     assert torch.allclose(teacher[torch.tensor([3])], teacher[torch.tensor([3])]) and len(teacher) == 12
     model = SelfBootTok(P.tokenizer)
     from sbt_lib.objective.objective import Objective
     result = train(model, Objective(P.objective, model.cfg, teacher_features={"global": teacher}), train_set,
                    TrainConfig(steps=2, batch_size=4, progress=False))
     assert result.step == 2 and any("repa_global" in h for h in result.history)
-    assert builders._cache(load_dataset("shapes", "train", image_size=16, size=8)) is FeatureCache  # in memory: cached
+    assert caches._cache(load_dataset("shapes", "train", image_size=16, size=8)) is FeatureCache  # in memory: cached
 
 
 def _vit():

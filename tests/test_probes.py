@@ -45,7 +45,7 @@ def test_probe_groups_reference_rows():
     object's position, which no linear code of these images does: the factor is there, non-linearly."""
     from sbt_lib.data.datasets import load_dataset
     from sbt_lib.models.tokenizer import SelfBootTok
-    from sbt_lib.workbook.analysis import probe_groups
+    from sbt_lib.workbook.report.analysis import probe_groups
 
     train = load_dataset("shapes", "train", 32, size=600)
     test = load_dataset("shapes", "test", 32, size=300)

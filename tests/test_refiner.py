@@ -7,9 +7,9 @@ from sbt_lib.models.refiner import PixelRefiner
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.models.two_stage import refined_tokenizer
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,8 @@ def parent(tmp_path_factory):
     """The base recipe at tiny with a fixed linear path (MSE only), trained a few steps, and its data."""
     P = resolve("base", "tiny", linear_path=True, perceptual_weight=0.0, adv_weight=0.0, ema=0.0, steps=10,
                 train_size=128, test_size=32)
-    train_set, test_set = builders.load_data(P)
-    model = builders.train_tokenizer(P, train_set, test_set, tmp_path_factory.mktemp("stage1"), progress=False,
+    train_set, test_set = caches.load_data(P)
+    model = trainers.train_tokenizer(P, train_set, test_set, tmp_path_factory.mktemp("stage1"), progress=False,
                                      evaluate=False).model.cpu().eval()
     return P, model, train_set
 
@@ -49,7 +49,7 @@ def test_refined_tokenizer_starts_as_its_parent_and_trains_only_the_refiner(pare
 def test_the_refine_stage_learns_and_keeps_z_global(parent, tmp_path):
     P, model, train_set = parent
     Q = P.replace(stage2_refiner=8, stage2_refiner_steps=400, lr=5e-3)  # measured: 0.84× the parent's MSE, in 2 s
-    result = builders.train_refiner(Q, model, train_set, tmp_path, progress=False)
+    result = trainers.train_refiner(Q, model, train_set, tmp_path, progress=False)
     images = train_set.images_at(torch.arange(len(train_set)))
     loaded = load_tokenizer(tmp_path)
     with torch.no_grad():
@@ -67,14 +67,14 @@ def test_the_refine_stage_trains_at_its_own_learning_rate(parent, tmp_path):
     for refiner_lr, peak in ((3e-3, 3e-3), (None, 7e-4)):
         Q = P.replace(stage2_refiner=4, stage2_refiner_steps=10, stage2_refiner_lr=refiner_lr, lr=7e-4, warmup=2,
                       log_every=1)
-        history = builders.train_refiner(Q, model, train_set, tmp_path / str(refiner_lr), progress=False).history
+        history = trainers.train_refiner(Q, model, train_set, tmp_path / str(refiner_lr), progress=False).history
         assert max(h["lr"] for h in history if "lr" in h) == pytest.approx(peak)
 
 
 def test_the_refine_stage_says_what_it_needs(parent, tmp_path):
     P, model, train_set = parent
     with pytest.raises(ValueError, match="stage2_refiner"):
-        builders.train_refiner(P.replace(stage2_refiner=0), model, train_set, tmp_path, progress=False)
+        trainers.train_refiner(P.replace(stage2_refiner=0), model, train_set, tmp_path, progress=False)
 
 
 def test_a_refiner_changes_nothing_before_the_decoder():

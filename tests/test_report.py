@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from sbt_lib.__main__ import main
-from sbt_lib.workbook import report
-from sbt_lib.workbook import runner as rp
-from sbt_lib.workbook.runs import headline, write_metrics
+from sbt_lib.workbook.cli import runner as rp
+from sbt_lib.workbook.pipeline.runs import headline, write_metrics
+from sbt_lib.workbook.report import results_page
 
 NAMES = [p.stem for p in rp.notebooks()]
 FIRST, SECOND = NAMES[:2]
@@ -43,7 +43,7 @@ def runs(tmp_path):
 
 
 def test_the_page_shows_each_notebooks_headlines_command_date_machine_and_time(runs, tmp_path):
-    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    page = results_page.write_report(runs, tmp_path / "RESULTS.md").read_text()
     assert page.startswith("# SelfBootTok workbook — results at scale `cpu`")
     first = page[page.index(f"## {FIRST}"):page.index(f"## {SECOND}")]
     assert "| held-out PSNR (dB) | 1.5 | PCA 26.45 | 3 seeds |" in first
@@ -66,28 +66,28 @@ def test_each_notebooks_verdicts_are_listed_one_per_line_under_its_table(runs, t
 
 
 def test_links_are_relative_to_the_page_and_figures_sorted(runs, tmp_path):
-    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    page = results_page.write_report(runs, tmp_path / "RESULTS.md").read_text()
     assert f"[a](runs/cpu/{FIRST}/a.png) · [b](runs/cpu/{FIRST}/b.png)" in page
     assert f"[`metrics.json`](runs/cpu/{FIRST}/metrics.json)" in page
     assert f"[executed notebook](runs/cpu/{FIRST}.ipynb)" in page and f"({SECOND}.ipynb)" not in page
-    deeper = report.write_report(runs, tmp_path / "docs" / "results.md").read_text()
+    deeper = results_page.write_report(runs, tmp_path / "docs" / "results.md").read_text()
     assert f"[a](../runs/cpu/{FIRST}/a.png)" in deeper
-    summary = report.write_report(runs, runs / "summary.md").read_text()  # the runner's page, inside the folder
+    summary = results_page.write_report(runs, runs / "summary.md").read_text()  # the runner's page, inside the folder
     assert f"[a]({FIRST}/a.png)" in summary
     for target in re.findall(r"\]\(([^)]+)\)", page):
         assert (tmp_path / target).exists(), target
 
 
 def test_a_rerun_on_the_same_folders_is_byte_identical(runs, tmp_path, monkeypatch):
-    first = report.write_report(runs, tmp_path / "RESULTS.md").read_bytes()
+    first = results_page.write_report(runs, tmp_path / "RESULTS.md").read_bytes()
     monkeypatch.setattr("time.time", lambda: 4e9)  # a later clock changes nothing
     for png in sorted(runs.rglob("*.png"), reverse=True):
         os.utime(png, (1, 1))
-    assert report.write_report(runs, tmp_path / "RESULTS.md").read_bytes() == first
+    assert results_page.write_report(runs, tmp_path / "RESULTS.md").read_bytes() == first
 
 
 def test_notebooks_without_results_are_listed_as_not_run_with_their_command(runs, tmp_path):
-    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    page = results_page.write_report(runs, tmp_path / "RESULTS.md").read_text()
     assert f"2 of {len(NAMES)} notebooks have results: {FIRST}, {SECOND}." in page
     for name in NAMES[2:]:
         section = page.split(f"## {name}\n")[1].split("\n## ")[0]
@@ -98,26 +98,26 @@ def test_notebooks_without_results_are_listed_as_not_run_with_their_command(runs
 
 
 def test_the_command_for_the_default_folder_and_other_scales():
-    repo_runs = report.REPO / "runs"
-    assert report.remake_command("05_generation", "cpu", (repo_runs / "cpu").resolve()) == \
+    repo_runs = results_page.REPO / "runs"
+    assert results_page.remake_command("05_generation", "cpu", (repo_runs / "cpu").resolve()) == \
         'make reproduce ARGS="--only 05"'
-    assert report.remake_command("05_generation", "gpu", (repo_runs / "gpu").resolve()) == \
+    assert results_page.remake_command("05_generation", "gpu", (repo_runs / "gpu").resolve()) == \
         'make reproduce SCALE=gpu ARGS="--only 05"'
 
 
 def test_the_scale_comes_from_the_folder_name_or_the_metrics(tmp_path):
     fake_run(tmp_path / "mine", FIRST, 1.0)
     with pytest.raises(ValueError, match="--scale"):
-        report.render(tmp_path / "mine", tmp_path / "RESULTS.md")
-    assert "scale `tiny`" in report.render(tmp_path / "mine", tmp_path / "RESULTS.md", scale="tiny")
+        results_page.render(tmp_path / "mine", tmp_path / "RESULTS.md")
+    assert "scale `tiny`" in results_page.render(tmp_path / "mine", tmp_path / "RESULTS.md", scale="tiny")
     metrics = json.loads((tmp_path / "mine" / FIRST / "metrics.json").read_text())
     (tmp_path / "mine" / FIRST / "metrics.json").write_text(json.dumps({**metrics, "scale": "gpu"}))
-    assert report.infer_scale(tmp_path / "mine") == "gpu"
+    assert results_page.infer_scale(tmp_path / "mine") == "gpu"
 
 
 def test_the_command_line_writes_the_page_and_names_a_missing_folder(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--out", str(tmp_path / "R.md")]) == 0
-    assert (tmp_path / "R.md").read_text() == report.render(runs, tmp_path / "R.md")
+    assert (tmp_path / "R.md").read_text() == results_page.render(runs, tmp_path / "R.md")
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "R2.md")]) == 1
     err = capsys.readouterr().err
     assert "no run folder" in err and "nowhere" in err and "make reproduce" in err
@@ -128,7 +128,7 @@ def test_write_metrics_records_the_date_and_the_machine(tmp_path):
     m = json.loads(write_metrics(tmp_path, {"x": 1}, [headline("x", 1)]).read_text())
     assert len(m["written_at"]) == len("2026-01-02 03:04:05")
     assert {"platform", "processor", "cpu_threads", "torch", "cuda"} <= set(m["machine"])
-    assert report.format_machine(m["machine"]) != report.NOT_RECORDED
+    assert results_page.format_machine(m["machine"]) != results_page.NOT_RECORDED
 
 
 def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_path):
@@ -139,24 +139,24 @@ def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_pa
             {"command": f"python -m sbt_lib train {name}", "steps": 8000, "batch_size": 128,
              "training_seconds": seconds, "machine": MACHINE}))
     (weights / "base-x" / "README.md").write_text("card")
-    page = report.render(runs, tmp_path / "RESULTS.md", weights=weights)
+    page = results_page.render(runs, tmp_path / "RESULTS.md", weights=weights)
     rows = page[page.index("## Shipped weights"):].splitlines()
     base, generator = [r for r in rows if r.startswith("| [")]
     assert base.startswith(f"| [`{weights.as_posix()}/base-x`](weights/base-x/README.md) | `python -m sbt_lib "
                            "train base-x` | 8,000 × 128 | 6287 s (104.8 min) | Test CPU (2 threads)")
     assert "(weights/generator-x/training.json)" in generator and "2584 s (43.1 min)" in generator
     assert generator.endswith("| not recorded |")  # no quality in its record
-    assert "## Shipped weights" not in report.render(runs, tmp_path / "RESULTS.md", weights=None)
+    assert "## Shipped weights" not in results_page.render(runs, tmp_path / "RESULTS.md", weights=None)
 
 
 def test_the_shipped_weights_measured_column_reads_each_kind_of_record():
     base = {"test": {"test_psnr": 21.29, "fd_effnet": 133.94, "test_images": 2000},
             "anchors": {"PCA": {"values": 64, "psnr": 21.42, "fd_effnet": 286.78}}}
-    assert report.measured(base) == ("PSNR 21.29 dB, rFD-EffNet 133.9 (PCA at 64 values: 21.42 dB, 286.8); "
-                                     "2000 test images")
+    assert results_page.measured(base) == ("PSNR 21.29 dB, rFD-EffNet 133.9 (PCA at 64 values: 21.42 dB, 286.8); "
+                                           "2000 test images")
     rows = {"SiT": {"gfd_mean": 170.04, "gfd_std": 0.91}, "Gaussian": {"gfd_mean": 167.84, "gfd_std": 0.83},
             "base decodes of them (ceiling)": {"gfd_mean": 137.97, "gfd_std": 0.0}}
     generator = {"quality": {"label": "gFD-EffNet@2000", "seeds": [0, 1, 2], "rows": rows}}
-    assert report.measured(generator) == ("gFD-EffNet@2000 170.0 ± 0.9 over 3 seeds (Gaussian anchor 167.8 ± 0.8; "
-                                          "ceiling 138.0)")
-    assert report.measured({}) == report.NOT_RECORDED
+    assert results_page.measured(generator) == ("gFD-EffNet@2000 170.0 ± 0.9 over 3 seeds "
+                                                "(Gaussian anchor 167.8 ± 0.8; ceiling 138.0)")
+    assert results_page.measured({}) == results_page.NOT_RECORDED

@@ -11,18 +11,18 @@ from sbt_lib.models.aligners import LocalAligner2D
 from sbt_lib.models.two_stage import FREEZE, stage2_tokenizer
 from sbt_lib.objective.stage2 import Stage2Loss
 from sbt_lib.train import Trainer
-from sbt_lib.workbook import builders
-from sbt_lib.workbook.params import resolve
-from sbt_lib.workbook.runs import load_tokenizer
+from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.pipeline import caches, trainers
+from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     """A tiny stage-1 tokenizer of notebook 04 (xs aligner), trained a few steps, and its data."""
     P = resolve("04_aligner_scaling", "tiny", steps=4, train_size=64, test_size=16)
-    train_set, test_set = builders.load_data(P)
+    train_set, test_set = caches.load_data(P)
     out = tmp_path_factory.mktemp("stage1")
-    parent = builders.train_tokenizer(P, train_set, test_set, out, progress=False, evaluate=False).model.eval()
+    parent = trainers.train_tokenizer(P, train_set, test_set, out, progress=False, evaluate=False).model.eval()
     return P, parent, train_set, test_set
 
 
@@ -45,7 +45,7 @@ def test_stage2_keeps_z_global_bit_identical(stage1, tmp_path, freeze):
     with torch.no_grad():
         before = parent.encode_global(images)
     Q = P.replace(stage2_freeze=freeze, stage2_steps=3, ema=0.5)
-    result = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path, progress=False)
+    result = trainers.train_stage2(Q, parent, "s", train_set, test_set, tmp_path, progress=False)
     for child in (result.model, result.ema, load_tokenizer(tmp_path)):
         child = child.cpu().eval()
         assert child.cfg.local_2d == "s"
@@ -60,7 +60,7 @@ def test_stage2_keeps_z_global_bit_identical(stage1, tmp_path, freeze):
 def test_stage2_actually_trains_the_new_aligner(stage1, tmp_path):
     P, parent, train_set, test_set = stage1
     start = stage2_tokenizer(parent, "s", seed=P.seed).aligner_2d.state_dict()
-    trained = builders.train_stage2(P.replace(stage2_steps=3), parent, "s", train_set, test_set, tmp_path,
+    trained = trainers.train_stage2(P.replace(stage2_steps=3), parent, "s", train_set, test_set, tmp_path,
                                     progress=False).model.cpu().aligner_2d.state_dict()
     assert any(not torch.equal(v, trained[k]) for k, v in start.items())
 
@@ -74,14 +74,14 @@ def test_a_setting_that_would_change_z_global_is_refused(stage1, freeze):
 
 def test_stage2_needs_a_2d_aligner_to_grow(stage1):
     P, _, train_set, _ = stage1
-    flat = builders.build_tokenizer(P.replace(local_2d=None), train_set)
+    flat = trainers.build_tokenizer(P.replace(local_2d=None), train_set)
     with pytest.raises(ValueError, match="has none"):
         stage2_tokenizer(flat, "m")
 
 
 def test_cached_global_tokens_give_the_loss_of_the_live_encoder(stage1):
     P, parent, train_set, _ = stage1
-    cache = builders.global_token_cache(parent, train_set, P, progress=False)
+    cache = caches.global_token_cache(parent, train_set, P, progress=False)
     child = stage2_tokenizer(parent, "m", seed=0).eval()
     batch = train_set.get_batch(torch.arange(5, 21))
     cached, live = Stage2Loss(cache)(child, batch)["rec"], Stage2Loss(None)(child, batch)["rec"]
@@ -93,9 +93,9 @@ def test_a_stage2_step_costs_less_than_a_stage1_step(stage1):
     P, parent, train_set, _ = stage1
     batch = train_set.get_batch(torch.arange(16))
     child = stage2_tokenizer(parent, "m", seed=0)
-    full = builders.build_tokenizer(P.replace(local_2d="m"), train_set)
-    stage2 = training_step_flops(child, Stage2Loss(builders.global_token_cache(parent, train_set, P, False)), batch)
-    stage1_flops = training_step_flops(full, builders.build_objective(P, full, train_set, progress=False), batch)
+    full = trainers.build_tokenizer(P.replace(local_2d="m"), train_set)
+    stage2 = training_step_flops(child, Stage2Loss(caches.global_token_cache(parent, train_set, P, False)), batch)
+    stage1_flops = training_step_flops(full, trainers.build_objective(P, full, train_set, progress=False), batch)
     assert 0 < stage2 < stage1_flops
 
 
@@ -104,7 +104,7 @@ def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
     run again ends with the weights of 4 steps straight."""
     P, parent, train_set, test_set = stage1
     Q = P.replace(stage2_steps=4)
-    straight = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "a", progress=False)
+    straight = trainers.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "a", progress=False)
     step = Trainer.train_step
 
     def interrupted(self):
@@ -114,10 +114,10 @@ def test_stage2_resume_is_exact(stage1, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
+        trainers.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 3  # step 2 finished, then saved
     monkeypatch.setattr(Trainer, "train_step", step)
-    resumed = builders.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
+    resumed = trainers.train_stage2(Q, parent, "s", train_set, test_set, tmp_path / "b", progress=False)
     assert resumed.step == 4
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
@@ -222,7 +222,7 @@ def test_the_objective_on_cached_global_tokens_is_the_objective_on_the_frozen_en
 def test_the_parameter_matched_control_has_about_the_full_models_decoder_side():
     from sbt_lib.models.tokenizer import SelfBootTok
     from sbt_lib.models.two_stage import decoder_side_params, on_base
-    from sbt_lib.workbook.ablations import matched_control
+    from sbt_lib.workbook.pipeline.ablations import matched_control
 
     base = SelfBootTok(**BASE)
     full = dict(local_1d=True, local_2d="m")

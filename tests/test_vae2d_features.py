@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from sbt_lib.workbook import builders as ex
+from sbt_lib.workbook.pipeline import trainers
 from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.data.cache import FeatureCache
 from sbt_lib.objective.objective import Objective
-from sbt_lib.workbook.params import resolve
+from sbt_lib.workbook.config.params import resolve
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 from sbt_lib.models.vae2d import VAE2D, VAE2DConfig, as_2d_encoder
@@ -126,11 +126,11 @@ def test_projector_trains_and_survives_resume(tiny_config, tiny_shapes, tmp_path
 
 def test_builders_make_the_ot_objective_from_parameters(cache, tiny_shapes):
     params = resolve("03_ot_alignment", "tiny", local_1d=True, local_2d="xs", vae_steps=3)
-    model = ex.build_tokenizer(params, tiny_shapes)
-    objective = ex.build_objective(params, model, tiny_shapes, progress=False)
+    model = trainers.build_tokenizer(params, tiny_shapes)
+    objective = trainers.build_objective(params, model, tiny_shapes, progress=False)
     assert objective.ot is not None and objective.cfg.ot_weight == params.objective.ot_weight
     assert objective.latents_2d.shape == (64, params.vae.latent_channels)  # (16/2)² positions
-    assert ex.build_objective(params.replace(ot_weight=0.0), model, tiny_shapes).ot is None
+    assert trainers.build_objective(params.replace(ot_weight=0.0), model, tiny_shapes).ot is None
 
 
 def test_inference_batches_default_to_the_device_and_do_not_change_the_result(cache, tiny_shapes):

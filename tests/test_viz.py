@@ -3,7 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from sbt_lib.workbook import viz  # noqa: E402
+from sbt_lib.workbook.report import viz  # noqa: E402
 
 
 def test_a_log_axis_is_labelled_with_plain_numbers(tmp_path):
@@ -23,7 +23,7 @@ import IPython.display  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sbt_lib.workbook import viz_ot  # noqa: E402
+from sbt_lib.workbook.report import viz_ot  # noqa: E402
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_a_headless_explorer_draws_its_first_state_without_widgets(tiny_model, m
 def test_the_runner_runs_its_kernels_headless_and_restores_the_environment(tmp_path, monkeypatch):
     import os
 
-    from sbt_lib.workbook import runner
+    from sbt_lib.workbook.cli import runner
 
     seen = {}
     monkeypatch.delenv("SBT_HEADLESS", raising=False)

@@ -16,9 +16,9 @@ from sbt_lib.__main__ import main
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 from sbt_lib.objective.objective import ObjectiveConfig
 from sbt_lib.train import TrainConfig
-from sbt_lib.workbook import runner as rp
-from sbt_lib.workbook.params import FLAT_NAMES, RUN_NAMES, notebook_params, resolve
-from sbt_lib.workbook.scales import NOTEBOOKS
+from sbt_lib.workbook.cli import runner as rp
+from sbt_lib.workbook.config.params import FLAT_NAMES, RUN_NAMES, notebook_params, resolve
+from sbt_lib.workbook.config.scales import NOTEBOOKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_parameters_are_typed_sections_with_prefixed_names_for_side_models():
 
 
 def test_auto_is_resolved_once_and_loading_leaves_the_parameters_alone():
-    from sbt_lib.workbook.builders import load_data
+    from sbt_lib.workbook.pipeline.caches import load_data
 
     p = resolve("01_decomposition", "cpu", dataset="auto", train_size=16, test_size=8)
     assert p.data.dataset in ("cifar10", "photos") and (p.data.note is None) == (p.data.dataset == "cifar10")

@@ -1,7 +1,7 @@
 """The tokenizer's configuration: every size and switch of :class:`~sbt_lib.models.tokenizer.SelfBootTok`.
 
 The switches beside the paper's parts, with what each is for (the workbook's recipe, in
-``sbt_lib.workbook.scales``, turns them on; ``benchmarks/tokenizer_quality.py`` compares them):
+``sbt_lib.workbook.config.scales``, turns them on; ``benchmarks/tokenizer_quality.py`` compares them):
 
 - ``trunk="conv"``: residual conv stages halve the image down to the token grid and mirror it in the
   decoder (GigaTok's hybrid CNN-transformer), in place of the 3×3 stem and patchify;
@@ -19,7 +19,7 @@ The switches beside the paper's parts, with what each is for (the workbook's rec
   quantization starts close to that linear code rather than far below it;
 - ``refiner``: a pixel-space residual CNN after the decoder (:mod:`sbt_lib.models.refiner`), added to a trained
   tokenizer and trained with everything else frozen (the refine stage,
-  :func:`~sbt_lib.workbook.builders.train_refiner`); it sees decoded pixels only.
+  :func:`~sbt_lib.workbook.pipeline.trainers.train_refiner`); it sees decoded pixels only.
 """
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ class Objective(nn.Module):
         self.crt = self._crt(tokenizer_cfg) if c.crt_weight else None
         if c.glotok_weight and not isinstance(self.teacher_features.get("relation"), FeatureCache):
             raise ValueError("glotok_weight > 0 needs teacher_features['relation']: a FeatureCache of one global "
-                             "teacher feature per training image (see sbt_lib.workbook.builders.build_objective)")
+                             "teacher feature per training image "
+                             "(see sbt_lib.workbook.pipeline.trainers.build_objective)")
         if c.residual_weight and not (tokenizer_cfg is not None and tokenizer_cfg.residual_recovery):
             raise ValueError("residual_weight > 0 needs a tokenizer with residual_recovery=True; or set it to 0")
         self.adversarial = self._adversarial(tokenizer_cfg) if c.adv_weight else None
@@ -141,14 +142,14 @@ class Objective(nn.Module):
         cache = self.teacher_features.get(which)
         if not isinstance(cache, FeatureCache):
             raise ValueError(f"repa_{which}_weight > 0 needs teacher_features[{which!r}]: a FeatureCache of the "
-                             f"training images' teacher features (see sbt_lib.workbook.builders.teacher_cache)")
+                             "training images' teacher features (see sbt_lib.workbook.pipeline.caches.teacher_cache)")
         return REPAlignment(tokenizer_cfg.token_dim, cache.shape[-1])
 
     def _ot(self, tokenizer_cfg) -> OTAlignment:
         self._needs(tokenizer_cfg, "local_2d", "OT")
         if not isinstance(self.latents_2d, FeatureCache):
             raise ValueError("ot_weight > 0 needs latents_2d: a FeatureCache of the training set's 2D latents "
-                             "(see sbt_lib.workbook.builders.latents_2d_cache)")
+                             "(see sbt_lib.workbook.pipeline.caches.latents_2d_cache)")
         return OTAlignment(tokenizer_cfg.token_dim, self.latents_2d.shape[-1], eps=self.cfg.ot_eps,
                            tol=self.cfg.ot_tol)
 

@@ -7,7 +7,7 @@ indices (float32, exact) and a step costs the aligners and the decoder only.  Wi
 the frozen encoder under ``no_grad`` every step (the reference the cache is measured against).  The
 other terms of Eq. 4-5 act on the encoder's tokens or are left to stage 1 in this miniature.
 
-:class:`RefinerLoss` is the objective of the refine stage (:func:`~sbt_lib.workbook.builders.train_refiner`),
+:class:`RefinerLoss` is the objective of the refine stage (:func:`~sbt_lib.workbook.pipeline.trainers.train_refiner`),
 where only a pixel refiner after the decoder trains (:func:`~sbt_lib.models.two_stage.refined_tokenizer`): everything before it is frozen, so the
 tokenizer's reconstruction of every training image is a constant, read from a cache, and a step costs the
 refiner alone.

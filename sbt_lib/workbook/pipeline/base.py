@@ -2,7 +2,7 @@
 
 A tokenizer trained briefly is at best the linear code (PCA) of its number of values; the base is
 trained far longer (``python -m sbt_lib train base``, the ``base`` bundle of
-:mod:`~sbt_lib.workbook.scales`; it resumes exactly, so it need not run in one go), exported as a
+:mod:`~sbt_lib.workbook.config.scales`; it resumes exactly, so it need not run in one go), exported as a
 ``save_pretrained`` folder (config + float16 safetensors, :mod:`~sbt_lib.models.pretrained`) and shipped
 in ``weights/``.  The notebooks' experiments stand on it, as the paper's stage 2 stands on stage 1.
 
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import load_dataset
-from ..eval.fidelity import hog_distance
-from ..eval.metrics import psnr
-from ..eval.reconstruction import (anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct,
+from ...data.datasets import load_dataset
+from ...eval.fidelity import hog_distance
+from ...eval.metrics import psnr
+from ...eval.reconstruction import (anchor_metrics, evaluate_tokenizer, held_out_images, reconstruct,
                                    swapped_local_tokens)
-from ..files import REPO, write_json
-from ..models.tokenizer import SelfBootTok
-from ..models.tokenizer_config import TokenizerConfig
+from ...files import REPO, write_json
+from ...models.tokenizer import SelfBootTok
+from ...models.tokenizer_config import TokenizerConfig
 from .runs import load_tokenizer
 from .runs import machine as _machine  # the record of where a thing was made
 
@@ -52,7 +52,7 @@ def notebook_base_folder(P, out_root: str | Path) -> Path:
     """Where the base tokenizer of a notebook at ``P.scale`` is: the shipped ``save_pretrained`` folder where its
     configuration is the ``base`` bundle's at that scale (cpu and gpu share one), else the run folder
     ``<out_root>/base/tokenizer`` that :func:`notebook_base` trains it into."""
-    from .params import resolve
+    from ..config.params import resolve
 
     shipped = base_folder("cifar10")
     if (shipped / "config.json").exists():  # read as a config, so that fields added since it was saved take defaults
@@ -67,8 +67,8 @@ def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool =
     the ``base`` bundle of ``P.scale`` trained here on ``train_set`` (a rerun loads it; at ``tiny`` it takes
     seconds, at ``cpu`` hours, which is why the shipped one exists).  The notebook's data need not be the
     base's: the CIFAR-10 base applied to the built-in photos is how the offline fallback runs."""
-    from . import builders
-    from .params import resolve
+    from . import trainers
+    from ..config.params import resolve
 
     folder = notebook_base_folder(P, out_root)
     if (folder / "config.json").exists():
@@ -77,7 +77,7 @@ def notebook_base(P, train_set, test_set, out_root: str | Path, progress: bool =
     if not (folder / "checkpoint.json").exists():
         print(f"no shipped base tokenizer for scale {P.scale!r}: training the base bundle into {folder} "
               f"({bundle.training.steps} steps; a rerun loads it)")
-    result = builders.train_tokenizer(bundle, train_set, test_set, folder, progress=progress, evaluate=False)
+    result = trainers.train_tokenizer(bundle, train_set, test_set, folder, progress=progress, evaluate=False)
     return result.best_model.cpu().eval()
 
 
@@ -85,7 +85,7 @@ def reconstruction_table(models: dict[str, SelfBootTok], images: torch.Tensor, t
     """Each model's and each anchor's (PCA and bicubic at the models' number of values) reconstruction of
     ``images``: PSNR, SSIM, the rFID-style distance and KID, and the HOG Fréchet distance (a feature space no
     training loss reads).  Name → metrics, the models first."""
-    from ..eval.metrics import ssim
+    from ...eval.metrics import ssim
 
     values = next(iter(models.values())).cfg.token_values
     recons = {name: reconstruct(m, images) for name, m in models.items()}
@@ -184,8 +184,8 @@ training loss reads):
 
 def anchor_images(images: torch.Tensor, train_set, values: int) -> dict[str, torch.Tensor]:
     """The anchors' reconstructions of ``images`` at ``values`` numbers per image (as anchor_metrics')."""
-    from ..eval.metrics import bicubic_roundtrip
-    from ..models.pca import pca_anchor
+    from ...eval.metrics import bicubic_roundtrip
+    from ...models.pca import pca_anchor
 
     return {"PCA": pca_anchor(held_out_images(train_set, 10_000), images, values),
             "bicubic": bicubic_roundtrip(images, values)}
@@ -193,7 +193,7 @@ def anchor_images(images: torch.Tensor, train_set, values: int) -> dict[str, tor
 
 def distribution_metrics(images: torch.Tensor, recon: torch.Tensor, fd_size: int) -> dict:
     """rFD-EffNet and KID (or rFID, where Inception resolves) and the HOG Fréchet distance of ``recon``."""
-    from ..eval.fidelity import feature_metrics
+    from ...eval.fidelity import feature_metrics
 
     fm = feature_metrics(images, recon, effnet_size=fd_size)
     return {**{k: fm[k] for k in ("fd_effnet", "kid_effnet", "fid", "kid") if k in fm},
@@ -209,9 +209,9 @@ def base_training_flops(scale: str, train_set, folder: str | Path | None = None)
     """Training FLOPs of the base of ``scale``: one step of the ``base`` bundle (forward and backward with its
     objective, torch's counter) times the steps its ``training.json`` records (the bundle's steps where there is
     none) — stage 1 of the aligner sweep, for the accounting of what reusing one generator saves."""
-    from ..eval.flops import training_step_flops
-    from .builders import build_objective
-    from .params import resolve
+    from ...eval.flops import training_step_flops
+    from .trainers import build_objective
+    from ..config.params import resolve
 
     B = resolve("base", scale)
     model = SelfBootTok(B.tokenizer)  # FLOPs do not depend on the weights: no data-dependent start needed

@@ -1,7 +1,7 @@
 """Table 1 in miniature (notebook 06): tokenizers side by side at the same token budget, each with the same
 small generator trained on the tokens it needs.
 
-The tokenizers are variants of one :class:`~sbt_lib.workbook.params.Params` (the same number of global tokens,
+The tokenizers are variants of one :class:`~sbt_lib.workbook.config.params.Params` (the same number of global tokens,
 token size, training steps and seeds): the SoftVQ baseline (global tokens only), SelfBootTok (G+L1+L2), and
 the SoftVQ baseline with CRT's causal regulariser (:mod:`sbt_lib.objective.crt`) at a few weights or with
 GloTok's histogram relations and residual recovery (:mod:`sbt_lib.objective.glotok`,
@@ -10,16 +10,18 @@ GloTok's histogram relations and residual recovery (:mod:`sbt_lib.objective.glot
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from ..eval.flops import flops_by_module
-from ..eval.generation import generation_metrics
-from ..eval.reconstruction import held_out_images
-from .builders import generate_images, token_cache, train_generator
-from .params import Params
+from ...eval.flops import flops_by_module
+from ...eval.generation import generation_metrics
+from ...files import REPO
+from ..config.params import Params
+from .caches import token_cache
+from .generators import generate_images, train_generator
 from .runs import load_generator, load_tokenizer
 
 # The rows of the papers' own tables for these methods: ImageNet at 256×256, tokenizers of ~100M+ parameters
@@ -50,16 +52,24 @@ def tokenizer_variants(aligner_2d: str, crt_weights: list[float], glotok_weight:
     return variants
 
 
-def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], train_set, test_set) -> list[dict]:
-    """For every tokenizer run of ``rows`` (:func:`~sbt_lib.workbook.ablations.run_variants`' rows): the generator
-    of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there), then
-    ``P.generator.samples`` samples of balanced classes against as many held-out images.  Adds to each row:
-    ``gfd``, ``gkid``, ``gfd_label``, ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per
-    multiply-add) and ``tokens`` (the generator's sequence length)."""
+def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], train_set, real: torch.Tensor,
+                    deadline: float | None = None) -> list[dict]:
+    """For every tokenizer run of ``rows`` (:func:`~sbt_lib.workbook.pipeline.ablations.run_variants`' rows): the
+    generator of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there),
+    then ``P.generator.samples`` samples of balanced classes against the held-out images ``real`` (as many; see
+    :func:`~sbt_lib.workbook.pipeline.caches.test_images`).  Adds to each row: ``gfd``, ``gkid``, ``gfd_label``,
+    ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per multiply-add) and ``tokens`` (the
+    generator's sequence length).  With ``deadline`` (a ``time.time()``), no new row starts after it: the rows
+    not reached come back without those keys."""
     G = P.generator
-    real = held_out_images(test_set, G.samples)
+    if len(real) < G.samples:
+        raise ValueError(f"{G.samples} samples need as many held-out images; got {len(real)}: pass "
+                         "caches.test_images(P, P.generator.samples)")
+    real = real[:G.samples]
     classes = torch.arange(G.samples) % len(train_set.classes)
     for row in rows:
+        if deadline is not None and time.time() > deadline:
+            break
         Q = P.replace(**variants[row["variant"]], seed=row["seed"])
         tokenizer = load_tokenizer(row["run"])
         tokens = token_cache(tokenizer, train_set, Q, "global", progress=False)
@@ -78,10 +88,55 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
     return rows
 
 
+# --------------------------------------------------------------------------------------------- the committed study
+
+GENERATOR_ROW_KEYS = ("gfd", "gkid", "gfd_label", "tokens", "generator_seconds", "generator_steps",
+                      "generator_wall_seconds", "generator_gflops_forward")
+
+
+def study_recipe(P: Params, variants: dict[str, dict]) -> dict:
+    """What the generators of notebook 06 depend on: the tokenizers (variants, seeds, their fine-tuning) and the
+    generator's recipe, sampling and reference set."""
+    g, t = P.generator, P.training
+    return {"variants": variants, "seeds": list(P.seeds), "dataset": P.data.dataset, "train_size": P.data.train_size,
+            "tokenizer": {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr},
+            "generator": {"size": g.size, "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "ema": g.ema,
+                          "time_sampling": g.time_sampling, "sampler": g.sampler,
+                          "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples}}
+
+
+def study_file(scale: str) -> Path:
+    """The committed generators of notebook 06 at ``scale`` (``benchmarks/tokenizers_compared.py`` writes it)."""
+    return REPO / "benchmarks" / f"tokenizers_compared_{scale}.json"
+
+
+def committed_generators(P: Params, variants: dict[str, dict]) -> dict | None:
+    """The committed study of ``P``'s scale where it is complete and its recipe is ``P``'s
+    (:func:`study_recipe`), else None."""
+    path = study_file(P.scale)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    same = saved.get("recipe") == json.loads(json.dumps(study_recipe(P, variants)))
+    return saved if same and saved.get("complete") else None
+
+
+def with_saved_generators(rows: list[dict], saved: dict) -> list[dict]:
+    """``rows`` with each run's generator numbers taken from the committed study ``saved`` (same variant and seed)."""
+    by_run = {(r["variant"], r["seed"]): r for r in saved["rows"]}
+    missing = [(r["variant"], r["seed"]) for r in rows if (r["variant"], r["seed"]) not in by_run]
+    if missing:
+        raise KeyError(f"the committed study has no generator for {missing}: rerun benchmarks/tokenizers_compared.py")
+    for row in rows:
+        row.update({k: by_run[(row["variant"], row["seed"])][k] for k in GENERATOR_ROW_KEYS})
+    return rows
+
+
 def claim(summary: dict[str, dict], a: str, b: str, metric: str, label: str, lower_is_better: bool) -> str:
-    """One line reading ``metric`` of variant ``a`` against ``b`` (:func:`~sbt_lib.workbook.ablations.summarize`'s
-    entries): the difference of the means, the larger seed std, and whether ``a`` is clearly better, clearly
-    worse (a difference beyond twice that std), or within the seed-to-seed spread."""
+    """One line reading ``metric`` of variant ``a`` against ``b``
+    (:func:`~sbt_lib.workbook.pipeline.ablations.summarize`'s entries): the difference of the means, the larger seed
+    std, and whether ``a`` is clearly better, clearly worse (a difference beyond twice that std), or within the
+    seed-to-seed spread."""
     sa, sb = summary[a], summary[b]
     d = sa[f"{metric}_mean"] - sb[f"{metric}_mean"]
     spread = max(sa[f"{metric}_std"], sb[f"{metric}_std"])

@@ -1,8 +1,8 @@
 """Named bundles of defaults — the workbook's only 'configuration'.
 
-A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.params` says how a name maps
+A bundle is a flat dict of parameter names (:mod:`~sbt_lib.workbook.config.params` says how a name maps
 onto its typed section).  Each notebook has a ``parameters`` cell with ``scale`` and the parameters it
-exposes, all ``None`` by default; :func:`~sbt_lib.workbook.params.resolve` starts from the notebook's
+exposes, all ``None`` by default; :func:`~sbt_lib.workbook.config.params.resolve` starts from the notebook's
 bundle at that scale and overrides every parameter that was set, so any single value can be changed
 without touching the rest.
 
@@ -127,7 +127,7 @@ _OT = {
 # Notebook 04: the base is stage 1; stage 2 trains the decoder side on it with a 2D aligner of each size (notebook
 # 02's recipe on the base), and the smallest aligner at each larger size's FLOPs is the control.  Notebook 05 decodes
 # one generator through every size.  ``stage2_steps`` is the length of stage 2 grown from a tokenizer trained end to
-# end (ablations.run_stage2, e.g. at the paper scale); on a base, ``steps`` is.
+# end (sbt_lib.workbook.pipeline.trainers.train_stage2, e.g. at the paper scale); on a base, ``steps`` is.
 _STAGE2 = {
     "tiny": dict(stage2_aligners=["xs", "s", "m", "l"], stage2_steps=10, seeds=2),
     "cpu": dict(stage2_aligners=["xs", "m", "l", "xl"], stage2_steps=100, seeds=3, test_size=500),
@@ -137,10 +137,10 @@ _STAGE2 = {
 }
 
 # Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
-# bundle, sbt_lib.workbook.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6 million
-# token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather than
-# SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches the
-# lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
+# bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6
+# million token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather
+# than SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches
+# the lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
 # and against the guidance scale, with the Gaussian anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from
 # zero at equal FLOPs: at cpu (a) gets 5,540 steps of 128 (about ten minutes, where SiT-mini has clearly learned:
 # benchmarks/generator_size_cpu.json), so three seeds of the three rows fit one sitting of
@@ -167,12 +167,15 @@ _GENERATOR_DATA = {"tiny": {}, "cpu": dict(dataset="cifar10", train_size=None, t
 # Notebook 05 measures its samples against as many test images as it draws (generator_samples).
 _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_size=10_000), "paper": {}}
 
-# Notebook 06: six tokenizers × 2 seeds at notebook 02's size (100 steps of 32 at cpu), each with a small
-# SiT (notebook 05's, 80 steps), 500 held-out images and 300 samples: within 10 minutes on 2 cores.
+# Notebook 06: six tokenizers × 3 seeds at notebook 02's size, 500 held-out images for the tokenizers; each run gets a
+# SiT-mini from zero velocity for the same 2,770 steps of 128 (half of notebook 05's (a); about five minutes on 2
+# cores, where SiT-mini has learned its tokens), measured with 2000 samples against as many test images.  Eighteen of
+# those do not fit the notebook's ten minutes: at cpu they come from benchmarks/tokenizers_compared.py (committed),
+# which the notebook reads where the recipe is its own.
 _COMPARE = {
     "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=80,
-                generator_batch_size=64, generator_lr=1e-3, generator_ema=0.0, generator_samples=300),
+    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=2770,
+                generator_batch_size=128, generator_lr=1e-3, generator_ema=0.0, generator_samples=2000),
     "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
                 generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
     "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
@@ -190,9 +193,9 @@ _FINETUNE = {
 }
 
 # The base tokenizer: learned once, at a budget where a learned code overtakes the linear one, and shipped
-# (weights/, sbt_lib.workbook.base); the notebooks' experiments stand on it as the paper's stage 2 stands on stage 1.
-# 16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path: the
-# networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
+# (weights/, sbt_lib.workbook.pipeline.base); the notebooks' experiments stand on it as the paper's stage 2 stands on
+# stage 1.  16 global tokens × 4 = 64 values per 32×32 image (48×; the paper: 64 × 32 at 256 px, 96×), no linear path:
+# the networks carry the code.  Patch 8 (the conv trunk works down to a 4×4 grid, so the transformer is cheap), 16 conv
 # channels, and the dense path beside the latent tokens: the choices benchmarks/base_recipe.py measures (images/s
 # and held-out PSNR / rFD at equal images seen).  MSE + the perceptual loss, the GAN from half-way, EMA weights.
 _BASE_TOKENIZER = dict(_TOKENIZER["cpu"], patch_size=8, width=128, encoder_depth=2, decoder_depth=2, num_heads=4,

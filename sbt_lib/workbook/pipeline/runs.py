@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, unprefixed
-from ..data.cache import FeatureCache
-from ..files import REPO, write_json
-from ..generation.transport import TokenNormalizer
-from ..models.sit import SiT, SiTConfig
-from ..models.tokenizer import SelfBootTok
-from ..models.tokenizer_config import TokenizerConfig
-from ..objective.objective import Objective, ObjectiveConfig
+from ...checkpoint import load_checkpoint, unprefixed
+from ...data.cache import FeatureCache
+from ...files import REPO, write_json
+from ...generation.transport import TokenNormalizer
+from ...models.sit import SiT, SiTConfig
+from ...models.tokenizer import SelfBootTok
+from ...models.tokenizer_config import TokenizerConfig
+from ...objective.objective import Objective, ObjectiveConfig
 
 
 def run_dir(out_dir: str | None, notebook: str) -> Path:

@@ -5,7 +5,7 @@
 - ``NN_name.ipynb``: each executed notebook (kept, with its traceback, when a cell fails);
 - ``NN_name/``: that notebook's run folder, with ``metrics.json`` and its figures;
 - ``wall_seconds.json``: each notebook's wall time;
-- ``summary.md``: the results page of the folder (:mod:`sbt_lib.workbook.report`, the writer of
+- ``summary.md``: the results page of the folder (:mod:`sbt_lib.workbook.report.results_page`, the writer of
   ``RESULTS.md``): per notebook its headline rows, the command, date, machine, wall time and figures.
 
 The kernels talk to the runner over local IPC sockets where the OS has them (no TCP port, so no
@@ -25,9 +25,9 @@ from unittest import mock
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 
-from ..data.datasets import DATASETS
-from ..files import REPO, write_json
-from .report import NOTEBOOK_DIR, write_report
+from ...data.datasets import DATASETS
+from ...files import REPO, write_json
+from ..report.results_page import NOTEBOOK_DIR, write_report
 
 
 class LocalKernelManager(AsyncKernelManager):

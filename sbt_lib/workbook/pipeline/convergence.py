@@ -69,13 +69,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.fidelity import hog_distance
-from ..eval.metrics import psnr
-from ..eval.reconstruction import (evaluate_tokenizer, held_out_images, prepare_evaluation, reconstruct,
+from ...eval.fidelity import hog_distance
+from ...eval.metrics import psnr
+from ...eval.reconstruction import (evaluate_tokenizer, held_out_images, prepare_evaluation, reconstruct,
                                    swapped_local_tokens)
-from ..files import REPO, atomic_write, write_json
+from ...files import REPO, atomic_write, write_json
+from ..config.params import Params, resolve
 from . import ablations as ab
-from .params import Params, resolve
 from .runs import variant_run
 
 PARTS = ("A", "B", "C")
@@ -216,7 +216,7 @@ def build_parts(scale: str, names, base, train_set, dataset: str, first_images: 
                 eval_images: int) -> dict[str, Part]:
     """The parts ``names`` at ``scale`` (module docstring), their recipes from the notebooks' bundles; ``base`` is
     the frozen base of A and C, ``train_set`` what C's FLOPs are counted on."""
-    from .builders import base_params
+    from .trainers import base_params
 
     ot = resolve("03_ot_alignment", scale)
     ot_switches = {"ot_weight": ot.objective.ot_weight, "ot_eps": ot.objective.ot_eps,
@@ -328,7 +328,7 @@ def measure(model, test_set, fd_size: int) -> dict:
 
 
 def _train(run: _Run, until: int, train_set, test_set, base, z_global):
-    from .builders import train_on_base, train_tokenizer
+    from .trainers import train_on_base, train_tokenizer
 
     if run.on_base:
         return train_on_base(run.params, base, train_set, test_set, run.folder, z_global=z_global, progress=False,
@@ -381,9 +381,10 @@ def run_study(scale: str = "cpu", parts=PARTS, variants: list[str] | None = None
     ``root``; the results go to ``out`` (default ``benchmarks/``) as ``convergence_<scale>.json`` and ``.png``.
     Returns the results."""
     from .base import _machine, notebook_base
-    from .builders import global_token_cache, load_data, prepare_training
+    from .caches import global_token_cache, load_data
+    from .trainers import prepare_training
     from .pool import map_runs, sweep_workers
-    from ..train import resolve_device
+    from ...train import resolve_device
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; the study has {list(SCALES)}")
@@ -701,9 +702,10 @@ def feature_key(results: dict) -> str | None:
 def verdicts(results: dict, parts=None, claims=None) -> list[dict]:
     """Each claim of ``parts`` (all; ``claims``: only those ids) read at the end of its curves — the last level at
     which both variants have every seed of the part — in PSNR, the rFD and FD-HOG, against the seed spread and seed
-    by seed (:func:`~sbt_lib.workbook.ablations.comparison`, :func:`~sbt_lib.workbook.ablations.verdict`).  One dict
-    per claim and metric: ``part``, ``claim``, ``what``, ``a``, ``b``, ``metric``, ``level``, ``seeds``, the
-    comparison's numbers, and ``line`` (markdown); a claim with no such level yet has ``level`` None."""
+    by seed (:func:`~sbt_lib.workbook.pipeline.ablations.comparison`,
+    :func:`~sbt_lib.workbook.pipeline.ablations.verdict`).  One dict per claim and metric: ``part``, ``claim``,
+    ``what``, ``a``, ``b``, ``metric``, ``level``, ``seeds``, the comparison's numbers, and ``line`` (markdown); a claim
+    with no such level yet has ``level`` None."""
     fd = feature_key(results)
     out = []
     for name in parts or list(results["parts"]):
@@ -799,7 +801,7 @@ def figure(results: dict, parts=None, variants=None, path=None):
     seed — with PCA at the base's number of values and the base itself as horizontal lines."""
     import matplotlib.pyplot as plt
 
-    from .viz import save_figure
+    from ..report.viz import save_figure
 
     fd = feature_key(results)
     metrics = [("test_psnr", "held-out PSNR (dB)")] + ([(fd, f"{LABELS[fd][0]} ↓")] if fd else [])

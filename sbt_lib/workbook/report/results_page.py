@@ -1,7 +1,7 @@
 """The results page: ``RESULTS.md`` (and the run folder's ``summary.md``) written from the run folders.
 
 ``python -m sbt_lib report runs/cpu [--out RESULTS.md]`` reads each notebook's ``metrics.json`` in the run
-folder (what :func:`sbt_lib.workbook.runs.write_metrics` wrote) and ``wall_seconds.json`` (what the runner
+folder (what :func:`sbt_lib.workbook.pipeline.runs.write_metrics` wrote) and ``wall_seconds.json`` (what the runner
 timed) and writes, per notebook in order: the command that remakes it, when its results were written, the
 machine and the wall time, its headline table (the result, the anchor it is read against, the seed spread or
 a note, as the notebook chose them), its verdicts (each claim read against the seed spread) and links to its
@@ -18,8 +18,8 @@ import json
 import os
 from pathlib import Path
 
-from ..files import REPO
-from .scales import SCALE_NAMES
+from ...files import REPO
+from ..config.scales import SCALE_NAMES
 
 NOTEBOOK_DIR = REPO / "notebooks"
 WEIGHTS = REPO / "weights"

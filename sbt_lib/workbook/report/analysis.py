@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from ..batch import map_batches
-from ..eval.flops import flops_by_module, num_params
-from ..eval.metrics import psnr
-from ..eval.reconstruction import reconstruct, swapped_local_tokens
-from ..eval.probes import probe_table
-from ..models.pca import PCA
-from ..models.teachers import available_teachers, load_teacher
-from ..models.tokenizer import SelfBootTok
+from ...batch import map_batches
+from ...eval.flops import flops_by_module, num_params
+from ...eval.metrics import psnr
+from ...eval.reconstruction import reconstruct, swapped_local_tokens
+from ...eval.probes import probe_table
+from ...models.pca import PCA
+from ...models.teachers import available_teachers, load_teacher
+from ...models.tokenizer import SelfBootTok
 
 
 def encode_groups(model: SelfBootTok, images: torch.Tensor, batch_size: int | None = None) -> dict[str, torch.Tensor]:

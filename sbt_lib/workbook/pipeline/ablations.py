@@ -1,9 +1,9 @@
 """Ablations in miniature: train tokenizer variants over seeds, evaluate, summarise (paper Table 3).
 
 A *variant* is a name and a dict of flat parameter names (tokenizer switches, objective weights) laid over a
-notebook's :class:`~sbt_lib.workbook.params.Params`.  :func:`run_variants` trains every (variant, seed) pair
+notebook's :class:`~sbt_lib.workbook.config.params.Params`.  :func:`run_variants` trains every (variant, seed) pair
 into its own run folder — so an interrupted sweep resumes where it stopped, and finished runs are not retrained;
-on a CPU several at once (:mod:`~sbt_lib.workbook.pool`) — and returns one row of held-out metrics per run;
+on a CPU several at once (:mod:`~sbt_lib.workbook.pipeline.pool`) — and returns one row of held-out metrics per run;
 :func:`summarize` turns the rows into mean ± standard deviation per variant.
 """
 from __future__ import annotations
@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.datasets import LazyImageFolder
-from ..eval.metrics import psnr
-from ..eval.reconstruction import evaluate_tokenizer, held_out_images, prepare_evaluation, swapped_local_tokens
-from ..models.two_stage import decoder_side_params
-from ..train import DifferentRunError, resolve_device
-from .builders import base_params, global_token_cache, prepare_training, train_on_base, train_tokenizer
-from .params import Params
+from ...data.datasets import LazyImageFolder
+from ...eval.metrics import psnr
+from ...eval.reconstruction import evaluate_tokenizer, held_out_images, prepare_evaluation, swapped_local_tokens
+from ...models.two_stage import decoder_side_params
+from ...train import DifferentRunError, resolve_device
+from ..config.params import Params
+from ..report.tables import markdown_table, mean_std
+from .caches import global_token_cache
 from .pool import map_runs, sweep_workers
 from .runs import load_tokenizer, variant_run
-from .tables import markdown_table, mean_std
+from .trainers import base_params, prepare_training, train_on_base, train_tokenizer
 
 FEATURE_KEYS = ("fid", "fd_effnet")  # rFID-style distances: Inception when its weights resolve, else EffNet-Lite0
 FEATURE_LABELS = {"fid": "rFID", "fd_effnet": "rFD-EffNet"}
@@ -49,7 +50,7 @@ def matched_control(base, full: dict, most: int = 12) -> dict:
     """The control the paper lacks: G (no local groups) with the decoder depth whose decoder side on ``base``
     has the parameter count nearest to that of the variant ``full`` (e.g. G+L1+L2), so that a gain of the local
     tokens is not just a gain of parameters."""
-    from ..models.two_stage import on_base
+    from ...models.two_stage import on_base
 
     def count(**switches) -> int:
         with torch.random.fork_rng(devices=[]):
@@ -80,9 +81,9 @@ def run_variants(P: Params, variants: dict[str, dict], train_set, test_set, out:
     """Train and evaluate every variant with every seed of ``P.seeds``; one row of metrics per run, in the order
     variant by variant, seed by seed.
 
-    Runs land in :func:`~sbt_lib.workbook.runs.variant_run` ``(out, variant, seed)``; each resumes from
+    Runs land in :func:`~sbt_lib.workbook.pipeline.runs.variant_run` ``(out, variant, seed)``; each resumes from
     its checkpoint, and a finished run is only re-evaluated.  The seed fixes the initial weights and the
-    batch order.  ``P.study.workers`` runs train at once (:mod:`~sbt_lib.workbook.pool`: on a CPU, one process
+    batch order.  ``P.study.workers`` runs train at once (:mod:`~sbt_lib.workbook.pipeline.pool`: on a CPU, one process
     of one thread per core); what new runs read from disk caches (principal components, 2D latents, teacher and
     evaluation features) is computed here first.  ``progress`` shows one bar over the runs (one per training step
     would slow a 2-core notebook kernel).
@@ -108,7 +109,7 @@ def run_on_base(P: Params, base, variants: dict[str, dict], train_set, test_set,
     """:func:`run_variants` on a base tokenizer: every (variant, seed) trains its decoder side (local aligners,
     their codebooks, fusion, decoder, and the objective's own parts) from a fresh start of that seed on the
     frozen encoder and global codebook of ``base``, so every variant has the same global tokens, read once
-    from a cache (:func:`~sbt_lib.workbook.builders.train_on_base`).  A variant may only change decoder-side
+    from a cache (:func:`~sbt_lib.workbook.pipeline.trainers.train_on_base`).  A variant may only change decoder-side
     switches and objective weights.  With ``finetune``, every variant trains all of its weights instead, started
     from the base's.  One row per run, as :func:`run_variants` gives; ``reuse`` as there."""
     P = base_params(P, base)
@@ -135,9 +136,9 @@ def stage2_on_base(sizes: list[str]) -> dict[str, dict]:
 def on_base_step_flops(P: Params, base, switches: dict, train_set) -> int:
     """FLOPs of one training step (forward and backward, torch's counter) of the variant ``switches`` on ``base``:
     the decoder side only, as :func:`run_on_base` trains it, since the frozen encoder's tokens are cached."""
-    from ..eval.flops import training_step_flops
-    from ..models.two_stage import ENCODER_SWITCHES, on_base
-    from .builders import build_objective
+    from ...eval.flops import training_step_flops
+    from ...models.two_stage import ENCODER_SWITCHES, on_base
+    from .trainers import build_objective
 
     Q = base_params(P, base).replace(**switches)
     model = on_base(base, seed=Q.seed, inherit_decoder=False,

@@ -6,17 +6,18 @@ into the same run folder, so a notebook run with the same ``out`` folder, scale 
 command trained instead of training it again.  Stage 1 is the base tokenizer: the shipped one where its
 configuration is the scale's ``base`` bundle (cpu, gpu), else the one ``train base`` writes under ``out``:
 
-===========  ==========================================================  ==========================================
-command      trains                                                      run folder (under ``out``)
-===========  ==========================================================  ==========================================
-base         the base tokenizer, stage 1 (:mod:`~sbt_lib.workbook.base`)  ``base/tokenizer``; with ``--export DIR``
-             its ``save_pretrained`` folder at the end (the shipped one: ``weights/``)
-stage2       notebook 04's stage 2 per size of ``stage2_aligners`` on       ``04_aligner_scaling/runs/two-stage_<size>/seed<seed>``
-             the base (:func:`~sbt_lib.workbook.builders.train_on_base`)
-generator    the SiT on the base's global tokens that notebook 05 reuses  ``05_generation/generators/global``; with
-             (:mod:`~sbt_lib.workbook.base_generator`)                   ``--export DIR`` its ``save_pretrained``
-                                                                         folder at the end (shipped: ``weights/``)
-===========  ==========================================================  ==========================================
+=========  ================================================================  =========================================
+command    trains                                                            run folder (under ``out``)
+=========  ================================================================  =========================================
+base       the base tokenizer, stage 1                                       ``base/tokenizer``; with ``--export DIR``
+           (:mod:`~sbt_lib.workbook.pipeline.base`)                          its ``save_pretrained`` folder at the
+                                                                             end (the shipped one: ``weights/``)
+stage2     notebook 04's stage 2 per size of ``stage2_aligners`` on the      ``04_aligner_scaling/runs/``
+           base (:func:`~sbt_lib.workbook.pipeline.trainers.train_on_base`)  ``two-stage_<size>/seed<seed>``
+generator  the SiT on the base's global tokens that notebook 05 reuses       ``05_generation/generators/global``; with
+           (:mod:`~sbt_lib.workbook.pipeline.base_generator`)                ``--export DIR`` its ``save_pretrained``
+                                                                             folder at the end (shipped: ``weights/``)
+=========  ================================================================  =========================================
 
 Under ``torchrun`` rank 0 fills the caches first (decoded data, teacher features, the global tokens),
 then every rank trains its shard of each batch (:mod:`sbt_lib.train`); only rank 0 writes and prints.
@@ -31,16 +32,16 @@ import json
 import time
 from pathlib import Path
 
-from .. import distributed as dist
-from ..eval import sharded
-from ..files import REPO, write_json
-from ..train import TrainResult, resolve_device
-from . import builders
-from .ablations import stage2_on_base
-from .base import export_base, load_base, notebook_base_folder
-from .base_generator import export_run
-from .params import Params, resolve
-from .runs import load_generator, load_tokenizer, variant_run
+from ... import distributed as dist
+from ...eval import sharded
+from ...files import REPO, write_json
+from ...train import TrainResult, resolve_device
+from ..config.params import Params, resolve
+from ..pipeline import caches, generators, trainers
+from ..pipeline.ablations import stage2_on_base
+from ..pipeline.base import export_base, load_base, notebook_base_folder
+from ..pipeline.base_generator import export_run
+from ..pipeline.runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
 BUNDLES = {"base": "base", "stage2": "04_aligner_scaling", "generator": "generator"}  # the bundle of each command
@@ -55,7 +56,7 @@ def run_folders(out: Path, P: Params) -> dict[str, Path]:
 
 
 def _stage1(P: Params, out: Path):
-    """The base the notebooks stand on at ``P.scale`` (:func:`~sbt_lib.workbook.base.notebook_base_folder`)."""
+    """The base the notebooks stand on at ``P.scale`` (:func:`~sbt_lib.workbook.pipeline.base.notebook_base_folder`)."""
     run = notebook_base_folder(P, out)
     if (run / "config.json").exists():
         return load_base(run)
@@ -88,27 +89,27 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         say(f"train {what} at scale {scale} on {world_size} process(es) ({group}); "
             f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
         with dist.main_first():  # rank 0 fills the caches on disk, the others read them
-            train_set, test_set = builders.load_data(P)
+            train_set, test_set = caches.load_data(P)
             if what == "base":
-                builders.build_objective(P, builders.build_tokenizer(P, train_set), train_set, progress)
+                trainers.build_objective(P, trainers.build_tokenizer(P, train_set), train_set, progress)
             else:
                 parent = _stage1(P, out)
                 if what == "stage2":
-                    P = builders.base_params(P, parent)
-                    z_global = builders.global_token_cache(parent, train_set, P, progress)
+                    P = trainers.base_params(P, parent)
+                    z_global = caches.global_token_cache(parent, train_set, P, progress)
                 else:
-                    tokens = builders.token_cache(parent, train_set, P, "global", progress)
+                    tokens = caches.token_cache(parent, train_set, P, "global", progress)
         t0, results = time.perf_counter(), {}
         if what == "base":
-            results["base"] = builders.train_tokenizer(P, train_set, test_set, folders["base"], progress,
+            results["base"] = trainers.train_tokenizer(P, train_set, test_set, folders["base"], progress,
                                                        distribution=True)
         elif what == "stage2":
             for s, switches in zip(P.stage2.aligners, stage2_on_base(P.stage2.aligners).values()):
-                results[f"stage2 {s}"] = builders.train_on_base(P.replace(**switches), parent, train_set, test_set,
+                results[f"stage2 {s}"] = trainers.train_on_base(P.replace(**switches), parent, train_set, test_set,
                                                                 folders[f"stage2 {s}"], z_global=z_global, progress=progress)
         else:
-            results["generator"] = builders.train_generator(P, parent, train_set, folders["generator"], "global",
-                                                            tokens=tokens, progress=progress)
+            results["generator"] = generators.train_generator(P, parent, train_set, folders["generator"], "global",
+                                                              tokens=tokens, progress=progress)
         for name, r in results.items():
             batch = P.generator.batch_size if name == "generator" else P.training.batch_size
             evals = [h for h in r.history if any(k.startswith("eval_") for k in h)]
@@ -140,7 +141,7 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
     with dist.process_group() as (rank, world_size):
         P, out, folders = _resolve(what, scale, dataset, out, overrides)
         with dist.main_first():
-            train_set, test_set = builders.load_data(P)
+            train_set, test_set = caches.load_data(P)
         device = resolve_device(P.training.device)
         results = {}
         if what in ("base", "stage2"):
@@ -158,8 +159,8 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
             model, G = model.to(device), P.generator
 
             def sample(classes, seed):
-                return builders.generate_images(tokenizer, model, normalizer, classes.to(device), "global", G.sampler,
-                                                G.sampling_steps, G.guidance, seed)
+                return generators.generate_images(tokenizer, model, normalizer, classes.to(device), "global", G.sampler,
+                                                  G.sampling_steps, G.guidance, seed)
 
             results["generator"] = sharded.generation_metrics(sample, test_set, G.samples, len(train_set.classes),
                                                               P.seed, P.eval.fd_size)

@@ -3,7 +3,7 @@ from on the image, the effect of ε, convergence, and an ipywidgets slider for �
 
 A plan P is N_x × N_z: row i is a 2D latent position (raster order on a ``grid`` × ``grid``
 latent map), column j a 1D token; P_ij is the mass moved from position i to token j.  Like
-:mod:`sbt_lib.workbook.viz`, each function draws one figure, saves it when given a path, and returns it.
+:mod:`sbt_lib.workbook.report.viz`, each function draws one figure, saves it when given a path, and returns it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..objective.ot import sinkhorn
+from ...objective.ot import sinkhorn
 from .viz import live_kernel, save_figure, show, to_numpy_image
 
 

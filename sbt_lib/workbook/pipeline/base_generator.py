@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..files import write_json
-from ..generation.path import interpolate, target_velocity
-from ..generation.transport import TokenNormalizer
-from ..models.sit import SiT
-from ..models.tokenizer import SelfBootTok
+from ...files import write_json
+from ...generation.path import interpolate, target_velocity
+from ...generation.transport import TokenNormalizer
+from ...models.sit import SiT
+from ...models.tokenizer import SelfBootTok
 from .base import WEIGHTS, _machine, check_batches
 
 RECORD = "training.json"
@@ -88,7 +88,7 @@ def shipped_for(P, base: SelfBootTok) -> Path | None:
 def generator_params(P):
     """``P`` with the data of the ``generator`` bundle at ``P.scale`` (every training image's tokens at cpu): the
     parameters the reused generator is trained with, whatever notebook ``P`` is of."""
-    from .params import resolve
+    from ..config.params import resolve
 
     bundle = resolve("generator", P.scale, dataset=P.data.dataset)
     return P.replace(train_size=bundle.data.train_size, test_size=bundle.data.test_size)
@@ -99,7 +99,7 @@ def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, pr
     ``P``): the shipped one where its recorded recipe and base are these, else the one trained (or, on a rerun,
     loaded) in ``<out_root>/05_generation/generators/global``, the folder of ``python -m sbt_lib train generator``.
     Returns ``model``, ``normalizer``, ``steps``, ``seconds`` (of its training) and ``where``."""
-    from . import builders
+    from . import caches, generators
     from .runs import load_generator
 
     PG = generator_params(P)
@@ -111,12 +111,12 @@ def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, pr
                 "seconds": record["training_seconds"], "where": str(folder)}
     run = Path(out_root) / "05_generation" / "generators" / "global"
     if PG.data.train_size != P.data.train_size:
-        train_set, _ = builders.load_data(PG)
+        train_set, _ = caches.load_data(PG)
     if progress and not (run / "checkpoint.json").exists():
         print(f"no shipped generator for this recipe and base: training SiT-{PG.generator.size} into {run} "
               f"({PG.generator.steps} steps; a rerun loads it)")
-    tokens = builders.token_cache(base, train_set, PG, "global", progress)
-    result = builders.train_generator(PG, base, train_set, run, "global", tokens=tokens, progress=progress)
+    tokens = caches.token_cache(base, train_set, PG, "global", progress)
+    result = generators.train_generator(PG, base, train_set, run, "global", tokens=tokens, progress=progress)
     model, normalizer = load_generator(run)
     return {"model": model, "normalizer": normalizer, "steps": result.step, "seconds": result.seconds,
             "where": str(run)}
@@ -126,8 +126,8 @@ def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, pr
 
 @torch.no_grad()
 def check_loss(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, seed: int = 0) -> dict[str, float]:
-    """The flow-matching loss of ``model`` on each of :func:`~sbt_lib.workbook.base.check_batches`' global tokens
-    under ``base``, at fixed noise and times, unconditional (the null class: any data set has it).  A number that
+    """The flow-matching loss of ``model`` on each of :func:`~sbt_lib.workbook.pipeline.base.check_batches`' global
+    tokens under ``base``, at fixed noise and times, unconditional (the null class: any data set has it).  A number that
     moves when the generator, its normaliser or the base changes."""
     model, out = model.eval(), {}
     for name, images in check_batches(base.cfg.image_size).items():
@@ -145,24 +145,24 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     """gFD-EffNet and KID (mean ± std over sampling ``seeds``) of ``samples`` balanced samples of ``model`` against
     as many test images, beside the class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor
     to beat), real training images (the floor at this count) and the base's decodes of them (the ceiling)."""
-    from ..eval.generation import generation_metrics
-    from ..eval.reconstruction import held_out_images
-    from . import builders
+    from ...eval.generation import generation_metrics
+    from ...eval.reconstruction import held_out_images
+    from . import generators
     from .generation_study import summarize
 
     g = P.generator
     real = held_out_images(test_set, samples)
     classes = torch.arange(samples) % len(train_set.classes)
-    gaussian, gaussian_norm = builders.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
+    gaussian, gaussian_norm = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
     runs = {"SiT": [], "Gaussian": []}
     for seed in seeds:
         for name, (m, n) in (("SiT", (model, normalizer)), ("Gaussian", (gaussian.eval(), gaussian_norm))):
-            fake = builders.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance,
-                                            seed)
+            fake = generators.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance,
+                                              seed)
             runs[name].append(generation_metrics(real, fake, P.eval.fd_size))
     train_images = held_out_images(train_set, samples)
     with torch.no_grad():
-        decoded = torch.cat([builders.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
+        decoded = torch.cat([generators.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
     runs["real training images (floor)"] = [generation_metrics(real, train_images, P.eval.fd_size)]
     runs["base decodes of them (ceiling)"] = [generation_metrics(real, decoded, P.eval.fd_size)]
 
@@ -180,12 +180,12 @@ def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_
     ``train_set``) at ``folder`` (:func:`save_generator`) with ``training.json``: the recipe, the base's config, the
     run's steps and seconds, the sample quality (:func:`sample_quality`) and the check losses, all measured on the
     float16 weights as shipped.  Returns the record."""
-    from . import builders
+    from . import caches
     from .runs import load_generator
 
     save_generator(*load_generator(run), folder)
     model, normalizer = load_generator_folder(folder)
-    tokens = builders.token_cache(base, train_set, P, "global", progress=False)
+    tokens = caches.token_cache(base, train_set, P, "global", progress=False)
     quality = sample_quality(model, normalizer, base, P, tokens, train_set, test_set, samples, seeds)
     meta, g = json.loads((Path(run) / "checkpoint.json").read_text()), P.generator
     record = {
@@ -217,11 +217,11 @@ global tokens of `weights/base-tokenizer-{r["dataset"]}`; the aligners bootstrap
 the decoder renders them. Float16 weights (they load as float32) and the token normaliser:
 
 ```python
-from sbt_lib.workbook.base_generator import load_generator_folder
-from sbt_lib.workbook.base import load_base
-from sbt_lib.workbook import builders
+from sbt_lib.workbook.pipeline.base_generator import load_generator_folder
+from sbt_lib.workbook.pipeline.base import load_base
+from sbt_lib.workbook.pipeline import generators
 sit, normalizer = load_generator_folder("{{this folder}}")
-images = builders.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]})
+images = generators.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]})
 ```
 
 Trained by `{record["command"]}`: {record["steps"]} steps of {record["batch_size"]} ({record["images_seen"]:,} token

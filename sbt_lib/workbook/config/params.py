@@ -3,7 +3,7 @@
 A notebook's ``parameters`` cell names each parameter once, by its config field's name (``steps``,
 ``width``, ``ot_weight``), every one ``None`` unless set; one line turns the cell into a
 :class:`Params`: ``P = notebook_params("01_decomposition", globals())``.  The values come from the
-notebook's bundle at the chosen scale (:mod:`~sbt_lib.workbook.scales`), with every non-``None``
+notebook's bundle at the chosen scale (:mod:`~sbt_lib.workbook.config.scales`), with every non-``None``
 cell value laid over it.
 
 Flat names and sections.  A parameter's name is its field's name; the fields of the sections
@@ -33,11 +33,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields, replace
 
-from ..config import Config
-from ..data.datasets import resolve_dataset_name
-from ..models.tokenizer_config import TokenizerConfig
-from ..objective.objective import ObjectiveConfig
-from ..train import TrainConfig
+from ...config import Config
+from ...data.datasets import resolve_dataset_name
+from ...models.tokenizer_config import TokenizerConfig
+from ...objective.objective import ObjectiveConfig
+from ...train import TrainConfig
 from .scales import NOTEBOOKS
 
 
@@ -87,7 +87,7 @@ class Stage2Config(Config):
     :data:`~sbt_lib.models.aligners.ALIGNER_2D_PRESETS`), what stays frozen (``encoder`` or ``all``,
     :mod:`~sbt_lib.models.two_stage`), and the stage-2 steps per size; and the refine stage (a pixel refiner trained
     after the tokenizer with the rest frozen, :func:`~sbt_lib.models.two_stage.refined_tokenizer`,
-    :func:`~sbt_lib.workbook.builders.train_refiner`)."""
+    :func:`~sbt_lib.workbook.pipeline.trainers.train_refiner`)."""
 
     aligners: list[str] = field(default_factory=lambda: ["xs", "s", "m", "l", "xl"])
     freeze: str = "encoder"
@@ -128,7 +128,7 @@ class StudyConfig(Config):
     weight μ2, the batch of the OT solver benchmark, and the weights of the related methods' terms in
     notebook 06 (CRT's at each of ``crt_weights``; GloTok's histogram relation and residual terms); and how many
     of a sweep's runs train at once (``workers``; 0: one per CPU thread on a CPU, one on a GPU; see
-    :mod:`~sbt_lib.workbook.pool`)."""
+    :mod:`~sbt_lib.workbook.pipeline.pool`)."""
 
     seeds: int = 1
     workers: int = 0

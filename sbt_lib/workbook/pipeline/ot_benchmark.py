@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from ..objective.ot import sinkhorn, squared_euclidean
-from .tables import markdown_table
+from ...objective.ot import sinkhorn, squared_euclidean
+from ..report.tables import markdown_table
 
 
 def random_problems(batch: int, nx: int, nz: int, dim: int, seed: int = 0, device="cpu") -> torch.Tensor:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from ..eval.flops import flops_by_module, training_step_flops
-from ..eval.generation import generation_metrics
-from ..eval.reconstruction import held_out_images
-from ..files import REPO
-from ..generation.transport import FlowMatchingLoss
-from . import ablations, builders
+from ...eval.flops import flops_by_module, training_step_flops
+from ...eval.generation import generation_metrics
+from ...eval.reconstruction import held_out_images
+from ...files import REPO
+from ...generation.transport import FlowMatchingLoss
+from . import ablations, caches, generators
 from .runs import load_generator, load_tokenizer
 
 
@@ -48,8 +48,8 @@ def record(model, normalizer, tokenizer, groups: str, tokens, train_set, batch_s
 def train_record(P, tokenizer, groups: str, train_set, out_dir: Path) -> dict:
     """Train (or, on a rerun, load) a SiT of ``P.generator`` on ``tokenizer``'s ``groups`` in ``out_dir``; its
     record."""
-    tokens = builders.token_cache(tokenizer, train_set, P, groups, progress=False)
-    result = builders.train_generator(P, tokenizer, train_set, out_dir, groups, tokens=tokens, progress=False)
+    tokens = caches.token_cache(tokenizer, train_set, P, groups, progress=False)
+    result = generators.train_generator(P, tokenizer, train_set, out_dir, groups, tokens=tokens, progress=False)
     model, normalizer = load_generator(out_dir)
     return record(model, normalizer, tokenizer, groups, tokens, train_set, P.generator.batch_size, result.step,
                   result.seconds)
@@ -61,9 +61,9 @@ def sample_and_measure(gen: dict, classes: torch.Tensor, test_set, sampler: str,
     many test images: ``images``, ``z``, ``gfd``, ``kid``, ``label``, ``nfe`` (per sample), ``ms_per_image``
     (sampling only) and ``ms_per_forward`` (a forward of one sequence)."""
     stats, t0 = {}, time.perf_counter()
-    z = builders.generate_tokens(gen["model"], gen["normalizer"], classes, sampler, steps, scale, seed, stats)
+    z = generators.generate_tokens(gen["model"], gen["normalizer"], classes, sampler, steps, scale, seed, stats)
     seconds = time.perf_counter() - t0
-    images = builders.decode_tokens(tokenizer or gen["tokenizer"], z, gen["groups"])
+    images = generators.decode_tokens(tokenizer or gen["tokenizer"], z, gen["groups"])
     batches = -(-len(classes) // 250)  # generate_tokens samples in batches of 250
     nfe = stats["nfe"] / batches
     forwards = len(classes) * nfe * (2 if scale != 1.0 else 1)  # guidance runs the null class beside
@@ -90,7 +90,7 @@ def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classe
                          out / f"b-seed{seed}")
         ma = sample_and_measure(a, classes, test_set, g.sampler, g.sampling_steps, g.guidance, seed, P.eval.fd_size)
         mb = sample_and_measure(b, classes, test_set, g.sampler, g.sampling_steps, g.guidance, seed, P.eval.fd_size)
-        images = builders.decode_tokens(softvq, ma["z"], "global")  # (c): (a)'s very samples, SoftVQ's decoder
+        images = generators.decode_tokens(softvq, ma["z"], "global")  # (c): (a)'s very samples, SoftVQ's decoder
         mc = {**ma, "images": images, **generation_metrics(held_out_images(test_set, len(classes)), images,
                                                            P.eval.fd_size)}
         for name, gen, m in zip(rows, (a, b, a), (ma, mb, mc)):
@@ -105,8 +105,8 @@ def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classe
 
 def _step_flops(Q, tokenizer, train_set) -> int:
     """FLOPs of one training step of a fresh SiT of ``Q.generator`` on ``tokenizer``'s tokens of all groups."""
-    tokens = builders.token_cache(tokenizer, train_set, Q, "all", progress=False)
-    model, normalizer = builders.build_generator(Q, tokens, train_set)
+    tokens = caches.token_cache(tokenizer, train_set, Q, "all", progress=False)
+    model, normalizer = generators.build_generator(Q, tokens, train_set)
     batch = train_set.get_batch(torch.arange(Q.generator.batch_size))
     return training_step_flops(model.train(), FlowMatchingLoss(tokens, normalizer), batch)
 

@@ -1,0 +1,88 @@
+"""The generator over a frozen tokenizer's tokens (paper §3.2): a class-conditional SiT of ``P.generator`` built for
+cached tokens (:func:`~sbt_lib.workbook.pipeline.caches.token_cache`), trained by flow matching through the engine,
+sampled in batches, and its tokens decoded back to images by the tokenizer.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ...data.cache import FeatureCache
+from ...generation.samplers import sample
+from ...generation.transport import FlowMatchingLoss, TokenNormalizer
+from ...models.sit import SiT
+from ...models.tokenizer import SelfBootTok
+from ...train import TrainResult, train
+from ..config.params import Params
+from .caches import token_cache
+
+
+def build_generator(P: Params, tokens: FeatureCache, train_set) -> tuple[SiT, TokenNormalizer]:
+    """An untrained class-conditional SiT of ``P.generator`` for the cached ``tokens`` of ``train_set``, and the
+    tokens' per-channel normaliser.  With ``P.generator.prior == "gaussian"`` its Gaussian prior is fitted to the
+    normalised tokens here, so this untrained model already samples each class's Gaussian (the anchor)."""
+    g = P.generator
+    normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)
+    torch.manual_seed(P.seed)
+    model = SiT(num_tokens=tokens.shape[0], token_dim=tokens.shape[-1], num_classes=len(train_set.classes),
+                size=g.size, class_dropout=g.class_dropout, prior=g.prior)
+    if model.prior is not None:
+        model.prior.fit(normalizer.normalize(tokens.features.float()), train_set.targets)
+    return model, normalizer
+
+
+def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
+                    tokens: FeatureCache | None = None, progress: bool = True, eval_fn=None) -> TrainResult:
+    """A class-conditional SiT of ``P.generator`` (:func:`build_generator`) trained by flow matching on the
+    cached tokens of ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine
+    (checkpoints, resume, the NaN guard).  The normaliser and the Gaussian prior are saved with it.
+    ``eval_fn(model)``, every ``P.training.eval_every`` steps: e.g. the distribution distance of its samples."""
+    tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
+    g = P.generator
+    model, normalizer = build_generator(P, tokens, train_set)
+    cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, ema=g.ema, progress=progress)
+    meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
+            "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
+    return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,
+                 eval_fn=eval_fn, meta=meta)
+
+
+@torch.no_grad()
+def decode_tokens(tokenizer: SelfBootTok, z: torch.Tensor, groups: str = "global") -> torch.Tensor:
+    """Images (clamped, on the CPU) of generated tokens ``z`` (in token units): through
+    :meth:`~SelfBootTok.decode_from_global` for ``global``, or split into the groups and decoded for ``all``."""
+    tokenizer = tokenizer.to(z.device).eval()
+    if groups == "global":
+        images = tokenizer.decode_from_global(z)
+    else:
+        sizes = {"global": tokenizer.cfg.num_tokens, "local_1d": tokenizer.cfg.num_tokens,
+                 "local_2d": tokenizer.cfg.local_tokens}
+        parts = z.split([sizes[g] for g in tokenizer.cfg.groups], dim=1)
+        images = tokenizer.decode(dict(zip(tokenizer.cfg.groups, parts)))
+    return images.clamp(-1, 1).float().cpu()
+
+
+@torch.no_grad()
+def generate_tokens(generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor, sampler: str = "heun",
+                    steps: int = 20, scale: float = 1.0, seed: int = 0, stats: dict | None = None,
+                    batch_size: int = 250, **options) -> torch.Tensor:
+    """Tokens (in token units) of ``classes`` sampled from ``generator`` in batches, seeded by ``seed``."""
+    device = next(generator.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    norm = normalizer.to(device)
+    return torch.cat([norm.denormalize(sample(generator, classes[i:i + batch_size].to(device), sampler, steps, scale,
+                                              generator=gen, stats=stats, **options))
+                      for i in range(0, len(classes), batch_size)])
+
+
+@torch.no_grad()
+def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor,
+                    groups: str = "global", sampler: str = "heun", steps: int = 20, scale: float = 1.0,
+                    seed: int = 0, stats: dict | None = None) -> torch.Tensor:
+    """Images (clamped to [-1, 1], on the CPU) of ``classes``: tokens sampled from ``generator``, mapped back
+    by ``normalizer``, then decoded — through :meth:`~SelfBootTok.decode_from_global` (the aligners
+    bootstrap the local tokens) for ``global``, or split into the groups and decoded directly for ``all``."""
+    z = generate_tokens(generator, normalizer, classes, sampler, steps, scale, seed, stats)
+    return decode_tokens(tokenizer, z, groups)
