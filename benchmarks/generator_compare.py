@@ -48,20 +48,22 @@ def main() -> None:
     stage2, where = ablations.aligner_sweep(P, stage1, train_set, test_set, runs / "04_aligner_scaling",
                                             out / "tokenizers")
     classes = torch.arange(P.generator.samples) % len(train_set.classes)
-    summary, rows = study.comparison(P, stage1, stage2, train_set, test_set, out, classes,
+    summary, rows, anchors = study.comparison(P, stage1, stage2, train_set, test_set, out, classes,
                                      reuse_g=runs / "02_bootstrapping")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stem = Path(args.out) / f"generator_compare_{args.scale}"
-    viz.image_rows({k.split(",")[0]: rows[k][0]["images"] for k in rows}, n=8, path=stem.with_suffix(".png"))
+    viz.image_rows({k: rows[k][0]["images"] for k in rows}, n=8, path=stem.with_suffix(".png"))
     write_json(stem.with_suffix(".json"), {
         "command": " ".join(["python", *sys.argv]), "machine": _machine(), "seconds": time.perf_counter() - t0,
-        "recipe": study.comparison_recipe(P), "tokenizers_from": where, "summary": summary,
+        "recipe": study.comparison_recipe(P), "tokenizers_from": where, "summary": summary, "anchors": anchors,
         "differences": {"(a) - (b)": study.read_difference(summary, *list(summary)[:2]),
                         "(a) - (c)": study.read_difference(summary, list(summary)[0], list(summary)[2])}})
     for name, s in summary.items():
         print(f"{name}: {s['label']} {s['gfd_mean']:.1f} ± {s['gfd_std']:.1f}, KID {s['kid_mean']:.4f} ± "
               f"{s['kid_std']:.4f}, {s['steps_mean']:.0f} steps, {s['gflops_forward_mean']:.4f} GFLOP/forward, "
               f"{s['ms_per_image_mean']:.1f} ms/sample")
+    for name, a in anchors.items():
+        print(f"{name}: {a['label']} {a['gfd']:.1f}, KID {a['kid']:.4f}")
     print(f"→ {stem}.json, {stem}.png ({time.perf_counter() - t0:.0f} s)")
 
 

@@ -58,7 +58,7 @@ def test_the_page_shows_each_notebooks_headlines_command_date_machine_and_time(r
 
 
 def test_each_notebooks_verdicts_are_listed_one_per_line_under_its_table(runs, tmp_path):
-    page = report.write_report(runs, tmp_path / "RESULTS.md").read_text()
+    page = results_page.write_report(runs, tmp_path / "RESULTS.md").read_text()
     first = page[page.index(f"## {FIRST}"):page.index(f"## {SECOND}")]
     assert "Verdicts:\n\n- **G+L1+L2** vs G: +1.5 dB (spread 0.1): larger than the spread\n" in first
     assert first.index("| held-out PSNR (dB)") < first.index("Verdicts:") < first.index("Figures:")

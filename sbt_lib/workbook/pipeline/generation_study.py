@@ -72,6 +72,23 @@ def sample_and_measure(gen: dict, classes: torch.Tensor, test_set, sampler: str,
             **generation_metrics(held_out_images(test_set, len(classes)), images, fd_size)}
 
 
+ROWS = ("(a) global tokens", "(b) all three groups", "(c) SoftVQ baseline")  # the rows of the comparison, in order
+
+
+def ceilings(selfboottok, softvq, train_set, test_set, n: int, fd_size: int) -> dict[str, dict]:
+    """The anchor rows of the comparison, each ``gfd``, ``kid``, ``label`` against ``n`` test images: real training
+    images (the floor no generator beats) and each decoder's reconstructions of them from their real tokens (the
+    ceiling a perfect generator of those tokens reaches).  (a) and (b) share one: the local tokens are bootstrapped
+    from the global ones, so real tokens of all three groups decode as the global tokens do."""
+    real, train_images = held_out_images(test_set, n), held_out_images(train_set, n)
+    with torch.no_grad():
+        decoded = {name: torch.cat([generators.decode_tokens(tok, tok.encode_global(x)) for x in train_images.split(250)])
+                   for name, tok in (("(a), (b)", selfboottok), ("(c)", softvq))}
+    return {"real training images (the floor)": generation_metrics(real, train_images, fd_size),
+            **{f"{name}: its decoder on real tokens (the ceiling)": generation_metrics(real, images, fd_size)
+               for name, images in decoded.items()}}
+
+
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
                   seeds: list[int]) -> dict[str, list[dict]]:
     """(a), (b), (c) of the module docstring, one of each per seed: SiT-``compare_size`` from zero velocity for
@@ -81,8 +98,7 @@ def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classe
     g = P.generator
     Q = P.replace(generator_size=g.compare_size, generator_steps=g.compare_steps, generator_lr=g.compare_lr,
                   generator_ema=0.0, generator_prior="none")
-    rows: dict[str, list[dict]] = {"(a) SelfBootTok, global tokens": [], "(b) SelfBootTok, all groups": [],
-                                   "(c) SoftVQ baseline, global tokens": []}
+    rows: dict[str, list[dict]] = {name: [] for name in ROWS}
     for seed in seeds:
         a = train_record(Q.replace(seed=seed), selfboottok, "global", train_set, out / f"a-seed{seed}")
         steps_b = max(1, round(a["flops_step"] * a["steps"] / _step_flops(Q, selfboottok, train_set)))
@@ -145,7 +161,7 @@ def comparison(P, stage1, stage2: dict, train_set, test_set, out: Path, classes:
     """(a), (b), (c) of the module docstring over ``P.seeds``: (a) and (b) on the smallest of notebook 04's stage-2
     tokenizers ``stage2`` (stage 2 on the base ``stage1``), (c) on the SoftVQ baseline of the same base (notebook
     02's ``G`` run, reused from ``reuse_g`` where it is there, else trained into ``out/tokenizers``).  Returns
-    ``(summary, rows)`` (:func:`summarize`, :func:`equal_compute`)."""
+    ``(summary, rows, anchors)`` (:func:`summarize`, :func:`equal_compute`, :func:`ceilings`)."""
     first = next(iter(stage2))
     reuse = {"G": (Path(reuse_g), "G")} if reuse_g else {}
     run = ablations.run_on_base(P.replace(seeds=1), stage1, {"G": ablations.table3_variants(first)["G"]}, train_set,
@@ -157,7 +173,8 @@ def comparison(P, stage1, stage2: dict, train_set, test_set, out: Path, classes:
             raise AssertionError("(c)'s global tokens must be (a)'s: both stand on the base's frozen encoder")
     rows = equal_compute(P, stage2[first], softvq, train_set, test_set, out / "generators" / "compare", classes,
                          list(P.seeds))
-    return summarize(rows), rows
+    anchors = ceilings(stage2[first], softvq, train_set, test_set, len(classes), P.eval.fd_size)
+    return summarize(rows), rows, {k: {m: v[m] for m in ("gfd", "kid", "label")} for k, v in anchors.items()}
 
 
 def comparison_recipe(P) -> dict:
