@@ -3,7 +3,8 @@
 Notebook 06 fine-tunes six tokenizers from the base over three seeds within its minutes; a generator per run that
 learns its tokens (thousands of steps, samples measured at thousands of images) does not fit beside them.  This
 script trains the notebook's tokenizers the notebook's way (into its run folder, or loads them from there), gives
-every run a SiT of the notebook's ``generator`` recipe from zero velocity (the same steps for every tokenizer: equal
+every run a SiT of the notebook's ``generator`` recipe (at ``cpu`` with ``scales.LEARNED_06`` laid over it) from zero
+velocity (the same steps for every tokenizer: equal
 compute, since every tokenizer has the same global tokens), measures ``generator_samples`` samples against as many
 test images, and writes ``benchmarks/tokenizers_compared_<scale>.json``: the recipe, one row per run, the command,
 machine and wall time.  The notebook takes its generators from there where the recipe is its own::
@@ -24,6 +25,7 @@ from pathlib import Path
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
 from sbt_lib.workbook.config.params import resolve
+from sbt_lib.workbook.config.scales import LEARNED_06
 from sbt_lib.workbook.pipeline import ablations, caches, compare, runs
 from sbt_lib.workbook.pipeline.base import notebook_base
 
@@ -41,7 +43,8 @@ def main() -> None:
 
     t0 = time.time()
     deadline = t0 + 60 * args.minutes if args.minutes else None
-    P = resolve(NOTEBOOK, args.scale, dataset=args.dataset, **dict(args.param))
+    learned = LEARNED_06 if args.scale == "cpu" else {}  # the recipe the notebook takes once this study is complete
+    P = resolve(NOTEBOOK, args.scale, dataset=args.dataset, **{**learned, **dict(args.param)})
     out = REPO / "runs" / args.scale / NOTEBOOK  # the notebook's own run folder under `make reproduce`
     train_set, test_set = caches.load_data(P)
     base = notebook_base(P, train_set, test_set, out.parent)
