@@ -75,18 +75,17 @@ def sample_and_measure(gen: dict, classes: torch.Tensor, test_set, sampler: str,
 ROWS = ("(a) global tokens", "(b) all three groups", "(c) SoftVQ baseline")  # the rows of the comparison, in order
 
 
-def ceilings(selfboottok, softvq, train_set, test_set, n: int, fd_size: int) -> dict[str, dict]:
-    """The anchor rows of the comparison, each ``gfd``, ``kid``, ``label`` against ``n`` test images: real training
-    images (the floor no generator beats) and each decoder's reconstructions of them from their real tokens (the
-    ceiling a perfect generator of those tokens reaches).  (a) and (b) share one: the local tokens are bootstrapped
-    from the global ones, so real tokens of all three groups decode as the global tokens do."""
+def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dict[str, dict]:
+    """The anchors of a generator's numbers against ``n`` test images (each ``gfd``, ``kid``, ``label``): ``real``,
+    real training images (the floor no generator beats), and per named tokenizer its decodes of those images' real
+    global tokens (the ceiling a perfect generator of its tokens reaches).  Where the local tokens are bootstrapped
+    from the global ones, real tokens of all three groups decode as the global tokens do: one ceiling serves both."""
     real, train_images = held_out_images(test_set, n), held_out_images(train_set, n)
     with torch.no_grad():
         decoded = {name: torch.cat([generators.decode_tokens(tok, tok.encode_global(x)) for x in train_images.split(250)])
-                   for name, tok in (("(a), (b)", selfboottok), ("(c)", softvq))}
-    return {"real training images (the floor)": generation_metrics(real, train_images, fd_size),
-            **{f"{name}: its decoder on real tokens (the ceiling)": generation_metrics(real, images, fd_size)
-               for name, images in decoded.items()}}
+                   for name, tok in tokenizers.items()}
+    return {"real": generation_metrics(real, train_images, fd_size),
+            **{name: generation_metrics(real, images, fd_size) for name, images in decoded.items()}}
 
 
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
@@ -173,8 +172,10 @@ def comparison(P, stage1, stage2: dict, train_set, test_set, out: Path, classes:
             raise AssertionError("(c)'s global tokens must be (a)'s: both stand on the base's frozen encoder")
     rows = equal_compute(P, stage2[first], softvq, train_set, test_set, out / "generators" / "compare", classes,
                          list(P.seeds))
-    anchors = ceilings(stage2[first], softvq, train_set, test_set, len(classes), P.eval.fd_size)
-    return summarize(rows), rows, {k: {m: v[m] for m in ("gfd", "kid", "label")} for k, v in anchors.items()}
+    anchors = ceilings({"(a), (b)": stage2[first], "(c)": softvq}, train_set, test_set, len(classes), P.eval.fd_size)
+    shown = {"real": "real training images (the floor)", **{k: f"{k}: its decoder on real tokens (the ceiling)"
+                                                              for k in ("(a), (b)", "(c)")}}
+    return summarize(rows), rows, {shown[k]: {m: v[m] for m in ("gfd", "kid", "label")} for k, v in anchors.items()}
 
 
 def comparison_recipe(P) -> dict:
