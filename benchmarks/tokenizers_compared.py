@@ -6,7 +6,8 @@ script trains the notebook's tokenizers the notebook's way (into its run folder,
 every run a SiT of the notebook's ``generator`` recipe (at ``cpu`` with ``scales.LEARNED_06`` laid over it) from zero
 velocity (the same steps for every tokenizer: equal
 compute, since every tokenizer has the same global tokens), measures ``generator_samples`` samples against as many
-test images, and writes ``benchmarks/tokenizers_compared_<scale>.json``: the recipe, one row per run, the command,
+test images (beside each tokenizer's ceiling, its decodes of real tokens, and the floor of real training images), and
+writes ``benchmarks/tokenizers_compared_<scale>.json``: the recipe, one row per run, the command,
 machine and wall time.  The notebook takes its generators from there where the recipe is its own::
 
     python benchmarks/tokenizers_compared.py [--scale cpu] [--minutes M] [-p NAME=VALUE ...]
@@ -51,16 +52,18 @@ def main() -> None:
     hist_w, residual_w = P.study.glotok_weights
     variants = compare.tokenizer_variants(P.tokenizer.local_2d, P.study.crt_weights, hist_w, residual_w)
     rows = ablations.run_on_base(P, base, variants, train_set, test_set, out, finetune=True)
-    rows = compare.with_generators(P, variants, rows, train_set, caches.test_images(P, P.generator.samples),
-                                   deadline=deadline)
+    real = caches.test_images(P, P.generator.samples)
+    rows = compare.with_generators(P, variants, rows, train_set, real, deadline=deadline)
     done = [{"variant": r["variant"], "seed": r["seed"], **{k: r[k] for k in compare.GENERATOR_ROW_KEYS}}
             for r in rows if "gfd" in r]
     stem = Path(args.out) / f"tokenizers_compared_{args.scale}"
     write_json(stem.with_suffix(".json"), {
         "command": " ".join(["python", *sys.argv]), "machine": runs.machine(), "seconds": time.time() - t0,
-        "complete": len(done) == len(rows), "recipe": compare.study_recipe(P, variants), "rows": done})
+        "complete": len(done) == len(rows), "recipe": compare.study_recipe(P, variants),
+        "floor": compare.floor(train_set, real, P.eval.fd_size), "rows": done})
     for r in done:
-        print(f"{r['variant']}, seed {r['seed']}: {r['gfd_label']} {r['gfd']:.1f}, KID {r['gkid']:.4f} "
+        print(f"{r['variant']}, seed {r['seed']}: {r['gfd_label']} {r['gfd']:.1f}, KID {r['gkid']:.4f}, "
+              f"ceiling {r['ceiling_gfd']:.1f} "
               f"({r['generator_steps']} steps, {r['generator_seconds']:.0f} s)")
     print(f"{len(done)} of {len(rows)} generators → {stem}.json ({time.time() - t0:.0f} s)"
           + ("" if len(done) == len(rows) else "; rerun the same command to go on"))

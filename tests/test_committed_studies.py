@@ -18,13 +18,14 @@ def variants(P):
 
 def study(P, rows, complete=True):
     return {"command": "python benchmarks/tokenizers_compared.py", "machine": {"processor": "Test CPU"},
-            "seconds": 1.0, "complete": complete, "recipe": compare.study_recipe(P, variants(P)), "rows": rows}
+            "seconds": 1.0, "complete": complete, "recipe": compare.study_recipe(P, variants(P)), "rows": rows,
+            "floor": {"gfd": 58.6, "kid": 0.0, "label": "gFD-EffNet@2000"}}
 
 
 def generator_row(variant, seed, gfd):
     return {"variant": variant, "seed": seed, "gfd": gfd, "gkid": 0.1, "gfd_label": "gFD-EffNet@2000", "tokens": 16,
             "generator_seconds": 300.0, "generator_steps": 2770, "generator_wall_seconds": 330.0,
-            "generator_gflops_forward": 0.027}
+            "generator_gflops_forward": 0.027, "ceiling_gfd": 140.0, "ceiling_gkid": 0.1}
 
 
 @pytest.fixture
@@ -45,6 +46,9 @@ def test_the_committed_generators_are_used_only_complete_and_with_the_notebooks_
     assert compare.committed_generators(P, variants(P)) is None  # a study stopped half-way
     committed(P, study(P, rows))
     assert compare.committed_generators(P, variants(P))["rows"] == rows
+    older = [{k: v for k, v in r.items() if not k.startswith("ceiling")} for r in rows]
+    committed(P, study(P, older))
+    assert compare.committed_generators(P, variants(P)) is None  # written before the notebook showed ceilings
     for change in (dict(generator_steps=100), dict(seed=5), dict(steps=7), dict(crt_weights=[0.3, 1.0])):
         Q = P.replace(**change)
         assert compare.committed_generators(Q, variants(Q)) is None, change

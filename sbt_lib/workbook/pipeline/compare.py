@@ -18,9 +18,11 @@ import torch
 
 from ...eval.flops import flops_by_module
 from ...eval.generation import generation_metrics
+from ...eval.reconstruction import held_out_images
 from ...files import REPO
 from ..config.params import Params
 from .caches import token_cache
+from .generation_study import ceiling
 from .generators import generate_images, train_generator
 from .runs import load_generator, load_tokenizer
 
@@ -58,8 +60,9 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
     generator of ``P.generator`` on its cached global tokens (in ``<run>/generator``; resumed or loaded when there),
     then ``P.generator.samples`` samples of balanced classes against the held-out images ``real`` (as many; see
     :func:`~sbt_lib.workbook.pipeline.caches.test_images`).  Adds to each row: ``gfd``, ``gkid``, ``gfd_label``,
-    ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per multiply-add) and ``tokens`` (the
-    generator's sequence length).  With ``deadline`` (a ``time.time()``), no new row starts after it: the rows
+    ``generator_seconds``, ``generator_gflops_forward`` (torch's count, 2 per multiply-add), ``tokens`` (the
+    generator's sequence length) and the tokenizer's ceiling, its decodes of real global tokens of as many training
+    images (``ceiling_gfd``, ``ceiling_gkid``).  With ``deadline`` (a ``time.time()``), no new row starts after it: the rows
     not reached come back without those keys."""
     G = P.generator
     if len(real) < G.samples:
@@ -67,6 +70,7 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
                          "caches.test_images(P, P.generator.samples)")
     real = real[:G.samples]
     classes = torch.arange(G.samples) % len(train_set.classes)
+    train_images = held_out_images(train_set, G.samples)
     for row in rows:
         if deadline is not None and time.time() > deadline:
             break
@@ -80,18 +84,25 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
         images = generate_images(tokenizer, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
                                  G.guidance, seed=row["seed"])
         metrics = generation_metrics(real, images, P.eval.fd_size)
+        top = ceiling(tokenizer, train_images, real, P.eval.fd_size)
         x = torch.zeros(1, *tokens.shape)
         flops = flops_by_module(model, x, torch.zeros(1), torch.zeros(1, dtype=torch.long))["total"]
         row.update(gfd=metrics["gfd"], gkid=metrics["kid"], gfd_label=metrics["label"], tokens=tokens.shape[0],
                    generator_seconds=result.seconds, generator_steps=result.step,
-                   generator_wall_seconds=time.perf_counter() - t0, generator_gflops_forward=flops / 1e9)
+                   generator_wall_seconds=time.perf_counter() - t0, generator_gflops_forward=flops / 1e9,
+                   ceiling_gfd=top["gfd"], ceiling_gkid=top["kid"])
     return rows
 
 
 # --------------------------------------------------------------------------------------------- the committed study
 
+def floor(train_set, real: torch.Tensor, fd_size: int) -> dict:
+    """Real training images measured against the held-out ``real`` (as many): the floor no generator beats."""
+    return generation_metrics(real, held_out_images(train_set, len(real)), fd_size)
+
+
 GENERATOR_ROW_KEYS = ("gfd", "gkid", "gfd_label", "tokens", "generator_seconds", "generator_steps",
-                      "generator_wall_seconds", "generator_gflops_forward")
+                      "generator_wall_seconds", "generator_gflops_forward", "ceiling_gfd", "ceiling_gkid")
 
 
 def study_recipe(P: Params, variants: dict[str, dict]) -> dict:
@@ -111,14 +122,15 @@ def study_file(scale: str) -> Path:
 
 
 def committed_generators(P: Params, variants: dict[str, dict]) -> dict | None:
-    """The committed study of ``P``'s scale where it is complete and its recipe is ``P``'s
-    (:func:`study_recipe`), else None."""
+    """The committed study of ``P``'s scale where it is complete, its recipe is ``P``'s (:func:`study_recipe`) and
+    it holds every number the notebook shows (each row's :data:`GENERATOR_ROW_KEYS`, the ``floor``), else None."""
     path = study_file(P.scale)
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
     same = saved.get("recipe") == json.loads(json.dumps(study_recipe(P, variants)))
-    return saved if same and saved.get("complete") else None
+    whole = "floor" in saved and all(set(GENERATOR_ROW_KEYS) <= set(r) for r in saved.get("rows", []))
+    return saved if same and whole and saved.get("complete") else None
 
 
 def with_saved_generators(rows: list[dict], saved: dict) -> list[dict]:

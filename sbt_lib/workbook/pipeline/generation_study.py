@@ -75,17 +75,23 @@ def sample_and_measure(gen: dict, classes: torch.Tensor, test_set, sampler: str,
 ROWS = ("(a) global tokens", "(b) all three groups", "(c) SoftVQ baseline")  # the rows of the comparison, in order
 
 
+def ceiling(tokenizer, train_images: torch.Tensor, real: torch.Tensor, fd_size: int) -> dict:
+    """``tokenizer``'s ceiling: its decodes of ``train_images``' real global tokens measured against ``real`` (what a
+    perfect generator of its tokens reaches; ``gfd``, ``kid``, ``label``)."""
+    with torch.no_grad():
+        images = torch.cat([generators.decode_tokens(tokenizer, tokenizer.encode_global(x))
+                            for x in train_images.split(250)])
+    return generation_metrics(real, images, fd_size)
+
+
 def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dict[str, dict]:
     """The anchors of a generator's numbers against ``n`` test images (each ``gfd``, ``kid``, ``label``): ``real``,
-    real training images (the floor no generator beats), and per named tokenizer its decodes of those images' real
-    global tokens (the ceiling a perfect generator of its tokens reaches).  Where the local tokens are bootstrapped
-    from the global ones, real tokens of all three groups decode as the global tokens do: one ceiling serves both."""
+    real training images (the floor no generator beats), and per named tokenizer its :func:`ceiling`.  Where the
+    local tokens are bootstrapped from the global ones, real tokens of all three groups decode as the global tokens
+    do: one ceiling serves both."""
     real, train_images = held_out_images(test_set, n), held_out_images(train_set, n)
-    with torch.no_grad():
-        decoded = {name: torch.cat([generators.decode_tokens(tok, tok.encode_global(x)) for x in train_images.split(250)])
-                   for name, tok in tokenizers.items()}
     return {"real": generation_metrics(real, train_images, fd_size),
-            **{name: generation_metrics(real, images, fd_size) for name, images in decoded.items()}}
+            **{name: ceiling(tok, train_images, real, fd_size) for name, tok in tokenizers.items()}}
 
 
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
