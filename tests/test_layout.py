@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "train": {"top"},
     "data": {"top"},
     "models": {"top"},
-    "objective": {"top", "train", "data", "models"},
+    "objective": {"top", "data", "models"},
     "generation": {"top", "models"},
     "eval": {"top", "data", "models"},
     "workbook": {"top", "train", "data", "models", "objective", "generation", "eval"},

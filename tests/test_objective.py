@@ -10,7 +10,7 @@ from sbt_lib.workbook.pipeline import trainers
 from sbt_lib.checkpoint import load_checkpoint
 from sbt_lib.data.cache import FeatureCache
 from sbt_lib.objective.adversarial import ADVERSARIAL_DEFAULTS, Adversarial
-from sbt_lib.objective.objective import Objective, ObjectiveConfig
+from sbt_lib.objective.objective import FrozenInput, Objective, ObjectiveConfig
 from sbt_lib.models.quantizer import kl_to_uniform
 from sbt_lib.objective.repa import REPAlignment, patches_to_tokens, teacher_tokens
 from sbt_lib.workbook.config.params import resolve
@@ -160,6 +160,30 @@ def test_terms_without_their_inputs_are_clear_errors(tiny_config, tiny_shapes):
         Objective(tokenizer_cfg=cfg, repa_local_group="global")
     with pytest.raises(TypeError, match="unknown ObjectiveConfig parameter"):
         Objective(tokenizer_cfg=cfg, repa_weight=0.5)
+
+
+def test_the_objective_declares_every_frozen_input_it_reads(tiny_config, tiny_shapes):
+    cfg = SelfBootTok(tiny_config).cfg
+    assert ObjectiveConfig().frozen_inputs(cfg) == {}  # reconstruction alone reads nothing frozen
+    on = ObjectiveConfig(ot_weight=0.1, repa_global_weight=0.5, repa_local_weight=0.5, glotok_weight=0.1)
+    needs = on.frozen_inputs(cfg)
+    assert set(needs) == {"latents_2d", "global", "local", "relation"}
+    assert needs["global"] == FrozenInput("teacher", on.repa_global_teacher, cfg.num_tokens)
+    assert needs["local"].tokens == cfg.num_group_tokens(on.repa_local_group)
+    assert needs["relation"].tokens == 1
+
+    def fake(need):  # a cache of the declared shape, made without any network
+        width = 4 if need.kind == "latents_2d" else 6
+        n = (tiny_config.image_size // 4) ** 2 if need.kind == "latents_2d" else need.tokens
+        return FeatureCache(lambda x: torch.zeros(len(x), n, width), tiny_shapes, f"fake-{n}", folder=False,
+                            progress=False)
+
+    made = {name: fake(need) for name, need in needs.items()}
+    Objective(on, cfg, latents_2d=made.pop("latents_2d"), teacher_features=made)  # what is declared suffices
+    for missing in needs:  # ... and each declared input is needed
+        made = {name: fake(need) for name, need in needs.items() if name != missing}
+        with pytest.raises(ValueError, match="needs"):
+            Objective(on, cfg, latents_2d=made.pop("latents_2d", None), teacher_features=made)
 
 
 # ObjectiveConfig field -> Adversarial argument: the settings the two share

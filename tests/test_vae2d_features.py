@@ -11,7 +11,7 @@ from sbt_lib.workbook.config.params import resolve
 from sbt_lib.models.tokenizer import SelfBootTok
 from sbt_lib.train import TrainConfig, Trainer, train
 from sbt_lib.models.vae2d import VAE2D, VAE2DConfig, as_2d_encoder
-from sbt_lib.objective.vae_latents import train_vae2d
+from sbt_lib.workbook.pipeline.vae2d import train_vae2d
 
 
 @pytest.fixture

@@ -48,6 +48,16 @@ from .repa import REPAlignment
 REPA_GROUPS = ("local_1d", "local_2d")
 
 
+@dataclass(frozen=True)
+class FrozenInput:
+    """One frozen input a term reads per training image, by the batch's indices: ``latents_2d`` (the 2D VAE's
+    latents, N_x×c) or ``teacher`` (the frozen network ``teacher``'s features pooled to ``tokens`` tokens, P×C)."""
+
+    kind: str
+    teacher: str | None = None
+    tokens: int | None = None
+
+
 @dataclass
 class ObjectiveConfig(Config):
     """Every weight of Eq. 4-5 and the settings of its terms."""
@@ -76,6 +86,22 @@ class ObjectiveConfig(Config):
     glotok_weight: float = 0.0  # GloTok: histogram relations vs repa_global_teacher's (objective/glotok.py)
     residual_weight: float = 0.0  # GloTok: the residual recovery module regresses ẑ − z (needs residual_recovery)
 
+    def frozen_inputs(self, tokenizer_cfg) -> dict[str, FrozenInput]:
+        """What the terms that are on read besides the images, by the name :class:`Objective` takes it under:
+        ``latents_2d`` (OT), and the ``teacher_features`` ``global`` and ``local`` (REPA, pooled to the tokens they
+        align with) and ``relation`` (GloTok: one global feature per image)."""
+        needs = {}
+        if self.ot_weight:
+            needs["latents_2d"] = FrozenInput("latents_2d")
+        if self.repa_global_weight:
+            needs["global"] = FrozenInput("teacher", self.repa_global_teacher, tokenizer_cfg.num_tokens)
+        if self.repa_local_weight:
+            needs["local"] = FrozenInput("teacher", self.repa_local_teacher,
+                                         tokenizer_cfg.num_group_tokens(self.repa_local_group))
+        if self.glotok_weight:
+            needs["relation"] = FrozenInput("teacher", self.repa_global_teacher, 1)
+        return needs
+
     def __post_init__(self):
         if self.repa_local_group not in REPA_GROUPS:
             raise ValueError(f"repa_local_group must be one of {REPA_GROUPS}, got {self.repa_local_group!r}")
@@ -86,9 +112,10 @@ class ObjectiveConfig(Config):
 class Objective(nn.Module):
     """Eq. 4-5 for a tokenizer with configuration ``tokenizer_cfg`` (see the module docstring).
 
-    The frozen inputs of the terms that are on: ``latents_2d`` (OT), a :class:`FeatureCache` of the
-    training images' 2D latents (N_x×c each); ``teacher_features`` (REPA), ``{"global": cache,
-    "local": cache}`` of teacher patch features (P×C each, raster order; see :mod:`sbt_lib.objective.repa`).
+    The frozen inputs of the terms that are on (:meth:`ObjectiveConfig.frozen_inputs` declares them):
+    ``latents_2d`` (OT), a :class:`FeatureCache` of the training images' 2D latents (N_x×c each);
+    ``teacher_features`` (REPA, GloTok), ``{"global": cache, "local": cache, "relation": cache}`` of teacher patch
+    features (P×C each, raster order; see :mod:`sbt_lib.objective.repa`).
 
     ``z_global``: a cache of the training images' global tokens under a frozen encoder and global codebook (a
     decoder-side variant on a base tokenizer, :func:`~sbt_lib.models.two_stage.on_base`).  The global tokens are

@@ -19,10 +19,11 @@ from ...models.teachers import load_teacher
 from ...models.tokenizer import SelfBootTok
 from ...models.two_stage import frozen_state
 from ...models.vae2d import VAE2D, VAE2DConfig
+from ...objective.objective import FrozenInput
 from ...objective.repa import patches_to_tokens, teacher_tokens
-from ...objective.vae_latents import train_vae2d
 from ...train import resolve_device
 from ..config.params import Params
+from .vae2d import train_vae2d
 
 
 def load_data(P: Params):
@@ -77,6 +78,16 @@ def teacher_cache(name: str, P: Params, train_set, num_tokens: int, progress: bo
     teacher = load_teacher(name, P.tokenizer.image_size).to(device)
     return _cache(train_set)(lambda images: patches_to_tokens(teacher_tokens(teacher(images)), num_tokens), train_set,
                         f"{teacher.cache_name}-pooled{num_tokens}", device=device, progress=progress)
+
+
+def frozen_input(need: FrozenInput, P: Params, train_set, progress: bool = True) -> FeatureCache:
+    """The cache of one frozen input the objective declares (:meth:`~sbt_lib.objective.objective.ObjectiveConfig.\
+frozen_inputs`): the 2D latents or a teacher's pooled features of every training image."""
+    if need.kind == "latents_2d":
+        return latents_2d_cache(P, train_set, progress)
+    if need.kind == "teacher":
+        return teacher_cache(need.teacher, P, train_set, need.tokens, progress)
+    raise ValueError(f"unknown frozen input {need.kind!r}: latents_2d or teacher")
 
 
 def weights_key(state: dict[str, torch.Tensor], length: int | None = None) -> str:

@@ -24,7 +24,7 @@ from ...objective.objective import Objective
 from ...objective.stage2 import RefinerLoss, Stage2Loss
 from ...train import TrainResult, train
 from ..config.params import Params
-from .caches import global_token_cache, latents_2d_cache, reconstruction_cache, teacher_cache, weights_key
+from .caches import frozen_input, global_token_cache, reconstruction_cache, weights_key
 
 
 PCA_IMAGES = 10_000  # training images (evenly spaced) whose principal components start the linear path
@@ -55,18 +55,13 @@ def build_tokenizer(P: Params, train_set=None) -> SelfBootTok:
 
 def build_objective(P: Params, model: SelfBootTok, train_set, progress: bool = True,
                     z_global: FeatureCache | None = None) -> Objective:
-    """Eq. 4-5 with the weights of ``P.objective``; the frozen inputs its terms need (2D latents,
-    teacher features of the training images) are computed and cached first.  ``z_global``: the cached global
+    """Eq. 4-5 with the weights of ``P.objective``; the frozen inputs its terms declare (2D latents, teacher
+    features of the training images) are computed and cached first, in one loop.  ``z_global``: the cached global
     tokens of a frozen encoder, for a decoder-side variant on a base (:func:`train_on_base`)."""
-    cfg = P.objective
-    latents = latents_2d_cache(P, train_set, progress) if cfg.ot_weight else None
-    tokens = {"global": model.cfg.num_tokens, "local": model.cfg.num_group_tokens(cfg.repa_local_group)}
-    teachers = {which: teacher_cache(name, P, train_set, tokens[which], progress)
-                for which, weight, name in (("global", cfg.repa_global_weight, cfg.repa_global_teacher),
-                                            ("local", cfg.repa_local_weight, cfg.repa_local_teacher)) if weight}
-    if cfg.glotok_weight:  # GloTok's relations: one global feature per image of the same semantic teacher
-        teachers["relation"] = teacher_cache(cfg.repa_global_teacher, P, train_set, 1, progress)
-    return Objective(cfg, model.cfg, latents_2d=latents, teacher_features=teachers, z_global=z_global)
+    frozen = {name: frozen_input(need, P, train_set, progress)
+              for name, need in P.objective.frozen_inputs(model.cfg).items()}
+    latents = frozen.pop("latents_2d", None)
+    return Objective(P.objective, model.cfg, latents_2d=latents, teacher_features=frozen, z_global=z_global)
 
 
 def prepare_training(P: Params, train_set, progress: bool = True) -> None:

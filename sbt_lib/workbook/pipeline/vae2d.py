@@ -1,5 +1,6 @@
-"""The 2D side of ``L_OT`` (paper §3.3): the small 2D VAE of :mod:`sbt_lib.models.vae2d`, trained once
-per data set with its own loss and cached, so the OT term reads fixed 2D latents during tokenizer training."""
+"""The 2D side of ``L_OT`` (paper §3.3): the small 2D VAE of :mod:`sbt_lib.models.vae2d`, trained once per data set
+with its own loss and cached, so the OT term reads fixed 2D latents during tokenizer training.  A frozen input of the
+objective, made by the pipeline (:func:`~sbt_lib.workbook.pipeline.caches.latents_2d_cache` reads its latents)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.datasets import dataset_fingerprint
-from ..files import cache_dir, content_key
-from ..models.vae2d import VAE2D, VAE2DConfig
-from ..train import RESULT_NEUTRAL, TrainConfig, train
+from ...data.datasets import dataset_fingerprint
+from ...files import cache_dir, content_key
+from ...models.vae2d import VAE2D, VAE2DConfig
+from ...train import RESULT_NEUTRAL, TrainConfig, train
 
 
 class VAELoss:
