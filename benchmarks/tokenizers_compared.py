@@ -13,12 +13,13 @@ machine and wall time.  The notebook takes its generators from there where the r
     python benchmarks/tokenizers_compared.py [--scale cpu] [--minutes M] [-p NAME=VALUE ...]
 
 A study, made in chunks: with ``--minutes`` no new generator starts after M minutes; the file then says
-``"complete": false`` and a rerun of the same command goes on from the runs already finished (each generator is
-loaded from its run folder).  CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
+``"complete": false`` and a rerun of the same command goes on from there: the rows it measured are kept, and a
+generator stopped half-way resumes from its run folder.  CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,26 @@ from sbt_lib.workbook.pipeline import ablations, caches, compare, runs
 from sbt_lib.workbook.pipeline.base import notebook_base
 
 NOTEBOOK = "06_tokenizers_compared"
+
+
+def _same_study(path: Path, recipe: dict) -> dict | None:
+    """The study written at ``path`` where its recipe is ``recipe``, else None."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get("recipe") == json.loads(json.dumps(recipe)) else None
+
+
+def measured(path: Path, recipe: dict) -> dict[tuple, dict]:
+    """The rows an earlier chunk of this study measured in full, by (variant, seed): a rerun goes on from them."""
+    saved = _same_study(path, recipe) or {"rows": []}
+    return {(r["variant"], r["seed"]): r for r in saved["rows"] if set(compare.GENERATOR_ROW_KEYS) <= set(r)}
+
+
+def previous_seconds(path: Path, recipe: dict) -> float:
+    """The wall time of the earlier chunks of this study (0 for a fresh one)."""
+    saved = _same_study(path, recipe)
+    return saved["seconds"] if saved and measured(path, recipe) else 0.0
 
 
 def main() -> None:
@@ -53,13 +74,19 @@ def main() -> None:
     variants = compare.tokenizer_variants(P.tokenizer.local_2d, P.study.crt_weights, hist_w, residual_w)
     rows = ablations.run_on_base(P, base, variants, train_set, test_set, out, finetune=True)
     real = caches.test_images(P, P.generator.samples)
-    rows = compare.with_generators(P, variants, rows, train_set, real, deadline=deadline)
-    done = [{"variant": r["variant"], "seed": r["seed"], **{k: r[k] for k in compare.GENERATOR_ROW_KEYS}}
-            for r in rows if "gfd" in r]
     stem = Path(args.out) / f"tokenizers_compared_{args.scale}"
+    recipe = compare.study_recipe(P, variants)
+    before = measured(stem.with_suffix(".json"), recipe)
+    todo = [r for r in rows if (r["variant"], r["seed"]) not in before]
+    compare.with_generators(P, variants, todo, train_set, real, deadline=deadline)
+    found = before | {(r["variant"], r["seed"]): {"variant": r["variant"], "seed": r["seed"],
+                                                  **{k: r[k] for k in compare.GENERATOR_ROW_KEYS}}
+                      for r in todo if "gfd" in r}
+    done = [found[key] for key in ((r["variant"], r["seed"]) for r in rows) if key in found]
     write_json(stem.with_suffix(".json"), {
-        "command": " ".join(["python", *sys.argv]), "machine": runs.machine(), "seconds": time.time() - t0,
-        "complete": len(done) == len(rows), "recipe": compare.study_recipe(P, variants),
+        "command": " ".join(["python", *sys.argv]), "machine": runs.machine(),
+        "seconds": time.time() - t0 + previous_seconds(stem.with_suffix(".json"), recipe),
+        "complete": len(done) == len(rows), "recipe": recipe,
         "floor": compare.floor(train_set, real, P.eval.fd_size), "rows": done})
     for r in done:
         print(f"{r['variant']}, seed {r['seed']}: {r['gfd_label']} {r['gfd']:.1f}, KID {r['gkid']:.4f}, "
