@@ -3,18 +3,18 @@
 Notebook 06 fine-tunes six tokenizers from the base over three seeds within its minutes; a generator per run that
 learns its tokens (thousands of steps, samples measured at thousands of images) does not fit beside them.  This
 script trains the notebook's tokenizers the notebook's way (into its run folder, or loads them from there), gives
-every run a SiT of the notebook's ``generator`` recipe (at ``cpu`` with ``scales.LEARNED_06`` laid over it) from zero
-velocity (the same steps for every tokenizer: equal
+every run a SiT of the notebook's ``generator`` recipe from zero velocity (the same steps for every tokenizer: equal
 compute, since every tokenizer has the same global tokens), measures ``generator_samples`` samples against as many
 test images (beside each tokenizer's ceiling, its decodes of real tokens, and the floor of real training images), and
-writes ``benchmarks/tokenizers_compared_<scale>.json``: the recipe, one row per run, the command,
-machine and wall time.  The notebook takes its generators from there where the recipe is its own::
+writes ``benchmarks/tokenizers_compared_<scale>.json``: the recipe, one row per run, the command, machine and wall
+time.  The notebook takes its generators from there where the recipe is its own::
 
     python benchmarks/tokenizers_compared.py [--scale cpu] [--minutes M] [-p NAME=VALUE ...]
 
 A study, made in chunks: with ``--minutes`` no new generator starts after M minutes; the file then says
 ``"complete": false`` and a rerun of the same command goes on from there: the rows it measured are kept, and a
-generator stopped half-way resumes from its run folder.  CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).
+generator stopped half-way resumes from its run folder.  CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g.
+``SBT_DATA=../shared/data``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from pathlib import Path
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
 from sbt_lib.workbook.config.params import resolve
-from sbt_lib.workbook.config.scales import LEARNED_06
 from sbt_lib.workbook.pipeline import ablations, caches, compare, runs
 from sbt_lib.workbook.pipeline.base import notebook_base
 
@@ -65,8 +64,7 @@ def main() -> None:
 
     t0 = time.time()
     deadline = t0 + 60 * args.minutes if args.minutes else None
-    learned = LEARNED_06 if args.scale == "cpu" else {}  # the recipe the notebook takes once this study is complete
-    P = resolve(NOTEBOOK, args.scale, dataset=args.dataset, **{**learned, **dict(args.param)})
+    P = resolve(NOTEBOOK, args.scale, dataset=args.dataset, **dict(args.param))
     out = REPO / "runs" / args.scale / NOTEBOOK  # the notebook's own run folder under `make reproduce`
     train_set, test_set = caches.load_data(P)
     base = notebook_base(P, train_set, test_set, out.parent)

@@ -168,16 +168,14 @@ _GENERATOR_DATA = {"tiny": {}, "cpu": dict(dataset="cifar10", train_size=None, t
 _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_size=10_000), "paper": {}}
 
 # Notebook 06: six tokenizers × 3 seeds at notebook 02's size, 500 held-out images for the tokenizers, each run with a
-# SiT-mini from zero velocity for the same steps (equal compute).  Generators that learn their tokens (2,770 steps of
-# 128, half of notebook 05's (a), about five minutes each on 2 cores, measured with 2000 samples) do not fit the
-# notebook's ten minutes eighteen times: benchmarks/tokenizers_compared.py trains them in chunks and commits them
-# (LEARNED_06), and the notebook reads them where the recipe is its own.  Until that study is complete, the cpu bundle
-# keeps the generators the notebook can train itself (80 steps of 64, 300 samples), so that it stays in its minutes.
-LEARNED_06 = dict(generator_steps=2770, generator_batch_size=128, generator_samples=2000)
+# SiT-mini from zero velocity for the same steps (equal compute): 2,770 steps of 128, half of notebook 05's (a), enough
+# for it to learn its tokens, measured with 2000 samples.  That is about five minutes per run on 2 cores, eighteen
+# times more than the notebook's ten minutes: benchmarks/tokenizers_compared.py trains them in chunks and commits
+# them, and the notebook reads them where the recipe is its own (and trains them itself otherwise).
 _COMPARE = {
     "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=80,
-                generator_batch_size=64, generator_lr=1e-3, generator_ema=0.0, generator_samples=300),
+    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=2770,
+                generator_batch_size=128, generator_lr=1e-3, generator_ema=0.0, generator_samples=2000),
     "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
                 generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
     "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
