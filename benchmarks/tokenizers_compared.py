@@ -19,7 +19,6 @@ generator stopped half-way resumes from its run folder.  CIFAR-10 comes from ``$
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,30 +26,10 @@ from pathlib import Path
 from sbt_lib.__main__ import _parse_param
 from sbt_lib.files import REPO, write_json
 from sbt_lib.workbook.config.params import resolve
-from sbt_lib.workbook.pipeline import ablations, caches, compare, runs
+from sbt_lib.workbook.pipeline import ablations, caches, compare, generation_study, runs
 from sbt_lib.workbook.pipeline.base import notebook_base
 
 NOTEBOOK = "06_tokenizers_compared"
-
-
-def _same_study(path: Path, recipe: dict) -> dict | None:
-    """The study written at ``path`` where its recipe is ``recipe``, else None."""
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    return saved if saved.get("recipe") == json.loads(json.dumps(recipe)) else None
-
-
-def measured(path: Path, recipe: dict) -> dict[tuple, dict]:
-    """The rows an earlier chunk of this study measured in full, by (variant, seed): a rerun goes on from them."""
-    saved = _same_study(path, recipe) or {"rows": []}
-    return {(r["variant"], r["seed"]): r for r in saved["rows"] if set(compare.GENERATOR_ROW_KEYS) <= set(r)}
-
-
-def previous_seconds(path: Path, recipe: dict) -> float:
-    """The wall time of the earlier chunks of this study (0 for a fresh one)."""
-    saved = _same_study(path, recipe)
-    return saved["seconds"] if saved and measured(path, recipe) else 0.0
 
 
 def main() -> None:
@@ -74,7 +53,8 @@ def main() -> None:
     real = caches.test_images(P, P.generator.samples)
     stem = Path(args.out) / f"tokenizers_compared_{args.scale}"
     recipe = compare.study_recipe(P, variants)
-    before = measured(stem.with_suffix(".json"), recipe)
+    earlier = compare.saved_study(stem.with_suffix(".json"), recipe)  # the chunks before this one
+    before = compare.measured_rows(earlier)
     todo = [r for r in rows if (r["variant"], r["seed"]) not in before]
     compare.with_generators(P, variants, todo, train_set, real, deadline=deadline)
     found = before | {(r["variant"], r["seed"]): {"variant": r["variant"], "seed": r["seed"],
@@ -83,9 +63,9 @@ def main() -> None:
     done = [found[key] for key in ((r["variant"], r["seed"]) for r in rows) if key in found]
     write_json(stem.with_suffix(".json"), {
         "command": " ".join(["python", *sys.argv]), "machine": runs.machine(),
-        "seconds": time.time() - t0 + previous_seconds(stem.with_suffix(".json"), recipe),
+        "seconds": time.time() - t0 + (earlier["seconds"] if before else 0.0),
         "complete": len(done) == len(rows), "recipe": recipe,
-        "floor": compare.floor(train_set, real, P.eval.fd_size), "rows": done})
+        "floor": generation_study.floor(train_set, real, P.eval.fd_size), "rows": done})
     for r in done:
         print(f"{r['variant']}, seed {r['seed']}: {r['gfd_label']} {r['gfd']:.1f}, KID {r['gkid']:.4f}, "
               f"ceiling {r['ceiling_gfd']:.1f} "

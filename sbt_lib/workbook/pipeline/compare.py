@@ -96,11 +96,6 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
 
 # --------------------------------------------------------------------------------------------- the committed study
 
-def floor(train_set, real: torch.Tensor, fd_size: int) -> dict:
-    """Real training images measured against the held-out ``real`` (as many): the floor no generator beats."""
-    return generation_metrics(real, held_out_images(train_set, len(real)), fd_size)
-
-
 GENERATOR_ROW_KEYS = ("gfd", "gkid", "gfd_label", "tokens", "generator_seconds", "generator_steps",
                       "generator_wall_seconds", "generator_gflops_forward", "ceiling_gfd", "ceiling_gkid")
 
@@ -121,16 +116,27 @@ def study_file(scale: str) -> Path:
     return REPO / "benchmarks" / f"tokenizers_compared_{scale}.json"
 
 
-def committed_generators(P: Params, variants: dict[str, dict]) -> dict | None:
-    """The committed study of ``P``'s scale where it is complete, its recipe is ``P``'s (:func:`study_recipe`) and
-    it holds every number the notebook shows (each row's :data:`GENERATOR_ROW_KEYS`, the ``floor``), else None."""
-    path = study_file(P.scale)
+def saved_study(path: Path, recipe: dict) -> dict | None:
+    """The study written at ``path`` where its recipe is ``recipe`` (:func:`study_recipe`), else None."""
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    same = saved.get("recipe") == json.loads(json.dumps(study_recipe(P, variants)))
-    whole = "floor" in saved and all(set(GENERATOR_ROW_KEYS) <= set(r) for r in saved.get("rows", []))
-    return saved if same and whole and saved.get("complete") else None
+    return saved if saved.get("recipe") == json.loads(json.dumps(recipe)) else None
+
+
+def measured_rows(saved: dict | None) -> dict[tuple, dict]:
+    """The rows of a saved study that hold every number the notebook shows (:data:`GENERATOR_ROW_KEYS`), by
+    (variant, seed)."""
+    rows = saved["rows"] if saved else []
+    return {(r["variant"], r["seed"]): r for r in rows if set(GENERATOR_ROW_KEYS) <= set(r)}
+
+
+def committed_generators(P: Params, variants: dict[str, dict]) -> dict | None:
+    """The committed study of ``P``'s scale where it is complete, its recipe is ``P``'s (:func:`study_recipe`) and
+    it holds every number the notebook shows (each row's :data:`GENERATOR_ROW_KEYS`, the ``floor``), else None."""
+    saved = saved_study(study_file(P.scale), study_recipe(P, variants))
+    whole = saved is not None and "floor" in saved and len(measured_rows(saved)) == len(saved["rows"])
+    return saved if whole and saved.get("complete") else None
 
 
 def with_saved_generators(rows: list[dict], saved: dict) -> list[dict]:

@@ -84,13 +84,18 @@ def ceiling(tokenizer, train_images: torch.Tensor, real: torch.Tensor, fd_size: 
     return generation_metrics(real, images, fd_size)
 
 
+def floor(train_set, real: torch.Tensor, fd_size: int) -> dict:
+    """Real training images measured against the held-out ``real`` (as many): the floor no generator beats."""
+    return generation_metrics(real, held_out_images(train_set, len(real)), fd_size)
+
+
 def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dict[str, dict]:
     """The anchors of a generator's numbers against ``n`` test images (each ``gfd``, ``kid``, ``label``): ``real``,
     real training images (the floor no generator beats), and per named tokenizer its :func:`ceiling`.  Where the
     local tokens are bootstrapped from the global ones, real tokens of all three groups decode as the global tokens
     do: one ceiling serves both."""
     real, train_images = held_out_images(test_set, n), held_out_images(train_set, n)
-    return {"real": generation_metrics(real, train_images, fd_size),
+    return {"real": floor(train_set, real, fd_size),
             **{name: ceiling(tok, train_images, real, fd_size) for name, tok in tokenizers.items()}}
 
 
