@@ -13,6 +13,10 @@ Prints a table (step, images seen, gFD, KID, seconds) and saves it as JSON and t
 ``--guidance-sweep 1.5,2,3`` then measures the run's last (EMA) weights and the Gaussian at each guidance scale over
 ``--seeds`` sampling seeds (mean ± std; ``generator_guidance_<scale>.{json,png}``): the guidance of each at its best,
 so that the SiT is not compared with a Gaussian at a scale that suits it less.
+``--mixtures 1,4,16,64`` then samples a mixture of K Gaussians per class fitted to the same tokens
+(:class:`~sbt_lib.models.class_mixture.ClassMixture`), beside the SiT and the Gaussian at guidance 1 (a mixture has
+none), over ``--seeds`` sampling seeds (``generator_mixtures_<scale>.{json,png}``): how much structure beyond each
+class's two moments the tokens hold, and how much of it the SiT has learnt.
 The run folder keeps its checkpoint: run the same command again to resume it, or add ``--report`` to write the table
 and the curve of the evaluations it holds so far without training::
 
@@ -86,7 +90,10 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only report the evaluations the run folder holds")
     parser.add_argument("--guidance-sweep", default=None, metavar="G1,G2,...",
                         help="after training: the SiT and the Gaussian at these guidance scales, over --seeds")
-    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds of each point of --guidance-sweep")
+    parser.add_argument("--mixtures", default=None, metavar="K1,K2,...",
+                        help="after training: a mixture of K Gaussians per class, beside the SiT at guidance 1")
+    parser.add_argument("--seeds", type=int, default=3, help="sampling seeds of each point of --guidance-sweep "
+                                                             "and --mixtures")
     args = parser.parse_args()
 
     overrides = {"generator_prior": "none", "generator_samples": args.samples, **dict(args.param)}
@@ -156,6 +163,66 @@ def main() -> None:
         plot_sweep(sweep, {k: refs[k] for k in ("decoded", "real")}, stem.with_suffix(".png"),
                    f"{P.data.dataset}: SiT-{G.size} ({step} steps) and the Gaussian against guidance")
         print(f"→ {stem}.json, {stem}.png")
+    if args.mixtures:
+        components = [int(k) for k in args.mixtures.split(",")]
+        t0 = time.perf_counter()
+        at_one = guidance_sweep(P, base, run, tokens, train_set, real, classes, [1.0], range(args.seeds))
+        mixtures = mixture_sweep(P, base, tokens, train_set, real, classes, components, range(args.seeds))
+        stem = out / f"generator_mixtures_{args.scale}"
+        write_json(stem.with_suffix(".json"), {"command": training_command(),
+                                                "mixtures_command": " ".join(["python", *sys.argv]),
+                                                "steps_done": step, "label": refs["real"]["label"],
+                                                "guidance_1": {name: m["1.0"] for name, m in at_one.items()},
+                                                "mixtures": mixtures, "seconds": time.perf_counter() - t0,
+                                                "anchors": {k: refs[k] for k in ("decoded", "real")}})
+        plot_mixtures(mixtures, {name: m["1.0"] for name, m in at_one.items()}, refs["decoded"],
+                      stem.with_suffix(".png"),
+                      f"{P.data.dataset}: a mixture per class against the SiT ({step} steps), guidance 1")
+        print(f"→ {stem}.json, {stem}.png")
+
+
+def mixture_sweep(P, base, tokens, train_set, real, classes, components, seeds) -> dict[str, dict]:
+    """gFD and KID (mean ± std over sampling ``seeds``) of the decoded samples of a mixture of K Gaussians per class
+    fitted to the tokens, for each K in ``components``, with the seconds each fit took."""
+    from sbt_lib.models.class_mixture import ClassMixture
+    from sbt_lib.workbook.pipeline.generation_study import summarize
+
+    out = {}
+    for k in components:
+        t0 = time.perf_counter()
+        mixture = ClassMixture(k, seed=P.seed).fit(tokens.features, train_set.targets)
+        fit_seconds = time.perf_counter() - t0
+        runs = [generation_metrics(real, torch.cat([generators.decode_tokens(base, z)
+                                                    for z in mixture.sample(classes, seed=s).split(250)]),
+                                   P.eval.fd_size) for s in seeds]
+        out[str(k)] = summarize({"m": runs}, keys=("gfd", "kid"))["m"] | {"fit_seconds": fit_seconds}
+        print(f"mixture of {k} per class: gFD {out[str(k)]['gfd_mean']:.1f} ± {out[str(k)]['gfd_std']:.1f}, "
+              f"KID {out[str(k)]['kid_mean']:.4f} (fit {fit_seconds:.0f} s)", flush=True)
+    return out
+
+
+def plot_mixtures(mixtures: dict, at_one: dict, ceiling: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [int(k) for k in mixtures]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "gfd", "gFD-EffNet ↓"), (axes[1], "kid", "KID ↓")):
+        ax.errorbar(ks, [mixtures[str(k)][f"{key}_mean"] for k in ks], yerr=[mixtures[str(k)][f"{key}_std"] for k in ks],
+                    marker="o", capsize=3, color="C2", label="mixture of K Gaussians per class")
+        for (name, m), color in zip(at_one.items(), ("C0", "C1")):
+            mean, std = m[f"{key}_mean"], m[f"{key}_std"]
+            ax.axhline(mean, color=color, label=f"{name}, guidance 1")
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
+        ax.axhline(ceiling[key], ls="-.", color="black", label="decoded real tokens (ceiling)")
+        ax.set(xscale="log", xlabel="components per class K (log; K = 1: the Gaussian)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def training_command() -> str:
@@ -165,7 +232,7 @@ def training_command() -> str:
         if skip or a == "--report":
             skip = False
             continue
-        if a in ("--guidance-sweep", "--seeds", "--out"):
+        if a in ("--guidance-sweep", "--mixtures", "--seeds", "--out"):
             skip = True
             continue
         argv.append(a)

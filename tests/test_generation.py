@@ -10,6 +10,7 @@ from sbt_lib.batch import Batch
 from sbt_lib.generation.path import interpolate, score_from_velocity, target_velocity
 from sbt_lib.generation.samplers import dopri5, euler, euler_maruyama, guided, heun, sample
 from sbt_lib.generation.transport import FlowMatchingLoss, TokenNormalizer, sample_time
+from sbt_lib.models.class_mixture import ClassMixture
 from sbt_lib.models.gaussian_flow import GaussianFlow
 from sbt_lib.models.sit import SIT_PRESETS, SiT
 from sbt_lib.train import TrainConfig, train
@@ -205,6 +206,24 @@ def test_the_gaussian_prior_says_what_is_wrong():
         GaussianFlow(num_classes=2, dim=3).fit(torch.randn(5, 3), torch.tensor([0, 0, 0, 0, 1]))
     with pytest.raises(ValueError, match="valid"):
         SiT(prior="mixture")
+
+
+def test_a_class_mixture_finds_the_modes_a_gaussian_fills_in():
+    g = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, (4000,), generator=g) * 2 - 1            # class 0: two modes at x0 = ±3
+    x = torch.stack([3.0 * signs + 0.3 * torch.randn(4000, generator=g), torch.randn(4000, generator=g)], 1)
+    x = torch.cat([x, torch.randn(4000, 2, generator=g) + 10]).reshape(-1, 1, 2)  # class 1: one mode at 10
+    y = torch.arange(2).repeat_interleave(4000)
+    classes = torch.tensor([1, 0]).repeat(1000)
+    z = {k: ClassMixture(k).fit(x, y).sample(classes, seed=1) for k in (1, 2)}
+    between = {k: (z[k][classes == 0, 0, 0].abs() < 1.5).float().mean().item() for k in z}
+    assert between[2] < 0.01 < 0.2 < between[1], between                  # one Gaussian puts mass between the modes
+    assert z[2].shape == (2000, 1, 2) and (z[2][classes == 1].mean() - 10).abs() < 0.2
+    assert torch.equal(ClassMixture(2).fit(x, y).sample(classes, seed=1), z[2])  # seeded
+    with pytest.raises(ValueError, match="not in the data"):
+        ClassMixture(2).fit(x, y).sample(torch.tensor([3]))
+    with pytest.raises(ValueError, match="fewer components"):
+        ClassMixture(8).fit(x[:5], torch.zeros(5))
 
 
 class TokenData:
