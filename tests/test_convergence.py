@@ -115,6 +115,11 @@ def test_verdicts_read_each_claim_against_the_seed_spread_seed_by_seed(tmp_path)
     (tmp_path / "A" / "runs" / "G" / "seed2" / "curve.json").unlink()
     short = cv.verdicts(cv.collect(tmp_path), claims=["locals_vs_g"])
     assert short[0]["level"] is None and "no level yet" in short[0]["line"]
+    # what a notebook adds to its metrics.json: only the claims read at a level, nothing without a study
+    assert cv.verdict_lines(results, ["A"], ["locals_vs_g"]) == [found[("locals_vs_g", m)]["line"]
+                                                               for m in ("test_psnr", "fd_effnet", "fd_hog")]
+    assert cv.verdict_lines(cv.collect(tmp_path), ["A"], ["locals_vs_g"]) == []
+    assert cv.verdict_lines(None, ["A"]) == []
 
 
 def test_collect_says_how_far_each_part_is_and_what_it_cost(tmp_path):

@@ -737,6 +737,14 @@ def verdicts(results: dict, parts=None, claims=None) -> list[dict]:
     return out
 
 
+def verdict_lines(results: dict | None, parts, claims=None) -> list[str]:
+    """The markdown lines of :func:`verdicts` that read a claim at a level (none where there are no results): what a
+    notebook adds to its own verdicts in ``metrics.json``, so that the results page shows the study beside them."""
+    if results is None:
+        return []
+    return [v["line"] for v in verdicts(results, parts, claims) if v["level"] is not None]
+
+
 def _status(part: dict) -> str:
     """One line on a part's progress: levels, the stopping rule and which way it ended, speed and CPU hours."""
     rule, ended = part["stopping"], part["ended_by"]
