@@ -794,8 +794,11 @@ def report(results: dict | None, parts, claims=None, scale: str = "cpu") -> str:
             lines.append(f"- Part {name}: no runs in the results yet.")
             continue
         lines += [_status(part), ""] + [v["line"] for v in verdicts(results, [name], claims)] + [""]
+    root = results.get("root")
+    kept = (f" Its run folders were kept in `{root}`: where they still are, `--root {root}` resumes the study "
+            "instead of starting it again." if root and Path(root).resolve() != default_root(scale).resolve() else "")
     lines.append(f"Made by `{results['command']}` on {results['machine'].get('processor')} "
-                 f"({results['machine'].get('cpu_threads')} threads); to remake or resume:\n\n    {remake}")
+                 f"({results['machine'].get('cpu_threads')} threads).{kept} To remake or resume:\n\n    {remake}")
     return "\n".join(lines)
 
 
