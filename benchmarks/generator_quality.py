@@ -217,6 +217,8 @@ def plot_mixtures(mixtures: dict, at_one: dict, ceiling: dict, path: Path, title
             ax.axhspan(mean - std, mean + std, color=color, alpha=0.15)
         ax.axhline(ceiling[key], ls="-.", color="black", label="decoded real tokens (ceiling)")
         ax.set(xscale="log", xlabel="components per class K (log; K = 1: the Gaussian)", ylabel=label)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
