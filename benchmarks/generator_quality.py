@@ -58,23 +58,31 @@ def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:
             for name, images in (("Gaussian", fake), ("real", train_images), ("decoded", decoded))}
 
 
-def plot(rows: list[dict], refs: dict[str, dict], path: Path, title: str) -> None:
+def two_panels(path: Path, title: str, draw, gfd_label: str = "gFD-EffNet") -> None:
+    """A figure of gFD and KID side by side, saved at ``path``: ``draw(ax, key, label)`` fills each panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in ((axes[0], "gfd", rows[0]["label"] + " ↓"), (axes[1], "kid", "KID ↓")):
-        ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows], "o-", label="SiT")
-        for j, (name, m) in enumerate(refs.items()):
-            ax.axhline(m[key], ls=("--", ":", "-.")[j % 3], color=("C1", "gray", "black")[j % 3], label=name)
-        ax.set(xscale="log", xlabel="training images seen (log)", ylabel=label)
+    for ax, key, label in ((axes[0], "gfd", gfd_label + " ↓"), (axes[1], "kid", "KID ↓")):
+        draw(ax, key, label)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(rows: list[dict], refs: dict[str, dict], path: Path, title: str) -> None:
+    def draw(ax, key, label):
+        ax.plot([r["images_seen"] for r in rows], [r[key] for r in rows], "o-", label="SiT")
+        for j, (name, m) in enumerate(refs.items()):
+            ax.axhline(m[key], ls=("--", ":", "-.")[j % 3], color=("C1", "gray", "black")[j % 3], label=name)
+        ax.set(xscale="log", xlabel="training images seen (log)", ylabel=label)
+
+    two_panels(path, title, draw, rows[0]["label"])
 
 
 def main() -> None:
@@ -202,13 +210,9 @@ def mixture_sweep(P, base, tokens, train_set, real, classes, components, seeds) 
 
 
 def plot_mixtures(mixtures: dict, at_one: dict, ceiling: dict, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ks = [int(k) for k in mixtures]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in ((axes[0], "gfd", "gFD-EffNet ↓"), (axes[1], "kid", "KID ↓")):
+
+    def draw(ax, key, label):
         ax.errorbar(ks, [mixtures[str(k)][f"{key}_mean"] for k in ks], yerr=[mixtures[str(k)][f"{key}_std"] for k in ks],
                     marker="o", capsize=3, color="C2", label="mixture of K Gaussians per class")
         for (name, m), color in zip(at_one.items(), ("C0", "C1")):
@@ -219,12 +223,8 @@ def plot_mixtures(mixtures: dict, at_one: dict, ceiling: dict, path: Path, title
         ax.set(xscale="log", xlabel="components per class K (log; K = 1: the Gaussian)", ylabel=label)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    two_panels(path, title, draw)
 
 
 def training_command() -> str:
@@ -264,12 +264,7 @@ def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds
 
 
 def plot_sweep(sweep: dict, refs: dict, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in ((axes[0], "gfd", "gFD-EffNet ↓"), (axes[1], "kid", "KID ↓")):
+    def draw(ax, key, label):
         for name, points in sweep.items():
             gs = [g for g in points if g != "best"]
             ax.errorbar([float(g) for g in gs], [points[g][f"{key}_mean"] for g in gs],
@@ -277,12 +272,8 @@ def plot_sweep(sweep: dict, refs: dict, path: Path, title: str) -> None:
         for j, (name, m) in enumerate(refs.items()):
             ax.axhline(m[key], ls=(":", "-.")[j % 2], color=("gray", "black")[j % 2], label=name)
         ax.set(xlabel="guidance scale", ylabel=label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    two_panels(path, title, draw)
 
 
 if __name__ == "__main__":
