@@ -10,7 +10,7 @@ largest seed std, and each variant against G; ``table3_psnr.png`` in the run fol
         [--variants G G+L1 G+L1+L2] [--out DIR]
 
 CIFAR-10 comes from ``$SBT_DATA/cifar10`` (e.g. ``SBT_DATA=../shared/data``).  The notebook's own budget is
-``--steps 100 --batch-size 32`` (about 20 s a run on 2 CPU cores); 1000 × 64 takes about 30 s a run on an H200.
+``--steps 100 --batch-size 32``; it prints the mean training seconds per run.
 """
 from __future__ import annotations
 

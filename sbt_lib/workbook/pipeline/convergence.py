@@ -43,12 +43,9 @@ end of a step with a checkpoint (the engine's ``until`` / ``deadline``), so a ch
 resumes every run from its checkpoint.  A run already evaluated at a level is never trained or evaluated there
 again.
 
-**Cost at cpu** (estimated from the images/s the README measures, one thread per run, two runs at a time): A's 18
-runs to 409,600 images at 190-280 images/s each, about 8.5 CPU hours; B's 4 whole tokenizers at about 45 images/s,
-9-11; C's xs runs to 2.2 × 409,600 images at 248 and xl's to 409,600 at 126, about 6; the evaluations (some 220 of
-1000 images) about 1: some 25 CPU hours, 13 hours on two cores, nine chunks of 90 minutes — less where A or C
-flatten early, up to about twice that if a run is as slow as issue 40's one long run was (92 images/s).
-``images_per_s`` and ``cpu_hours`` in the results say what it took.
+**Cost.**  A part's cost is its runs' images to their last level over their speed, plus one evaluation per run and
+level; B's whole tokenizers are the slowest runs, then C's largest aligner.  The results record what it took
+(``images_per_s`` and ``cpu_hours`` per part), and :func:`report` says it beside the curves.
 
 **Where things live.**  ``root`` holds ``study.json`` (the study's settings, the runs it registers and the anchors)
 and one folder per run, ``<root>/<part>/runs/<variant>/seed<s>``, with the engine's checkpoint and ``curve.json``
