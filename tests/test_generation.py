@@ -98,6 +98,18 @@ def test_sit_starts_at_zero_velocity_and_checks_its_input():
     assert list(SIT_PRESETS)[-4:] == ["S", "B", "L", "XL"]
 
 
+def test_a_sit_patch_joins_consecutive_tokens_into_one_sequence_element():
+    joined = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny", patch=3))
+    wide = SiT(num_tokens=2, token_dim=12, num_classes=3, size="tiny")  # tokens 0-2 and 3-5 as two of 12 numbers
+    wide.load_state_dict(joined.state_dict())
+    x, t, y = torch.randn(2, 6, 4), torch.rand(2), torch.tensor([0, 2])
+    v = joined.eval()(x, t, y)
+    assert v.shape == (2, 6, 4) and v.abs().amin() > 0
+    assert torch.allclose(v, wide.eval()(x.reshape(2, 2, 12), t, y).reshape(2, 6, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="divide num_tokens 6"):
+        SiT(num_tokens=6, token_dim=4, size="tiny", patch=4)
+
+
 def test_label_dropout_uses_the_null_class():
     model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny", class_dropout=1.0))
     x, t, y = torch.randn(4, 6, 4), torch.rand(4), torch.tensor([0, 1, 2, 1])

@@ -3,7 +3,7 @@
 It predicts the velocity of the flow-matching path (:mod:`sbt_lib.generation`) of the ``N`` global tokens
 only: the aligners bootstrap the local tokens from what it samples, and the decoder renders them.
 
-    tokens B×N×d ─linear─▶ B×N×w (+ fixed sinusoidal 1D positions)
+    tokens B×N×d ─join p─▶ B×(N/p)×(p·d) ─linear─▶ B×(N/p)×w (+ fixed sinusoidal 1D positions)
     c = embed(t) + embed(y)  (y = num_classes is the null class of classifier-free guidance)
     ─▶ depth × adaLN-Zero block(x, c) ─▶ adaLN final layer ─linear (zero-init)─▶ velocity B×N×d
 
@@ -58,8 +58,11 @@ class SiTConfig(Config):
     mlp_ratio: float = 4.0
     class_dropout: float = 0.1  # probability of the null class in training (classifier-free guidance)
     prior: str = "none"  # none | gaussian: the velocity the network's output is added to
+    patch: int = 1  # consecutive tokens joined into one element of the sequence (DiT's patch size, in 1D)
 
     def __post_init__(self):
+        if self.patch < 1 or self.num_tokens % self.patch:
+            raise ValueError(f"SiT patch {self.patch} must divide num_tokens {self.num_tokens} (try 1, 2, 4, ...)")
         if self.size not in SIT_PRESETS:
             raise ValueError(f"unknown SiT size {self.size!r}; valid: {list(SIT_PRESETS)}")
         if self.prior not in PRIORS:
@@ -163,12 +166,12 @@ class SiT(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags=["gener
         self._hub_mixin_config = {"cfg": c.to_dict()}  # config.json: the resolved config, whatever was passed
         size = SIT_PRESETS[c.size]
         w = size["width"]
-        self.embed = nn.Linear(c.token_dim, w)
-        self.register_buffer("pos", sinusoidal(torch.arange(c.num_tokens), w), persistent=False)
+        self.embed = nn.Linear(c.patch * c.token_dim, w)
+        self.register_buffer("pos", sinusoidal(torch.arange(c.num_tokens // c.patch), w), persistent=False)
         self.t_embed = TimestepEmbedder(w)
         self.y_embed = LabelEmbedder(c.num_classes, w, c.class_dropout)
         self.blocks = nn.ModuleList(SiTBlock(w, size["num_heads"], c.mlp_ratio) for _ in range(size["depth"]))
-        self.final = FinalLayer(w, c.token_dim)
+        self.final = FinalLayer(w, c.patch * c.token_dim)
         self.prior = GaussianFlow(c.num_classes, c.num_tokens * c.token_dim) if c.prior == "gaussian" else None
         self.initialize_weights()
 
@@ -198,9 +201,10 @@ class SiT(nn.Module, HalfPrecisionHubMixin, library_name="sbt-lib", tags=["gener
             raise ValueError(f"SiT expects tokens of shape B×{n}×{d}, got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(len(x))
         y = self.y_embed.drop(y)                                       # the null class, sometimes, in training
-        h = self.embed(x) + self.pos                                   # B×N×w
+        p = self.cfg.patch
+        h = self.embed(x.reshape(len(x), n // p, p * d)) + self.pos    # B×(N/p)×w
         c = self.t_embed(t) + self.y_embed(y)                          # B×w
         for block in self.blocks:
             h = block(h, c)
-        v = self.final(h, c)                                           # B×N×d
+        v = self.final(h, c).reshape(len(x), n, d)                     # B×N×d
         return v if self.prior is None else v + self.prior(x, t, y)

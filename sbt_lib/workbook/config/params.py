@@ -113,6 +113,7 @@ class GeneratorConfig(Config):
     class_dropout: float = 0.1
     prior: str = "none"  # none | gaussian: start from the tokens' class-conditional Gaussian (GaussianFlow)
     time_sampling: str = "uniform"  # uniform | logit_normal
+    patch: int = 1  # consecutive tokens joined into one element of the SiT's sequence (its patch size, in 1D)
     sampler: str = "heun"  # euler | heun | dopri5 | sde
     sampling_steps: int = 20
     guidance: float = 2.0  # classifier-free guidance scale (1: none)

@@ -27,7 +27,7 @@ def build_generator(P: Params, tokens: FeatureCache, train_set) -> tuple[SiT, To
     normalizer = TokenNormalizer(tokens.shape[-1]).fit(tokens.features)
     torch.manual_seed(P.seed)
     model = SiT(num_tokens=tokens.shape[0], token_dim=tokens.shape[-1], num_classes=len(train_set.classes),
-                size=g.size, class_dropout=g.class_dropout, prior=g.prior)
+                size=g.size, class_dropout=g.class_dropout, prior=g.prior, patch=g.patch)
     if model.prior is not None:
         model.prior.fit(normalizer.normalize(tokens.features.float()), train_set.targets)
     return model, normalizer
