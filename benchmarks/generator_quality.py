@@ -58,6 +58,11 @@ def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:
             for name, images in (("Gaussian", fake), ("real", train_images), ("decoded", decoded))}
 
 
+def sit_name(G) -> str:
+    """The generator's name in titles: its size, and its patch where it joins tokens."""
+    return f"SiT-{G.size}" + (f", patch {G.patch}" if G.patch > 1 else "")
+
+
 def two_panels(path: Path, title: str, draw, gfd_label: str = "gFD-EffNet") -> None:
     """A figure of gFD and KID side by side, saved at ``path``: ``draw(ax, key, label)`` fills each panel."""
     import matplotlib
@@ -144,7 +149,7 @@ def main() -> None:
         history, step, seconds = result.history, result.step, result.seconds
     rows = [{"step": h["step"], "images_seen": h["step"] * G.batch_size, "gfd": h["eval_gfd"], "kid": h["eval_kid"],
              "label": refs["real"]["label"]} for h in history if "eval_gfd" in h]
-    print(f"SiT-{G.size} from {'zero velocity' if G.prior == 'none' else 'the Gaussian'}, batch {G.batch_size}, "
+    print(f"{sit_name(G)} from {'zero velocity' if G.prior == 'none' else 'the Gaussian'}, batch {G.batch_size}, "
           f"lr {G.lr:g}, {G.time_sampling} times, {G.sampler} × {G.sampling_steps}, guidance {G.guidance}; "
           f"{seconds:.0f} s of training for {step} of {G.steps} steps")
     print(f"| step | images seen | {refs['real']['label']} | KID |\n|---|---|---|---|")
@@ -153,12 +158,13 @@ def main() -> None:
     for name, m in refs.items():
         print(f"| *{name}* | | {m['gfd']:.1f} | {m['kid']:.4f} |")
     stem = out / f"generator_quality_{args.scale}"
-    write_json(stem.with_suffix(".json"), {"command": training_command(), "generator": G.to_dict(),
-                                            "training_seconds": seconds, "steps_done": step, "curve": rows,
-                                            "anchors": refs})
-    plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
-         f"{P.data.dataset}: SiT-{G.size} on the base's global tokens")
-    print(f"→ {stem}.json, {stem}.png")
+    if rows:  # a run trained without evaluations (``python -m sbt_lib train generator``) has no curve to draw
+        write_json(stem.with_suffix(".json"), {"command": training_command(), "generator": G.to_dict(),
+                                                "training_seconds": seconds, "steps_done": step, "curve": rows,
+                                                "anchors": refs})
+        plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
+             f"{P.data.dataset}: {sit_name(G)} on the base's global tokens")
+        print(f"→ {stem}.json, {stem}.png")
     if args.guidance_sweep:
         scales = [float(g) for g in args.guidance_sweep.split(",")]
         sweep = guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, range(args.seeds))
@@ -169,7 +175,7 @@ def main() -> None:
                                                 "steps_done": step, "label": refs["real"]["label"], "sweep": sweep,
                                                 "anchors": {k: refs[k] for k in ("decoded", "real")}})
         plot_sweep(sweep, {k: refs[k] for k in ("decoded", "real")}, stem.with_suffix(".png"),
-                   f"{P.data.dataset}: SiT-{G.size} ({step} steps) and the Gaussian against guidance")
+                   f"{P.data.dataset}: {sit_name(G)} ({step} steps) and the Gaussian against guidance")
         print(f"→ {stem}.json, {stem}.png")
     if args.mixtures:
         components = [int(k) for k in args.mixtures.split(",")]

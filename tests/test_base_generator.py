@@ -120,3 +120,10 @@ def test_the_notebook_05_cpu_bundle_finds_the_shipped_generator():
     P = resolve("generator", "cpu", dataset="cifar10")
     assert shipped_for(P, load_base()) == generator_folder("cifar10")
     assert shipped_for(P.replace(generator_steps=10), load_base()) is None
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_the_generator_bundle_checkpoints_during_its_long_training(scale):
+    """The shipped generator trains for most of an hour: a crash must cost a few thousand steps, not all of them."""
+    P = resolve("generator", scale, dataset="cifar10")
+    assert 0 < P.training.ckpt_every <= P.generator.steps // 10

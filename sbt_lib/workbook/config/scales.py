@@ -137,20 +137,21 @@ _STAGE2 = {
 }
 
 # Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
-# bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-mini for 36,000 steps of 128 (4.6
-# million token sets) on all 50,000 training images' tokens at lr 5e-4, sampled with its EMA weights.  SiT-mini rather
-# than SiT-cpu because, for the same training time, the smaller model sees about 2.8 times the token sets and reaches
-# the lower gFD (benchmarks/generator_size_cpu.json); benchmarks/generator_quality.py measures gFD against images seen,
-# and against the guidance scale, with the Gaussian anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from
-# zero at equal FLOPs: at cpu (a) gets 5,540 steps of 128 (about ten minutes, where SiT-mini has clearly learned:
-# benchmarks/generator_size_cpu.json), so three seeds of the three rows fit one sitting of
-# benchmarks/generator_compare.py.
+# bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-cpu with patch 16: the 16 global
+# tokens of 4 numbers are joined into one sequence element of 64 (``generator_patch``), so a token set costs about a
+# third of SiT-mini's training time over 16 elements while the network is three times larger; for the same training time it reaches
+# a far lower gFD (benchmarks/generator_quality_cpu_sit-cpu-patch16.json against ..._sit-mini.json, SiT-mini over 16
+# elements).  40,000 steps of 256 on all 50,000 training images' tokens at lr 1e-3, sampled with its EMA weights.
+# benchmarks/generator_quality.py measures gFD against images seen, and against the guidance scale, with the Gaussian
+# anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs: at cpu (a) gets 5,540 steps of
+# 128 (about ten minutes, where SiT-mini has clearly learned: benchmarks/generator_size_cpu.json), so three seeds of
+# the three rows fit one sitting of benchmarks/generator_compare.py.
 _GENERATOR = {
     "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
                  generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
                  generator_compare_steps=20),
-    "cpu": dict(generator_size="mini", generator_steps=36000, generator_batch_size=128, generator_lr=5e-4,
-                generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
+    "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=40_000, generator_batch_size=256,
+                generator_lr=1e-3, generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
                 generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
@@ -161,9 +162,10 @@ _GENERATOR = {
                   generator_samples=50_000, generator_compare_size="XL", generator_compare_steps=400_000,
                   generator_compare_lr=1e-4),
 }
-# The generator bundle trains on every training image's tokens (notebook 05's stage 2 uses a 10,000-image subset).
-_GENERATOR_DATA = {"tiny": {}, "cpu": dict(dataset="cifar10", train_size=None, test_size=2000),
-                   "gpu": dict(dataset="cifar10", train_size=None, test_size=10_000), "paper": {}}
+# The generator bundle trains on every training image's tokens (notebook 05's stage 2 uses a 10,000-image subset),
+# with a checkpoint every 2,000 steps: its training is long, and a crash then costs little of it.
+_GENERATOR_DATA = {"tiny": {}, "cpu": dict(dataset="cifar10", train_size=None, test_size=2000, ckpt_every=2000),
+                   "gpu": dict(dataset="cifar10", train_size=None, test_size=10_000, ckpt_every=2000), "paper": {}}
 # Notebook 05 measures its samples against as many test images as it draws (generator_samples).
 _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_size=10_000), "paper": {}}
 

@@ -32,7 +32,7 @@ from .base import WEIGHTS, _machine, check_batches
 
 RECORD = "training.json"
 NORMALIZER = "normalizer.safetensors"
-RECIPE_FIELDS = ("size", "steps", "batch_size", "lr", "ema", "class_dropout", "prior", "time_sampling")
+RECIPE_FIELDS = ("size", "patch", "steps", "batch_size", "lr", "ema", "class_dropout", "prior", "time_sampling")
 
 
 def generator_folder(dataset: str = "cifar10") -> Path:
