@@ -120,7 +120,8 @@ class GeneratorConfig(Config):
     samples: int = 500  # generated images per distribution metric (its label says the count: FD@500)
     compare_size: str = "mini"  # notebook 05's (a)/(b)/(c): SiTs of this size trained from zero velocity,
     compare_steps: int = 400  # for this many steps of (a) (the others at (a)'s FLOPs),
-    compare_lr: float = 1e-3  # at this learning rate, without EMA
+    compare_lr: float = 1e-3  # at this learning rate, without EMA,
+    compare_batch_size: int = 128  # on batches of this size (patch 1: each SiT's sequence is its tokens)
 
 
 @dataclass

@@ -149,18 +149,19 @@ _STAGE2 = {
 _GENERATOR = {
     "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
                  generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
-                 generator_compare_steps=20),
+                 generator_compare_steps=20, generator_compare_batch_size=32),
     "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=40_000, generator_batch_size=256,
                 generator_lr=1e-3, generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
                 generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
-                generator_compare_size="S", generator_compare_steps=5000, generator_compare_lr=3e-4),
+                generator_compare_size="S", generator_compare_steps=5000, generator_compare_lr=3e-4,
+                generator_compare_batch_size=256),
     # SiT-XL, 800K steps at SiT's batch of 256 and lr 1e-4; SiT's 250-step SDE sampler; 50,000 samples.
     "paper": dict(generator_size="XL", generator_steps=800_000, generator_batch_size=256, generator_lr=1e-4,
                   generator_ema=0.9999, generator_sampler="sde", generator_sampling_steps=250,
                   generator_samples=50_000, generator_compare_size="XL", generator_compare_steps=400_000,
-                  generator_compare_lr=1e-4),
+                  generator_compare_lr=1e-4, generator_compare_batch_size=256),
 }
 # The generator bundle trains on every training image's tokens (notebook 05's stage 2 uses a 10,000-image subset),
 # with a checkpoint every 2,000 steps: its training is long, and a crash then costs little of it.
@@ -175,12 +176,13 @@ _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_si
 # times more than the notebook's ten minutes: benchmarks/tokenizers_compared.py trains them in chunks and commits
 # them, and the notebook reads them where the recipe is its own (and trains them itself otherwise).
 _COMPARE = {
-    "tiny": dict(seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini", generator_steps=2770,
-                generator_batch_size=128, generator_lr=1e-3, generator_ema=0.0, generator_samples=2000),
-    "gpu": dict(seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
+    "tiny": dict(generator_patch=1, seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
+    "cpu": dict(generator_patch=1, seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini",
+                generator_steps=2770, generator_batch_size=128, generator_lr=1e-3, generator_ema=0.0,
+                generator_samples=2000),
+    "gpu": dict(generator_patch=1, seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
                 generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
-    "paper": dict(seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
+    "paper": dict(generator_patch=1, seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
 }
 
 # Notebook 06: every tokenizer starts from the base and fine-tunes all of its weights for the same steps with the

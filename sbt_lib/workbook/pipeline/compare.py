@@ -108,7 +108,8 @@ def study_recipe(P: Params, variants: dict[str, dict]) -> dict:
             "tokenizer": {"steps": t.steps, "batch_size": t.batch_size, "lr": t.lr},
             "generator": {"size": g.size, "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "ema": g.ema,
                           "time_sampling": g.time_sampling, "sampler": g.sampler,
-                          "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples}}
+                          "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples,
+                          **({"patch": g.patch} if g.patch != 1 else {})}}  # patch 1: the studies made before it
 
 
 def study_file(scale: str) -> Path:

@@ -102,12 +102,13 @@ def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dic
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
                   seeds: list[int]) -> dict[str, list[dict]]:
     """(a), (b), (c) of the module docstring, one of each per seed: SiT-``compare_size`` from zero velocity for
-    ``compare_steps`` steps of (a) at ``compare_lr`` without EMA, (b) for as many steps as (a)'s FLOPs buy.  Every
+    ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` without EMA, (b) for as many steps as (a)'s FLOPs buy.  Every
     sample set: ``P.generator``'s sampler, steps and guidance, ``len(classes)`` samples.  Returns, per row name,
     one dict per seed: the record's numbers (no models) and the measurements."""
     g = P.generator
     Q = P.replace(generator_size=g.compare_size, generator_steps=g.compare_steps, generator_lr=g.compare_lr,
-                  generator_ema=0.0, generator_prior="none")
+                  generator_batch_size=g.compare_batch_size, generator_patch=1, generator_ema=0.0,
+                  generator_prior="none")
     rows: dict[str, list[dict]] = {name: [] for name in ROWS}
     for seed in seeds:
         a = train_record(Q.replace(seed=seed), selfboottok, "global", train_set, out / f"a-seed{seed}")
@@ -193,7 +194,7 @@ def comparison_recipe(P) -> dict:
     """What the numbers of :func:`comparison` depend on: the compared SiTs' recipe, the sampling, the seeds, the data,
     and how the tokenizers they decode through were trained."""
     g = P.generator
-    return {"size": g.compare_size, "steps": g.compare_steps, "lr": g.compare_lr, "batch_size": g.batch_size,
+    return {"size": g.compare_size, "steps": g.compare_steps, "lr": g.compare_lr, "batch_size": g.compare_batch_size,
             "class_dropout": g.class_dropout, "time_sampling": g.time_sampling, "sampler": g.sampler,
             "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples, "seeds": list(P.seeds),
             "dataset": P.data.dataset, "train_size": P.data.train_size, "test_size": P.data.test_size,
