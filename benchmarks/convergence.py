@@ -13,7 +13,8 @@ Every run trains on the whole training split and is evaluated at images seen dou
 (held-out PSNR, SSIM, rFD-EffNet, FD-HOG and the swap drop on ``--eval-images`` test images).  The work goes round
 robin by level: every run to 6,400 images, then every run to 12,800, ...; A and C stop at the first level where their
 best variant gains < 0.05 dB and < 2% rFD per doubling, or at ≥ 320k images.  ``--minutes N`` stops every run at the
-end of a step after N minutes, with a checkpoint; the same command resumes, and nothing evaluated is redone.  After
+end of a step after N minutes, with a checkpoint, as Ctrl-C or ``kill PID`` (SIGTERM; a job started in the background
+ignores Ctrl-C) do at any time; the same command resumes, and nothing evaluated is redone.  After
 every evaluation ``benchmarks/convergence_<scale>.json`` (command, machine, images/s and CPU hours per part, every run's
 curve, the curves' statistics, the stopping rule) and ``convergence_<scale>.png`` are rewritten.
 
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (kill) during a sweep: every run saved a checkpoint at its step
+        print(f"\nstopped after {(time.time() - t0) / 60:.1f} min: every run in training saved its checkpoint; the "
+              f"results hold the evaluations made so far. Run the same command to go on.", file=sys.stderr)
+        return 130
     print()
     print(convergence.report(results, [p for p in convergence.PARTS if p in results["parts"]], scale=args.scale))
     where = convergence.results_file(args.scale, args.out)

@@ -167,9 +167,11 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_ctrl_c_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_path):
-    """Ctrl-C in the caller of a sweep: the caller stops at once, the worker processes end, and each run in training
-    saves a checkpoint at the step it had reached (so a rerun resumes it)."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_kill_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_path, stop):
+    """Ctrl-C (SIGINT) in the caller of a sweep, or ``kill`` (SIGTERM) of one started in the background (where SIGINT
+    is ignored): the caller stops at once, the worker processes end, and each run in training saves a checkpoint at
+    the step it had reached (so a rerun resumes it)."""
     import json
     import os
     import signal
@@ -181,7 +183,8 @@ def test_ctrl_c_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_pa
     script.write_text(SWEEP_SCRIPT)
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL if stop == "SIGINT"
+                                                             else signal.SIG_IGN))
     marks = [variant_run(out, name, 0) / "checkpoint.json" for name in ("G", "G+L1")]
     try:
         deadline = time.monotonic() + 120
@@ -190,7 +193,7 @@ def test_ctrl_c_stops_a_parallel_sweep_and_every_run_keeps_its_checkpoint(tmp_pa
         assert all(m.exists() for m in marks), proc.stderr.read() if proc.poll() is not None else "none in 120 s"
         workers = _children(proc.pid)
         before = {m: json.loads(m.read_text())["step"] for m in marks}
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

@@ -8,9 +8,10 @@ trains ``workers`` runs at a time on a CPU, each in its own process with one thr
 
 - the workers are *spawned* (a fork of a process whose OpenMP pool is running can deadlock), import the library,
   and receive the data sets once (their tensors travel through shared memory, not as copies);
-- each worker runs one thread and ignores Ctrl-C; an interrupt in the caller (Ctrl-C, a notebook's stop button)
-  or a failed run stops the others at the end of their step with a checkpoint saved (SIGTERM, which the training
-  engine holds until the step ends), and every run resumes from its checkpoints on the next call;
+- each worker runs one thread and ignores Ctrl-C; an interrupt in the caller (Ctrl-C, a notebook's stop button,
+  or SIGTERM — ``kill PID`` of a sweep started in the background, where Ctrl-C cannot reach) or a failed run stops
+  the others at the end of their step with a checkpoint saved (SIGTERM, which the training engine holds until the
+  step ends), and every run resumes from its checkpoints on the next call;
 - spawned workers import the main script again: a script (not a notebook) that starts a sweep keeps its top level
   under ``if __name__ == "__main__":`` (without it, the sweep stops with an error that says so);
 - results come back in the order of the jobs, whichever finished first; an error in a run is raised in the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -69,6 +71,7 @@ def map_runs(fn: Callable, jobs: Sequence, shared: tuple = (), workers: int = 1,
         context = torch.multiprocessing.get_context("spawn")
         order = dispatch_order(jobs, cheap)
         pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_start, initargs=(shared,))
+        previous = _interrupt_on_sigterm()
         try:
             futures = [pool.submit(_run, (i, fn, jobs[i], label(jobs[i]))) for i in order]  # handed out in this order
             for future in as_completed(futures):
@@ -87,7 +90,17 @@ def map_runs(fn: Callable, jobs: Sequence, shared: tuple = (), workers: int = 1,
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return results
+
+
+def _interrupt_on_sigterm():
+    """Make SIGTERM in the caller a :class:`KeyboardInterrupt` (so the pool is stopped as by Ctrl-C, its runs saved)
+    and return the handler it replaced; None where signals cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def dispatch_order(jobs: Sequence, cheap: Callable[[object], bool] | None = None) -> list[int]:
