@@ -139,9 +139,10 @@ _STAGE2 = {
 # Notebook 05: a SiT on the global tokens of the base, trained from zero velocity once and reused (the ``generator``
 # bundle, sbt_lib.workbook.pipeline.base_generator; shipped at cpu).  At cpu, SiT-cpu with patch 16: the 16 global
 # tokens of 4 numbers are joined into one sequence element of 64 (``generator_patch``), so a token set costs about a
-# third of SiT-mini's training time over 16 elements while the network is three times larger; for the same training time it reaches
-# a far lower gFD (benchmarks/generator_quality_cpu_sit-cpu-patch16.json against ..._sit-mini.json, SiT-mini over 16
-# elements).  40,000 steps of 256 on all 50,000 training images' tokens at lr 1e-3, sampled with its EMA weights.
+# third of SiT-mini's training time over 16 elements while the network is three times larger; for the same training
+# time it reaches a far lower gFD (benchmarks/generator_quality_cpu_sit-cpu-patch16.json against
+# ..._sit-mini.json, SiT-mini over 16 elements).  40,000 steps of 256 on all 50,000 training images' tokens at lr
+# 1e-3, sampled with its EMA weights.
 # benchmarks/generator_quality.py measures gFD against images seen, and against the guidance scale, with the Gaussian
 # anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs: at cpu (a) gets 5,540 steps of
 # 128 (about ten minutes, where SiT-mini has clearly learned: benchmarks/generator_size_cpu.json), so three seeds of
@@ -151,7 +152,8 @@ _GENERATOR = {
                  generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
                  generator_compare_steps=20, generator_compare_batch_size=32),
     "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=40_000, generator_batch_size=256,
-                generator_lr=1e-3, generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000, generator_guidance=2.0,
+                generator_lr=1e-3, generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000,
+                generator_guidance=2.0,
                 generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
@@ -182,7 +184,8 @@ _COMPARE = {
                 generator_samples=2000),
     "gpu": dict(generator_patch=1, seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
                 generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
-    "paper": dict(generator_patch=1, seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000, generator_samples=50_000),
+    "paper": dict(generator_patch=1, seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000,
+                  generator_samples=50_000),
 }
 
 # Notebook 06: every tokenizer starts from the base and fine-tunes all of its weights for the same steps with the

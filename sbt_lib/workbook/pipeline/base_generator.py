@@ -4,9 +4,10 @@ The paper trains its generator once on the global tokens and reuses it for every
 ``z_global`` bit for bit, so what the generator samples decodes through every stage-2 tokenizer.  The workbook does
 the same.  A SiT learns the tokens' distribution beyond their class-conditional Gaussian only after millions of
 training images (``benchmarks/generator_quality.py`` measures gFD against images seen; ``training.json`` records
-the time), far more than a notebook's minutes, so notebook 05's generator is trained once (``python -m sbt_lib train generator --export
-weights/generator-cifar10``; it resumes exactly), exported as a ``save_pretrained`` folder (config + float16
-safetensors, :mod:`~sbt_lib.models.pretrained`) with its token normaliser, and shipped in ``weights/``.
+the time), far more than a notebook's minutes, so notebook 05's generator is trained once (``python -m sbt_lib
+train generator --export weights/generator-cifar10``; it resumes exactly), exported as a ``save_pretrained`` folder
+(config + float16 safetensors, :mod:`~sbt_lib.models.pretrained`) with its token normaliser, and shipped in
+``weights/``.
 
 Beside the weights, ``training.json`` records how they were made (the recipe, the command, steps, images seen,
 seconds, machine) and what they give: gFD-EffNet and KID of samples against the test split, over sampling seeds,

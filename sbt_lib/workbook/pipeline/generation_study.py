@@ -102,9 +102,9 @@ def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dic
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
                   seeds: list[int]) -> dict[str, list[dict]]:
     """(a), (b), (c) of the module docstring, one of each per seed: SiT-``compare_size`` from zero velocity for
-    ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` without EMA, (b) for as many steps as (a)'s FLOPs buy.  Every
-    sample set: ``P.generator``'s sampler, steps and guidance, ``len(classes)`` samples.  Returns, per row name,
-    one dict per seed: the record's numbers (no models) and the measurements."""
+    ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` without EMA, (b) for as many steps
+    as (a)'s FLOPs buy.  Every sample set: ``P.generator``'s sampler, steps and guidance, ``len(classes)`` samples.
+    Returns, per row name, one dict per seed: the record's numbers (no models) and the measurements."""
     g = P.generator
     Q = P.replace(generator_size=g.compare_size, generator_steps=g.compare_steps, generator_lr=g.compare_lr,
                   generator_batch_size=g.compare_batch_size, generator_patch=1, generator_ema=0.0,
