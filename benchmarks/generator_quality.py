@@ -12,7 +12,8 @@ and guidance) against as many held-out test images.  Measured once, on the same 
 Prints a table (step, images seen, gFD, KID, seconds) and saves it as JSON and the curve as a PNG in ``--out``.
 ``--guidance-sweep 1.5,2,3`` then measures the run's last (EMA) weights and the Gaussian at each guidance scale over
 ``--seeds`` sampling seeds (mean ± std; ``generator_guidance_<scale>.{json,png}``): the guidance of each at its best,
-so that the SiT is not compared with a Gaussian at a scale that suits it less.
+so that the SiT is not compared with a Gaussian at a scale that suits it less; ``--guidance-from 0,0.4`` repeats the
+sweep with guidance only for t ≥ each start (a guidance interval; t = 0 is noise).
 ``--mixtures 1,4,16,64`` then samples a mixture of K Gaussians per class fitted to the same tokens
 (:class:`~sbt_lib.models.class_mixture.ClassMixture`), beside the SiT and the Gaussian at guidance 1 (a mixture has
 none), over ``--seeds`` sampling seeds (``generator_mixtures_<scale>.{json,png}``): how much structure beyond each
@@ -50,7 +51,8 @@ def anchors(P, base, tokens, train_set, real, classes) -> dict[str, dict]:
     G = P.generator
     gaussian, normalizer = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
     fake = generators.generate_images(base, gaussian.eval(), normalizer, classes, "global", G.sampler,
-                                      G.sampling_steps, G.guidance, seed=P.seed)
+                                      G.sampling_steps, G.gaussian_guidance, seed=P.seed,
+                                      guidance_from=G.gaussian_guidance_from)
     train_images = held_out_images(train_set, len(real))
     with torch.no_grad():
         decoded = torch.cat([generators.decode_tokens(base, base.encode_global(x)) for x in train_images.split(250)])
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only report the evaluations the run folder holds")
     parser.add_argument("--guidance-sweep", default=None, metavar="G1,G2,...",
                         help="after training: the SiT and the Gaussian at these guidance scales, over --seeds")
+    parser.add_argument("--guidance-from", default=None, metavar="T1,T2,...",
+                        help="with --guidance-sweep: guide only for t >= each of these (default: the bundle's)")
     parser.add_argument("--mixtures", default=None, metavar="K1,K2,...",
                         help="after training: a mixture of K Gaussians per class, beside the SiT at guidance 1")
     parser.add_argument("--seeds", type=int, default=3, help="sampling seeds of each point of --guidance-sweep "
@@ -135,7 +139,7 @@ def main() -> None:
     def evaluate(model) -> dict:
         t0 = time.perf_counter()
         fake = generators.generate_images(base, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
-                                          G.guidance, seed=P.seed)
+                                          G.guidance, seed=P.seed, guidance_from=G.guidance_from)
         m = generation_metrics(real, fake, P.eval.fd_size)
         model.train()
         return {"gfd": m["gfd"], "kid": m["kid"], "eval_seconds": time.perf_counter() - t0}
@@ -163,11 +167,13 @@ def main() -> None:
                                                 "training_seconds": seconds, "steps_done": step, "curve": rows,
                                                 "anchors": refs})
         plot(rows, {k: refs[k] for k in ("Gaussian", "decoded", "real")}, stem.with_suffix(".png"),
-             f"{P.data.dataset}: {sit_name(G)} on the base's global tokens")
+             f"{P.data.dataset}: {sit_name(G)} on the base's global tokens"
+             + (f", {G.time_sampling.replace('_', '-')} times" if G.time_sampling != "uniform" else ""))
         print(f"→ {stem}.json, {stem}.png")
     if args.guidance_sweep:
         scales = [float(g) for g in args.guidance_sweep.split(",")]
-        sweep = guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, range(args.seeds))
+        froms = [float(f) for f in args.guidance_from.split(",")] if args.guidance_from else [G.guidance_from]
+        sweep = guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, range(args.seeds), froms)
         stem = out / f"generator_guidance_{args.scale}"
         write_json(stem.with_suffix(".json"), {"command": training_command(),
                                                 "sweep_command": " ".join(["python", *sys.argv]),
@@ -247,9 +253,10 @@ def training_command() -> str:
     return " ".join(["python", *argv])
 
 
-def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds) -> dict[str, dict]:
+def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds, froms=(0.0,)) -> dict[str, dict]:
     """gFD and KID (mean ± std over sampling ``seeds``) of the run's generator and of the Gaussian of the same
-    tokens at each guidance scale; also each one's best scale."""
+    tokens at each guidance scale, guided for t ≥ each of ``froms`` (a guidance interval; one series per model and
+    start, named by both where there are several starts); also each series' best scale."""
     from sbt_lib.workbook.pipeline.generation_study import summarize
     from sbt_lib.workbook.pipeline.runs import load_generator
 
@@ -258,14 +265,16 @@ def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds
     models = {"SiT": load_generator(run), "Gaussian": (gaussian.eval(), gaussian_norm)}
     out = {}
     for name, (model, normalizer) in models.items():
-        runs = {str(g): [generation_metrics(real, generators.generate_images(base, model, normalizer, classes, "global",
-                                                                             G.sampler, G.sampling_steps, g, seed=s),
-                                            P.eval.fd_size) for s in seeds] for g in scales}
-        out[name] = summarize(runs, keys=("gfd", "kid"))
-        for g, m in out[name].items():
-            print(f"{name} guidance {g}: gFD {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}, KID {m['kid_mean']:.4f}",
-                  flush=True)
-        out[name]["best"] = min(map(str, scales), key=lambda g: out[name][g]["gfd_mean"])
+        for start in froms:
+            series = name if len(froms) == 1 else f"{name}, guided for t ≥ {start:g}"
+            runs = {str(g): [generation_metrics(real, generators.generate_images(
+                base, model, normalizer, classes, "global", G.sampler, G.sampling_steps, g, seed=s,
+                guidance_from=start), P.eval.fd_size) for s in seeds] for g in scales}
+            out[series] = summarize(runs, keys=("gfd", "kid"))
+            for g, m in out[series].items():
+                print(f"{series} guidance {g}: gFD {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}, "
+                      f"KID {m['kid_mean']:.4f}", flush=True)
+            out[series]["best"] = min(map(str, scales), key=lambda g: out[series][g]["gfd_mean"])
     return out
 
 

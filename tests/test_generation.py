@@ -130,6 +130,19 @@ def test_guidance_at_scale_one_is_the_conditional_model():
     assert torch.equal(guided(model, y, 3.0, interval=(0.5, 1.0))(x, 0.3), cond)  # outside the interval
 
 
+def test_a_guidance_interval_runs_the_null_pass_only_inside_it():
+    model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny"))
+    y = torch.tensor([0, 1, 2])
+    whole, part = {}, {}
+    sample(model, y, "heun", steps=4, scale=2.0, stats=whole)
+    sample(model, y, "heun", steps=4, scale=2.0, interval=(0.5, 1.0), stats=part)
+    assert whole == {"nfe": 8, "guided": 8}
+    # Heun × 4 evaluates at t = 0, .25 | .25, .5 | .5, .75 | .75, 1: five of them at t ≥ 0.5
+    assert part == {"nfe": 8, "guided": 5}
+    with pytest.raises(ValueError, match="guidance_from"):
+        sample(model, y, "heun", steps=4, scale=2.0, interval=(1.2, 1.0))
+
+
 def test_every_sampler_returns_tokens_of_the_right_shape():
     model = trained_like(SiT(num_tokens=6, token_dim=4, num_classes=3, size="tiny"))
     y = torch.tensor([0, 1, 2])

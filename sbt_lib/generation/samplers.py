@@ -92,16 +92,28 @@ def euler_maruyama(v: Velocity, x: torch.Tensor, steps: int, diffusion_norm: flo
     return x + last_step * drift(x, grid[-1])
 
 
-def guided(model, y: torch.Tensor, scale: float = 1.0, interval: tuple[float, float] = (0.0, 1.0)) -> Velocity:
+def guided(model, y: torch.Tensor, scale: float = 1.0, interval: tuple[float, float] = (0.0, 1.0),
+           stats: dict | None = None) -> Velocity:
     """The velocity of ``model`` for classes ``y`` with classifier-free guidance on every token channel:
-    ``v_null + scale (v_y − v_null)`` for t inside ``interval``, the conditional ``v_y`` outside it (a
-    guidance interval) and whenever ``scale == 1`` (exactly the conditional model: no null pass at all)."""
+    ``v_null + scale (v_y − v_null)`` for t inside ``interval``, the conditional ``v_y`` outside it and whenever
+    ``scale == 1`` (exactly the conditional model: no null pass at all).  Guiding only part of the path (a
+    *guidance interval*, Kynkäänniemi et al. 2024) leaves the noisiest times, where the class is still being
+    chosen, to the conditional model: guidance there pushes every sample of a class towards the same few modes.
+    With ``stats``, counts the evaluations that ran the null pass in ``stats["guided"]``."""
+    lo, hi = interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"the guidance interval must satisfy 0 <= start <= end <= 1 (t = 0 is noise, 1 the tokens), "
+                         f"got {interval}; e.g. guidance_from=0.3 guides t in [0.3, 1]")
     null = torch.full_like(y, model.null_class)
+    if stats is not None:
+        stats.setdefault("guided", 0)
 
     def v(x, t):
         t_b = torch.full((len(x),), float(t), device=x.device)
-        if scale == 1.0 or not interval[0] <= t <= interval[1]:
+        if scale == 1.0 or not lo <= t <= hi:
             return model(x, t_b, y)
+        if stats is not None:
+            stats["guided"] += 1
         both = model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([y, null]))
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
@@ -114,8 +126,9 @@ def sample(model, y: torch.Tensor, sampler: str = "heun", steps: int = 20, scale
            interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
            stats: dict | None = None, **options) -> torch.Tensor:
     """New tokens (B×N×d, in the model's normalised space) for classes ``y`` from noise, with ``sampler``
-    (``euler``, ``heun``, ``dopri5`` or ``sde``) at ``steps`` (ignored by dopri5) and guidance ``scale``;
-    ``options`` go to the sampler (``trajectory=[]`` for heun, ``rtol``/``atol`` for dopri5, ...)."""
+    (``euler``, ``heun``, ``dopri5`` or ``sde``) at ``steps`` (ignored by dopri5) and guidance ``scale`` over
+    ``interval`` of t; ``stats`` gets ``nfe`` and ``guided`` (the evaluations with a null pass); ``options`` go to
+    the sampler (``trajectory=[]`` for heun, ``rtol``/``atol`` for dopri5, ...)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {SAMPLERS}")
     was_training = model.training
@@ -123,7 +136,7 @@ def sample(model, y: torch.Tensor, sampler: str = "heun", steps: int = 20, scale
     device = next(model.parameters()).device
     shape = (len(y), model.cfg.num_tokens, model.cfg.token_dim)
     x = torch.randn(shape, generator=generator, device=device)
-    v = guided(model, y.to(device), scale, interval)
+    v = guided(model, y.to(device), scale, interval, stats)
     if sampler == "euler":
         out = euler(v, x, steps, stats)
     elif sampler == "heun":

@@ -160,7 +160,7 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
 
             def sample(classes, seed):
                 return generators.generate_images(tokenizer, model, normalizer, classes.to(device), "global", G.sampler,
-                                                  G.sampling_steps, G.guidance, seed)
+                                                  G.sampling_steps, G.guidance, seed, guidance_from=G.guidance_from)
 
             results["generator"] = sharded.generation_metrics(sample, test_set, G.samples, len(train_set.classes),
                                                               P.seed, P.eval.fd_size)

@@ -117,6 +117,9 @@ class GeneratorConfig(Config):
     sampler: str = "heun"  # euler | heun | dopri5 | sde
     sampling_steps: int = 20
     guidance: float = 2.0  # classifier-free guidance scale (1: none)
+    guidance_from: float = 0.0  # guidance only for t ≥ this (t = 0 noise, 1 tokens): a guidance interval
+    gaussian_guidance: float = 2.0  # the Gaussian anchor's guidance scale and start: its own best, so that the
+    gaussian_guidance_from: float = 0.0  # SiT is never measured against an anchor sampled in a way that suits it less
     samples: int = 500  # generated images per distribution metric (its label says the count: FD@500)
     compare_size: str = "mini"  # notebook 05's (a)/(b)/(c): SiTs of this size trained from zero velocity,
     compare_steps: int = 400  # for this many steps of (a) (the others at (a)'s FLOPs),

@@ -145,7 +145,8 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
                    samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     """gFD-EffNet and KID (mean ± std over sampling ``seeds``) of ``samples`` balanced samples of ``model`` against
     as many test images, beside the class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor
-    to beat), real training images (the floor at this count) and the base's decodes of them (the ceiling)."""
+    to beat, sampled at its own guidance, ``gaussian_guidance*``), real training images (the floor at this count) and
+    the base's decodes of them (the ceiling)."""
     from ...eval.generation import generation_metrics
     from ...eval.reconstruction import held_out_images
     from . import generators
@@ -156,10 +157,12 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     classes = torch.arange(samples) % len(train_set.classes)
     gaussian, gaussian_norm = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
     runs = {"SiT": [], "Gaussian": []}
+    settings = {"SiT": (model, normalizer, g.guidance, g.guidance_from),
+                "Gaussian": (gaussian.eval(), gaussian_norm, g.gaussian_guidance, g.gaussian_guidance_from)}
     for seed in seeds:
-        for name, (m, n) in (("SiT", (model, normalizer)), ("Gaussian", (gaussian.eval(), gaussian_norm))):
-            fake = generators.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, g.guidance,
-                                              seed)
+        for name, (m, n, scale, start) in settings.items():
+            fake = generators.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, scale, seed,
+                                              guidance_from=start)
             runs[name].append(generation_metrics(real, fake, P.eval.fd_size))
     train_images = held_out_images(train_set, samples)
     with torch.no_grad():
@@ -191,7 +194,9 @@ def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_
     meta, g = json.loads((Path(run) / "checkpoint.json").read_text()), P.generator
     record = {
         "command": command, "recipe": recipe(P), "tokenizer": base.cfg.to_dict(),
-        "sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance},
+        "sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance,
+                     "guidance_from": g.guidance_from, "gaussian_guidance": g.gaussian_guidance,
+                     "gaussian_guidance_from": g.gaussian_guidance_from},
         "steps": meta["step"], "batch_size": g.batch_size, "images_seen": meta["step"] * g.batch_size,
         "training_seconds": round(meta["seconds"], 1), "machine": _machine(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -222,13 +227,17 @@ from sbt_lib.workbook.pipeline.base_generator import load_generator_folder
 from sbt_lib.workbook.pipeline.base import load_base
 from sbt_lib.workbook.pipeline import generators
 sit, normalizer = load_generator_folder("{{this folder}}")
-images = generators.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]})
+images = generators.generate_images(load_base(), sit, normalizer, classes, "global", "{s["sampler"]}", {s["sampling_steps"]}, {s["guidance"]},
+                                    guidance_from={s.get("guidance_from", 0.0)})
 ```
 
 Trained by `{record["command"]}`: {record["steps"]} steps of {record["batch_size"]} ({record["images_seen"]:,} token
 sets seen), lr {r["lr"]:g}, EMA {r["ema"]}, {record["training_seconds"] / 60:.0f} min on {record["machine"]["processor"]}
-({record["machine"]["cpu_threads"]} threads). Samples: {s["sampler"]} × {s["sampling_steps"]}, guidance {s["guidance"]};
-{q["samples"]} balanced samples against as many test images, {len(q["seeds"])} sampling seeds (mean ± std):
+({record["machine"]["cpu_threads"]} threads), {r.get("time_sampling", "uniform").replace("_", "-")} training times.
+Samples: {s["sampler"]} × {s["sampling_steps"]}, guidance {s["guidance"]} for t ≥ {s.get("guidance_from", 0.0):g}
+(t = 0 is noise); the Gaussian anchor at its own best guidance, {s.get("gaussian_guidance", s["guidance"])} for
+t ≥ {s.get("gaussian_guidance_from", 0.0):g}; {q["samples"]} balanced samples against as many test images,
+{len(q["seeds"])} sampling seeds (mean ± std):
 
 | | {q["label"]} ↓ | KID ↓ |
 |---|---|---|

@@ -82,7 +82,7 @@ def with_generators(P: Params, variants: dict[str, dict], rows: list[dict], trai
                                  progress=False)
         model, normalizer = load_generator(Path(row["run"]) / "generator")
         images = generate_images(tokenizer, model, normalizer, classes, "global", G.sampler, G.sampling_steps,
-                                 G.guidance, seed=row["seed"])
+                                 G.guidance, seed=row["seed"], guidance_from=G.guidance_from)
         metrics = generation_metrics(real, images, P.eval.fd_size)
         top = ceiling(tokenizer, train_images, real, P.eval.fd_size)
         x = torch.zeros(1, *tokens.shape)
@@ -109,7 +109,9 @@ def study_recipe(P: Params, variants: dict[str, dict]) -> dict:
             "generator": {"size": g.size, "steps": g.steps, "batch_size": g.batch_size, "lr": g.lr, "ema": g.ema,
                           "time_sampling": g.time_sampling, "sampler": g.sampler,
                           "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples,
-                          **({"patch": g.patch} if g.patch != 1 else {})}}  # patch 1: the studies made before it
+                          # written only where they differ from the studies made before them
+                          **({"patch": g.patch} if g.patch != 1 else {}),
+                          **({"guidance_from": g.guidance_from} if g.guidance_from else {})}}
 
 
 def study_file(scale: str) -> Path:

@@ -56,17 +56,19 @@ def train_record(P, tokenizer, groups: str, train_set, out_dir: Path) -> dict:
 
 
 def sample_and_measure(gen: dict, classes: torch.Tensor, test_set, sampler: str, steps: int, scale: float,
-                       seed: int, fd_size: int, tokenizer=None) -> dict:
-    """Sample ``classes`` from ``gen``, decode (through ``tokenizer``, default ``gen``'s), and measure against as
-    many test images: ``images``, ``z``, ``gfd``, ``kid``, ``label``, ``nfe`` (per sample), ``ms_per_image``
-    (sampling only) and ``ms_per_forward`` (a forward of one sequence)."""
+                       seed: int, fd_size: int, tokenizer=None, guidance_from: float = 0.0) -> dict:
+    """Sample ``classes`` from ``gen`` (guided by ``scale`` for t ≥ ``guidance_from``), decode (through
+    ``tokenizer``, default ``gen``'s), and measure against as many test images: ``images``, ``z``, ``gfd``,
+    ``kid``, ``label``, ``nfe`` (per sample), ``ms_per_image`` (sampling only) and ``ms_per_forward`` (a forward
+    of one sequence)."""
     stats, t0 = {}, time.perf_counter()
-    z = generators.generate_tokens(gen["model"], gen["normalizer"], classes, sampler, steps, scale, seed, stats)
+    z = generators.generate_tokens(gen["model"], gen["normalizer"], classes, sampler, steps, scale, seed, stats,
+                                   guidance_from=guidance_from)
     seconds = time.perf_counter() - t0
     images = generators.decode_tokens(tokenizer or gen["tokenizer"], z, gen["groups"])
     batches = -(-len(classes) // 250)  # generate_tokens samples in batches of 250
     nfe = stats["nfe"] / batches
-    forwards = len(classes) * nfe * (2 if scale != 1.0 else 1)  # guidance runs the null class beside
+    forwards = len(classes) * (stats["nfe"] + stats["guided"]) / batches  # a guided evaluation adds the null pass
     return {"z": z, "images": images, "nfe": nfe, "ms_per_image": 1000 * seconds / len(classes),
             "ms_per_forward": 1000 * seconds / forwards, "forwards_per_sample": forwards / len(classes),
             **generation_metrics(held_out_images(test_set, len(classes)), images, fd_size)}
@@ -103,7 +105,8 @@ def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classe
                   seeds: list[int]) -> dict[str, list[dict]]:
     """(a), (b), (c) of the module docstring, one of each per seed: SiT-``compare_size`` from zero velocity for
     ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` without EMA, (b) for as many steps
-    as (a)'s FLOPs buy.  Every sample set: ``P.generator``'s sampler, steps and guidance, ``len(classes)`` samples.
+    as (a)'s FLOPs buy.  Every sample set: ``P.generator``'s sampler, steps and guidance scale, guided over the whole
+    path (the guidance interval, ``guidance_from``, is the reused generator's), ``len(classes)`` samples.
     Returns, per row name, one dict per seed: the record's numbers (no models) and the measurements."""
     g = P.generator
     Q = P.replace(generator_size=g.compare_size, generator_steps=g.compare_steps, generator_lr=g.compare_lr,

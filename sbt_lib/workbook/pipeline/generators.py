@@ -67,22 +67,23 @@ def decode_tokens(tokenizer: SelfBootTok, z: torch.Tensor, groups: str = "global
 @torch.no_grad()
 def generate_tokens(generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor, sampler: str = "heun",
                     steps: int = 20, scale: float = 1.0, seed: int = 0, stats: dict | None = None,
-                    batch_size: int = 250, **options) -> torch.Tensor:
-    """Tokens (in token units) of ``classes`` sampled from ``generator`` in batches, seeded by ``seed``."""
+                    batch_size: int = 250, guidance_from: float = 0.0, **options) -> torch.Tensor:
+    """Tokens (in token units) of ``classes`` sampled from ``generator`` in batches, seeded by ``seed``, guided by
+    ``scale`` for t ≥ ``guidance_from``."""
     device = next(generator.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     norm = normalizer.to(device)
     return torch.cat([norm.denormalize(sample(generator, classes[i:i + batch_size].to(device), sampler, steps, scale,
-                                              generator=gen, stats=stats, **options))
+                                              (guidance_from, 1.0), generator=gen, stats=stats, **options))
                       for i in range(0, len(classes), batch_size)])
 
 
 @torch.no_grad()
 def generate_images(tokenizer: SelfBootTok, generator: SiT, normalizer: TokenNormalizer, classes: torch.Tensor,
                     groups: str = "global", sampler: str = "heun", steps: int = 20, scale: float = 1.0,
-                    seed: int = 0, stats: dict | None = None) -> torch.Tensor:
+                    seed: int = 0, stats: dict | None = None, guidance_from: float = 0.0) -> torch.Tensor:
     """Images (clamped to [-1, 1], on the CPU) of ``classes``: tokens sampled from ``generator``, mapped back
     by ``normalizer``, then decoded — through :meth:`~SelfBootTok.decode_from_global` (the aligners
     bootstrap the local tokens) for ``global``, or split into the groups and decoded directly for ``all``."""
-    z = generate_tokens(generator, normalizer, classes, sampler, steps, scale, seed, stats)
+    z = generate_tokens(generator, normalizer, classes, sampler, steps, scale, seed, stats, guidance_from=guidance_from)
     return decode_tokens(tokenizer, z, groups)
