@@ -279,11 +279,16 @@ def guidance_sweep(P, base, run, tokens, train_set, real, classes, scales, seeds
 
 
 def plot_sweep(sweep: dict, refs: dict, path: Path, title: str) -> None:
+    """One line per series of :func:`guidance_sweep`: solid for the SiT, dashed for the Gaussian, a colour per start."""
+    starts = list(dict.fromkeys(name.split(", ", 1)[-1] for name in sweep))
+
     def draw(ax, key, label):
         for name, points in sweep.items():
             gs = [g for g in points if g != "best"]
             ax.errorbar([float(g) for g in gs], [points[g][f"{key}_mean"] for g in gs],
-                        yerr=[points[g][f"{key}_std"] for g in gs], marker="o", capsize=3, label=name)
+                        yerr=[points[g][f"{key}_std"] for g in gs], marker="o", capsize=3, label=name,
+                        ls="--" if name.startswith("Gaussian") else "-",
+                        color=f"C{starts.index(name.split(', ', 1)[-1])}")
         for j, (name, m) in enumerate(refs.items()):
             ax.axhline(m[key], ls=(":", "-.")[j % 2], color=("gray", "black")[j % 2], label=name)
         ax.set(xlabel="guidance scale", ylabel=label)

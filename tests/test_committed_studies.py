@@ -77,3 +77,16 @@ def test_notebook_05s_comparison_is_read_only_where_its_recipe_matches(tmp_path,
     (tmp_path / "compare_cpu.json").write_text(json.dumps({"recipe": generation_study.comparison_recipe(P)}))
     assert generation_study.committed_comparison(P) is not None
     assert generation_study.committed_comparison(P.replace(generator_compare_steps=1)) is None
+
+
+def test_the_committed_comparisons_are_the_notebooks_and_not_the_reused_generators_sampling():
+    """Notebook 05's (a)/(b)/(c) and notebook 06's generators keep their own recipe (``compare_*``, and 06's pinned
+    sampling): the reused generator's guidance, interval and training times do not reach them."""
+    P = resolve("05_generation", "cpu", dataset="cifar10")
+    assert generation_study.committed_comparison(P) is not None  # the committed benchmarks/generator_compare_cpu.json
+    reused = dict(generator_guidance=5.0, generator_guidance_from=0.5, generator_time_sampling="uniform")
+    assert generation_study.comparison_recipe(P.replace(**reused)) == generation_study.comparison_recipe(P)
+    assert generation_study.comparison_recipe(P.replace(generator_compare_guidance=3.0)) != \
+        generation_study.comparison_recipe(P)
+    P6 = resolve(NOTEBOOK, "cpu", dataset="cifar10")
+    assert compare.saved_study(compare.study_file("cpu"), compare.study_recipe(P6, variants(P6))) is not None

@@ -124,7 +124,9 @@ class GeneratorConfig(Config):
     compare_size: str = "mini"  # notebook 05's (a)/(b)/(c): SiTs of this size trained from zero velocity,
     compare_steps: int = 400  # for this many steps of (a) (the others at (a)'s FLOPs),
     compare_lr: float = 1e-3  # at this learning rate, without EMA,
-    compare_batch_size: int = 128  # on batches of this size (patch 1: each SiT's sequence is its tokens)
+    compare_batch_size: int = 128  # on batches of this size (patch 1: each SiT's sequence is its tokens),
+    compare_time_sampling: str = "uniform"  # with these training times, sampled with guidance
+    compare_guidance: float = 2.0  # at this scale over the whole path
 
 
 @dataclass

@@ -141,19 +141,24 @@ _STAGE2 = {
 # tokens of 4 numbers are joined into one sequence element of 64 (``generator_patch``), so a token set costs about a
 # third of SiT-mini's training time over 16 elements while the network is three times larger; for the same training
 # time it reaches a far lower gFD (benchmarks/generator_quality_cpu_sit-cpu-patch16.json against
-# ..._sit-mini.json, SiT-mini over 16 elements).  40,000 steps of 256 on all 50,000 training images' tokens at lr
-# 1e-3, sampled with its EMA weights.
+# ..._sit-mini.json, SiT-mini over 16 elements).  50,000 steps of 256 on all 50,000 training images' tokens at lr
+# 1e-3 with logit-normal training times (lower gFD than uniform ones at every point of the same curve:
+# generator_quality_cpu_logit-normal.json), sampled with its EMA weights; guidance only over the later part of the
+# path (``generator_guidance_from``), and the Gaussian anchor at its own best (``generator_gaussian_guidance*``): the
+# guidance sweep of the SiT and the Gaussian over scales and starts chose both (generator_guidance_cpu.json).
 # benchmarks/generator_quality.py measures gFD against images seen, and against the guidance scale, with the Gaussian
 # anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs: at cpu (a) gets 5,540 steps of
 # 128 (about ten minutes, where SiT-mini has clearly learned: benchmarks/generator_size_cpu.json), so three seeds of
 # the three rows fit one sitting of benchmarks/generator_compare.py.
 _GENERATOR = {
     "tiny": dict(generator_size="tiny", generator_steps=30, generator_batch_size=32, generator_lr=1e-3,
-                 generator_sampling_steps=4, generator_samples=64, generator_compare_size="tiny",
+                 generator_sampling_steps=4, generator_guidance_from=0.4, generator_samples=64,
+                 generator_compare_size="tiny",
                  generator_compare_steps=20, generator_compare_batch_size=32),
-    "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=40_000, generator_batch_size=256,
-                generator_lr=1e-3, generator_ema=0.999, generator_sampling_steps=10, generator_samples=2000,
-                generator_guidance=2.0,
+    "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=50_000, generator_batch_size=256,
+                generator_lr=1e-3, generator_ema=0.999, generator_time_sampling="logit_normal",
+                generator_sampling_steps=10, generator_samples=2000, generator_guidance=5.0, generator_guidance_from=0.5,
+                generator_gaussian_guidance=4.0, generator_gaussian_guidance_from=0.5,
                 generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),
     "gpu": dict(generator_size="B", generator_steps=50_000, generator_batch_size=256, generator_lr=1e-4,
                 generator_ema=0.9999, generator_sampling_steps=50, generator_samples=10_000,
@@ -177,11 +182,13 @@ _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_si
 # for it to learn its tokens, measured with 2000 samples.  That is about five minutes per run on 2 cores, eighteen
 # times more than the notebook's ten minutes: benchmarks/tokenizers_compared.py trains them in chunks and commits
 # them, and the notebook reads them where the recipe is its own (and trains them itself otherwise).
-_COMPARE = {
-    "tiny": dict(generator_patch=1, seeds=2, crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
-    "cpu": dict(generator_patch=1, seeds=3, crt_weights=[0.1, 1.0], test_size=500, generator_size="mini",
-                generator_steps=2770, generator_batch_size=128, generator_lr=1e-3, generator_ema=0.0,
-                generator_samples=2000),
+_COMPARE = {  # patch 1, uniform times, guidance 2 over the whole path: the SiT-minis of the committed study
+    "tiny": dict(generator_patch=1, generator_guidance=2.0, generator_guidance_from=0.0, seeds=2,
+                 crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
+    "cpu": dict(generator_patch=1, generator_guidance=2.0, generator_guidance_from=0.0,
+                generator_time_sampling="uniform", seeds=3, crt_weights=[0.1, 1.0], test_size=500,
+                generator_size="mini", generator_steps=2770, generator_batch_size=128, generator_lr=1e-3,
+                generator_ema=0.0, generator_samples=2000),
     "gpu": dict(generator_patch=1, seeds=2, crt_weights=[0.1, 0.3, 1.0], generator_size="S", generator_steps=20_000,
                 generator_lr=3e-4, generator_ema=0.0, generator_samples=10_000),
     "paper": dict(generator_patch=1, seeds=1, crt_weights=[0.1, 1.0], generator_steps=400_000,

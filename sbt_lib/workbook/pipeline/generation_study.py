@@ -104,22 +104,24 @@ def ceilings(tokenizers: dict, train_set, test_set, n: int, fd_size: int) -> dic
 def equal_compute(P, selfboottok, softvq, train_set, test_set, out: Path, classes: torch.Tensor,
                   seeds: list[int]) -> dict[str, list[dict]]:
     """(a), (b), (c) of the module docstring, one of each per seed: SiT-``compare_size`` from zero velocity for
-    ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` without EMA, (b) for as many steps
-    as (a)'s FLOPs buy.  Every sample set: ``P.generator``'s sampler, steps and guidance scale, guided over the whole
-    path (the guidance interval, ``guidance_from``, is the reused generator's), ``len(classes)`` samples.
+    ``compare_steps`` steps of ``compare_batch_size`` of (a) at ``compare_lr`` with ``compare_time_sampling`` times
+    and without EMA, (b) for as many steps as (a)'s FLOPs buy.  Every sample set: ``P.generator``'s sampler and
+    steps, guidance ``compare_guidance`` over the whole path, ``len(classes)`` samples.
     Returns, per row name, one dict per seed: the record's numbers (no models) and the measurements."""
     g = P.generator
     Q = P.replace(generator_size=g.compare_size, generator_steps=g.compare_steps, generator_lr=g.compare_lr,
-                  generator_batch_size=g.compare_batch_size, generator_patch=1, generator_ema=0.0,
-                  generator_prior="none")
+                  generator_batch_size=g.compare_batch_size, generator_time_sampling=g.compare_time_sampling,
+                  generator_patch=1, generator_ema=0.0, generator_prior="none")
     rows: dict[str, list[dict]] = {name: [] for name in ROWS}
     for seed in seeds:
         a = train_record(Q.replace(seed=seed), selfboottok, "global", train_set, out / f"a-seed{seed}")
         steps_b = max(1, round(a["flops_step"] * a["steps"] / _step_flops(Q, selfboottok, train_set)))
         b = train_record(Q.replace(seed=seed, generator_steps=steps_b), selfboottok, "all", train_set,
                          out / f"b-seed{seed}")
-        ma = sample_and_measure(a, classes, test_set, g.sampler, g.sampling_steps, g.guidance, seed, P.eval.fd_size)
-        mb = sample_and_measure(b, classes, test_set, g.sampler, g.sampling_steps, g.guidance, seed, P.eval.fd_size)
+        ma = sample_and_measure(a, classes, test_set, g.sampler, g.sampling_steps, g.compare_guidance, seed,
+                                P.eval.fd_size)
+        mb = sample_and_measure(b, classes, test_set, g.sampler, g.sampling_steps, g.compare_guidance, seed,
+                                P.eval.fd_size)
         images = generators.decode_tokens(softvq, ma["z"], "global")  # (c): (a)'s very samples, SoftVQ's decoder
         mc = {**ma, "images": images, **generation_metrics(held_out_images(test_set, len(classes)), images,
                                                            P.eval.fd_size)}
@@ -198,8 +200,8 @@ def comparison_recipe(P) -> dict:
     and how the tokenizers they decode through were trained."""
     g = P.generator
     return {"size": g.compare_size, "steps": g.compare_steps, "lr": g.compare_lr, "batch_size": g.compare_batch_size,
-            "class_dropout": g.class_dropout, "time_sampling": g.time_sampling, "sampler": g.sampler,
-            "sampling_steps": g.sampling_steps, "guidance": g.guidance, "samples": g.samples, "seeds": list(P.seeds),
+            "class_dropout": g.class_dropout, "time_sampling": g.compare_time_sampling, "sampler": g.sampler,
+            "sampling_steps": g.sampling_steps, "guidance": g.compare_guidance, "samples": g.samples, "seeds": list(P.seeds),
             "dataset": P.data.dataset, "train_size": P.data.train_size, "test_size": P.data.test_size,
             "stage2": P.stage2.to_dict(), "tokenizer_steps": P.training.steps,
             "tokenizer_batch_size": P.training.batch_size, "tokenizer_lr": P.training.lr}
