@@ -86,6 +86,10 @@ def test_notebooks_are_committed_clean_and_parameterized():
         unknown = set(names) - set(FLAT_NAMES) - set(RUN_NAMES)
         assert not unknown, f"{path.name}: {unknown} are not config field names"
         assert 'notebook_params("' + path.stem + '", globals())' in "".join(c.source for c in code)
+        # papermill reads every line (`papermill --help-notebook`); a comment it cannot parse drops the parameter
+        from papermill.translators import PythonTranslator
+        parsed = [p.name for p in PythonTranslator.inspect(tagged[0])]
+        assert parsed == names, f"{path.name}: papermill cannot parse {sorted(set(names) - set(parsed))}"
 
 
 @pytest.mark.parametrize("notebook", [p.stem for p in rp.notebooks()])
