@@ -156,9 +156,9 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
     real = held_out_images(test_set, samples)
     classes = torch.arange(samples) % len(train_set.classes)
     gaussian, gaussian_norm = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
-    runs = {"SiT": [], "Gaussian": []}
     settings = {"SiT": (model, normalizer, g.guidance, g.guidance_from),
                 "Gaussian": (gaussian.eval(), gaussian_norm, g.gaussian_guidance, g.gaussian_guidance_from)}
+    runs = {name: [] for name in settings}
     for seed in seeds:
         for name, (m, n, scale, start) in settings.items():
             fake = generators.generate_images(base, m, n, classes, "global", g.sampler, g.sampling_steps, scale, seed,

@@ -201,9 +201,9 @@ def comparison_recipe(P) -> dict:
     g = P.generator
     return {"size": g.compare_size, "steps": g.compare_steps, "lr": g.compare_lr, "batch_size": g.compare_batch_size,
             "class_dropout": g.class_dropout, "time_sampling": g.compare_time_sampling, "sampler": g.sampler,
-            "sampling_steps": g.sampling_steps, "guidance": g.compare_guidance, "samples": g.samples, "seeds": list(P.seeds),
-            "dataset": P.data.dataset, "train_size": P.data.train_size, "test_size": P.data.test_size,
-            "stage2": P.stage2.to_dict(), "tokenizer_steps": P.training.steps,
+            "sampling_steps": g.sampling_steps, "guidance": g.compare_guidance, "samples": g.samples,
+            "seeds": list(P.seeds), "dataset": P.data.dataset, "train_size": P.data.train_size,
+            "test_size": P.data.test_size, "stage2": P.stage2.to_dict(), "tokenizer_steps": P.training.steps,
             "tokenizer_batch_size": P.training.batch_size, "tokenizer_lr": P.training.lr}
 
 
