@@ -1,4 +1,4 @@
-"""The convergence study (issue 40): notebooks 02-04's comparisons trained until their curves flatten, over seeds.
+"""The convergence study: notebooks 02-04's comparisons trained until their curves flatten, over seeds.
 
 Parts (``--part``; :mod:`sbt_lib.workbook.pipeline.convergence` has the details and the reasons for each choice):
 
@@ -35,6 +35,7 @@ import sys
 import time
 
 from sbt_lib.workbook.pipeline import convergence
+from sbt_lib.workbook.report import convergence as report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
               f"results hold the evaluations made so far. Run the same command to go on.", file=sys.stderr)
         return 130
     print()
-    print(convergence.report(results, [p for p in convergence.PARTS if p in results["parts"]], scale=args.scale))
-    where = convergence.results_file(args.scale, args.out)
+    print(report.report(results, [p for p in convergence.PARTS if p in results["parts"]], scale=args.scale))
+    where = report.results_file(args.scale, args.out)
     state = ("paused at the deadline: run the same command to go on" if results["paused"] else
              "every selected run is done" if all(p["finished"] for p in results["parts"].values())
              else "stopped (--until-images): run again to go on")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sbt_lib.workbook.config.params import notebook_params
 from sbt_lib.workbook.pipeline import ablations as ab
+from sbt_lib.workbook.report import seed_stats
 from sbt_lib.workbook.pipeline.caches import load_data
 from sbt_lib.workbook.report import viz
 
@@ -55,8 +56,8 @@ def main():
               + ", ".join(f"{r['variant']} {r['test_psnr']:.3f} dB" for r in rows if r["seed"] == seed), flush=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
 
-    summary = ab.summarize(rows)
-    print("\n" + ab.summary_table(summary, baseline=args.variants[0]) + "\n")
+    summary = seed_stats.summarize(rows)
+    print("\n" + seed_stats.summary_table(summary, baseline=args.variants[0]) + "\n")
     for name, s in summary.items():  # the table rounds to 0.01 dB; the spread at long budgets is smaller
         print(f"{name:>10}: PSNR {s['test_psnr_mean']:.3f} ± {s['test_psnr_std']:.3f} dB, per seed "
               + ", ".join(f"{v:.3f}" for v in s["values"]["test_psnr"]))
@@ -65,7 +66,7 @@ def main():
     span = max(means) - min(means)
     print(f"\nmeans span {span:.3f} dB; seed std {min(stds):.3f}–{max(stds):.3f} dB: "
           + ("every variant's seed std is below the span" if max(stds) < span else "the seed spread covers the span"))
-    print("\n".join(ab.verdict(summary, v, args.variants[0]) for v in args.variants[1:]))
+    print("\n".join(seed_stats.verdict(summary, v, args.variants[0]) for v in args.variants[1:]))
     print(f"seconds per run: {sum(r['train_seconds'] for r in rows) / len(rows):.1f} (training only)")
     viz.bar_chart(summary, "test_psnr", out / "table3_psnr.png", ylabel="held-out PSNR (dB)",
                   title=f"Table 3, {args.steps} steps of {args.batch_size} per run ({len(args.seeds)} seeds)")

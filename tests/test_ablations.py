@@ -2,6 +2,7 @@ import pytest
 
 from sbt_lib.workbook.pipeline import ablations as ab
 from sbt_lib.workbook.pipeline.runs import slug, variant_run
+from sbt_lib.workbook.report import seed_stats
 from sbt_lib.models.tokenizer_config import TokenizerConfig
 
 
@@ -33,13 +34,13 @@ def test_summarize_mean_and_sample_std():
     rows = [{"variant": "A", "test_psnr": 20.0, "test_ssim": 0.5, "params": 10},
             {"variant": "A", "test_psnr": 22.0, "test_ssim": 0.7, "params": 10},
             {"variant": "B", "test_psnr": 19.0, "test_ssim": 0.4, "params": 5}]
-    s = ab.summarize(rows)
+    s = seed_stats.summarize(rows)
     assert list(s) == ["A", "B"]
     assert s["A"]["test_psnr_mean"] == pytest.approx(21.0)
     assert s["A"]["test_psnr_std"] == pytest.approx(2**0.5)  # sample std (ddof=1)
     assert s["A"]["values"]["test_psnr"] == [20.0, 22.0] and s["A"]["seeds"] == 2
     assert s["B"]["test_psnr_std"] == 0.0
-    table = ab.summary_table(s, baseline="B", anchors={"PCA": {"psnr": 20.5, "ssim": 0.6, "values": 256}})
+    table = seed_stats.summary_table(s, baseline="B", anchors={"PCA": {"psnr": 20.5, "ssim": 0.6, "values": 256}})
     assert "| A |" in table and "+2.00" in table and "21.00 ± 1.41" in table
     assert "| *PCA at 256 values (anchor)* | – | 20.50 | 0.600 | +1.50 |" in table
 
@@ -47,11 +48,11 @@ def test_summarize_mean_and_sample_std():
 def test_verdict_reads_a_difference_against_the_seed_spread():
     s = {"A": {"test_psnr_mean": 21.0, "test_psnr_std": 0.1}, "B": {"test_psnr_mean": 20.0, "test_psnr_std": 0.2},
          "C": {"test_psnr_mean": 20.1, "test_psnr_std": 0.3}}
-    assert "+1.00 dB" in ab.verdict(s, "A", "B") and "clearly better than" in ab.verdict(s, "A", "B")
-    assert "clearly worse than" in ab.verdict(s, "B", "A")
-    assert "within the seed-to-seed spread" in ab.verdict(s, "C", "B")
-    assert "more than every variant's seed std" in ab.seed_spread(s)
-    assert "does not separate" in ab.seed_spread({k: s[k] for k in ("B", "C")})
+    assert "+1.00 dB" in seed_stats.verdict(s, "A", "B") and "clearly better than" in seed_stats.verdict(s, "A", "B")
+    assert "clearly worse than" in seed_stats.verdict(s, "B", "A")
+    assert "within the seed-to-seed spread" in seed_stats.verdict(s, "C", "B")
+    assert "more than every variant's seed std" in seed_stats.seed_spread(s)
+    assert "does not separate" in seed_stats.seed_spread({k: s[k] for k in ("B", "C")})
 
 
 def test_run_variants_reuses_the_same_run_of_another_notebook_and_only_that(tmp_path):

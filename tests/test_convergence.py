@@ -11,6 +11,7 @@ import pytest
 
 from sbt_lib.files import REPO, write_json
 from sbt_lib.workbook.pipeline import convergence as cv
+from sbt_lib.workbook.report import convergence as rc
 from sbt_lib.workbook.pipeline.runs import variant_run
 
 
@@ -99,7 +100,7 @@ def test_verdicts_read_each_claim_against_the_seed_spread_seed_by_seed(tmp_path)
         "G (param-matched)": lambda lv, s: (20.05 + jitter[s] + 0.01 * s, 99.0 + 10 * s),
         "G+L1+L2": lambda lv, s: (20.5 + jitter[s] + 0.01 * s, 100.0 + 10 * s - (1 if lv == 128 else 0)),
     })
-    found = {(v["claim"], v["metric"]): v for v in cv.verdicts(results)}
+    found = {(v["claim"], v["metric"]): v for v in rc.verdicts(results)}
     clear = found[("locals_vs_g", "test_psnr")]
     assert clear["level"] == 128 and clear["seeds"] == 3 and clear["call"] == "better"
     assert clear["paired_mean"] == pytest.approx(0.51) and clear["paired_agree"]
@@ -111,15 +112,15 @@ def test_verdicts_read_each_claim_against_the_seed_spread_seed_by_seed(tmp_path)
     assert not any(v["claim"] in ("local_repa", "l_ot") for v in found.values())  # variants this study lacks
     assert {c for c, _ in found} == {"locals_vs_g", "locals_vs_matched"}
     # only the claims asked for; and a part with a missing seed has no level with all seeds
-    assert {v["claim"] for v in cv.verdicts(results, claims=["locals_vs_g"])} == {"locals_vs_g"}
+    assert {v["claim"] for v in rc.verdicts(results, claims=["locals_vs_g"])} == {"locals_vs_g"}
     (tmp_path / "A" / "runs" / "G" / "seed2" / "curve.json").unlink()
-    short = cv.verdicts(cv.collect(tmp_path), claims=["locals_vs_g"])
+    short = rc.verdicts(cv.collect(tmp_path), claims=["locals_vs_g"])
     assert short[0]["level"] is None and "no level yet" in short[0]["line"]
     # what a notebook adds to its metrics.json: only the claims read at a level, nothing without a study
-    assert cv.verdict_lines(results, ["A"], ["locals_vs_g"]) == [found[("locals_vs_g", m)]["line"]
+    assert rc.verdict_lines(results, ["A"], ["locals_vs_g"]) == [found[("locals_vs_g", m)]["line"]
                                                                for m in ("test_psnr", "fd_effnet", "fd_hog")]
-    assert cv.verdict_lines(cv.collect(tmp_path), ["A"], ["locals_vs_g"]) == []
-    assert cv.verdict_lines(None, ["A"]) == []
+    assert rc.verdict_lines(cv.collect(tmp_path), ["A"], ["locals_vs_g"]) == []
+    assert rc.verdict_lines(None, ["A"]) == []
 
 
 def test_collect_says_how_far_each_part_is_and_what_it_cost(tmp_path):
@@ -134,10 +135,10 @@ def test_collect_says_how_far_each_part_is_and_what_it_cost(tmp_path):
     e = part["curves"]["G"][1]
     assert e["n"] == 3 and e["seeds"] == [0, 1, 2] and e["values"]["test_psnr"] == pytest.approx([20.5, 20.51, 20.52])
     assert e["test_psnr_min"] == pytest.approx(20.5) and e["test_psnr_max"] == pytest.approx(20.52)
-    assert "flattened at 128 images" in cv.report(results, ["A"], scale="tiny")
-    assert "no runs in the results yet" in cv.report(results, ["C"], scale="tiny")
-    assert "No convergence study" in cv.report(None, ["A"], scale="tiny")
-    fig = cv.figure(results, parts=["A"], path=tmp_path / "curves.png")
+    assert "flattened at 128 images" in rc.report(results, ["A"], scale="tiny")
+    assert "no runs in the results yet" in rc.report(results, ["C"], scale="tiny")
+    assert "No convergence study" in rc.report(None, ["A"], scale="tiny")
+    fig = rc.figure(results, parts=["A"], path=tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000 and len(fig.axes) == 2
 
 
@@ -219,7 +220,7 @@ def test_a_study_made_in_pieces_is_the_study_made_straight(made):
 
 
 def test_the_results_file_and_the_figure(made):
-    path = cv.results_file("tiny", made["out"])
+    path = rc.results_file("tiny", made["out"])
     saved = json.loads(path.read_text())
     assert path.with_suffix(".png").stat().st_size > 1000
     assert saved["command"] == "last" and [c["command"] for c in saved["commands"]][-1] == "last"

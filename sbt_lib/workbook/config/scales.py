@@ -28,7 +28,7 @@ def epochs(n: float, batch_size: int, images: int = IMAGENET_TRAIN) -> int:
 
 
 
-# The recipe that learns in minutes on 2 cores (issue 11, measured by benchmarks/tokenizer_quality.py):
+# The recipe that learns in minutes on 2 cores (benchmarks/tokenizer_quality.py and base_recipe.py measure it):
 # a conv trunk that halves the image down to the token grid (GigaTok), gain-shape SoftVQ (the codebook
 # quantizes each token's direction, its length is kept) at a soft τ, a fixed linear path started at the
 # training set's principal components, so training starts at the best linear code and learns the rest, and
@@ -57,12 +57,10 @@ _TRAINING = {
     "tiny": dict(dataset="shapes", train_size=256, test_size=64, steps=20, batch_size=16, lr=2e-3, warmup=5,
                  betas=(0.9, 0.99), ema=0.0, eval_every=10, eval_size=64, seed=0, log_every=2, ckpt_every=0,
                  fd_size=32),
-    # About 2 minutes of training on 2 cores; the held-out PSNR is flat from about 200 steps (26.40 dB at 198 steps,
-    # 26.41 at 400: benchmarks/tokenizer_quality.py --steps 400; 26.402 at 200 and 26.412 at 300 in notebook 01).
-    # lr 1e-3, not 2e-3: at 2e-3 one seed in three spiked just after the warm-up (the encoder's token head; loss
-    # ×100, held-out PSNR −3 dB at step 66, recovered by the evaluation at step 132); at 1e-3 no seed did, and the
-    # end is the same (benchmarks/tokenizer_quality.py, 3 seeds: CIFAR-10 26.44 ± 0.00 against 26.44 ± 0.01, photos
-    # 31.36 ± 0.01 against 31.37 ± 0.03).
+    # A notebook's minutes on 2 cores, where the held-out PSNR has flattened (benchmarks/tokenizer_quality.py
+    # --steps 400 draws the curve).  lr 1e-3 rather than 2e-3: at 2e-3 a seed can spike just after the warm-up (the
+    # encoder's token head) and recover only later; at 1e-3 the end is the same without the spike
+    # (benchmarks/tokenizer_quality.py over 3 seeds compares the two).
     "cpu": dict(dataset="auto", train_size=None, test_size=2000, steps=200, batch_size=32, lr=1e-3, warmup=50,
                 betas=(0.9, 0.99), ema=0.0, eval_every=100, eval_size=1000, seed=0, log_every=10, ckpt_every=100,
                 fd_size=112),
@@ -178,9 +176,9 @@ _GENERATION_TEST = {"tiny": {}, "cpu": dict(test_size=2000), "gpu": dict(test_si
 
 # Notebook 06: six tokenizers × 3 seeds at notebook 02's size, 500 held-out images for the tokenizers, each run with a
 # SiT-mini from zero velocity for the same steps (equal compute): 2,770 steps of 128, half of notebook 05's (a), enough
-# for it to learn its tokens, measured with 2000 samples.  That is about five minutes per run on 2 cores, eighteen
-# times more than the notebook's ten minutes: benchmarks/tokenizers_compared.py trains them in chunks and commits
-# them, and the notebook reads them where the recipe is its own (and trains them itself otherwise).
+# for it to learn its tokens, measured with 2000 samples.  Eighteen such runs take far longer than the notebook's ten
+# minutes: benchmarks/tokenizers_compared.py trains them in chunks and commits them (with the time of each), and the
+# notebook reads them where the recipe is its own (and trains them itself otherwise).
 _COMPARE = {  # patch 1, uniform times, guidance 2 over the whole path: the SiT-minis of the committed study
     "tiny": dict(generator_patch=1, generator_guidance=2.0, generator_guidance_from=0.0, seeds=2,
                  crt_weights=[0.1, 1.0], generator_steps=20, generator_samples=64),
@@ -230,13 +228,12 @@ _BASE = {
 # Notebook 02 on the base: every variant trains its decoder side (local aligners and codebooks, fusion, decoder) from
 # a fresh start on the base's frozen encoder and global codebook, its global tokens read from a cache, so a step runs
 # the decoder side only.  At cpu, 9 variants × 3 seeds = 27 runs of 200 steps of 32 (6,400 images each) from a
-# 10,000-image class-balanced subset, two at a time: a fresh decoder side is at ~20.4 dB after 240 steps of 32 at
-# lr 2e-3 and at ~21.0 after 800 steps of 64 (the base itself: 21.3), and batch 32 learns more per image than 64 in
-# that time (20.34 against 20.09 dB at equal images, one seed, 500 test images).  MSE only: the variants differ
-# in the decoder, and the perceptual loss would triple a step's cost.
-# The local tokens are unit-length codes times 10 (the base's global tokens are about 34 long): with gain-shape local
-# tokens the aligners shrink them and the decoder reads z_global alone (swap drop 0.01 dB, one seed), at length 10
-# the swap costs 1.1-1.6 dB for 0.1-0.2 dB of PSNR at 200 steps, at 20 it costs 2.6 dB for 0.35 dB.
+# 10,000-image class-balanced subset, two at a time; at this budget batch 32 learns more per image than 64
+# (benchmarks/table3_budget.py trains the variants at any budget, benchmarks/convergence.py until they flatten).
+# MSE only: the variants differ in the decoder, and the perceptual loss would triple a step's cost.
+# The local tokens are unit-length codes times 10 (the base's global tokens are of that order of length): with
+# gain-shape local tokens the aligners shrink them until the decoder reads z_global alone; at length 10 it reads
+# them (notebook 02's swap check measures how much), and longer ones trade PSNR for a larger swap drop.
 _ON_BASE_TRAINING = dict(steps=200, batch_size=32, lr=2e-3, warmup=25, ema=0.0, eval_every=0, ckpt_every=0,
                          train_size=10_000, test_size=500, perceptual_weight=0.0, adv_weight=0.0)
 _ON_BASE_LOCALS = dict(local_keep_norm=False, local_scale=10.0)
@@ -250,7 +247,7 @@ _ON_BASE = {
 }
 
 # Notebook 01 loads the base and, for contrast, trains the base recipe from scratch for a notebook's minutes: at cpu
-# 200 steps of 64 with MSE + the perceptual loss (about 2 minutes on 2 cores; no GAN, no EMA at that length).
+# 200 steps of 64 with MSE + the perceptual loss (no GAN, no EMA at that length; RESULTS.md has its wall time).
 _SCRATCH = {
     "tiny": dict(ema=0.0),
     "cpu": dict(dataset="auto", steps=200, warmup=50, ema=0.0, eval_every=50, ckpt_every=100),

@@ -155,7 +155,7 @@ def with_saved_generators(rows: list[dict], saved: dict) -> list[dict]:
 
 def claim(summary: dict[str, dict], a: str, b: str, metric: str, label: str, lower_is_better: bool) -> str:
     """One line reading ``metric`` of variant ``a`` against ``b``
-    (:func:`~sbt_lib.workbook.pipeline.ablations.summarize`'s entries): the difference of the means, the larger seed
+    (:func:`~sbt_lib.workbook.report.seed_stats.summarize`'s entries): the difference of the means, the larger seed
     std, and whether ``a`` is clearly better, clearly worse (a difference beyond twice that std), or within the
     seed-to-seed spread."""
     sa, sb = summary[a], summary[b]

@@ -102,7 +102,7 @@ def difference_map(a: torch.Tensor, b: torch.Tensor, gain: float = 4.0) -> torch
 
 def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, reference: dict | None = None,
               ylabel: str | None = None, title: str | None = None):
-    """Mean ± std per variant (the output of :func:`sbt_lib.workbook.pipeline.ablations.summarize`), with every seed
+    """Mean ± std per variant (the output of :func:`sbt_lib.workbook.report.seed_stats.summarize`), with every seed
     drawn as a dot when ``summary`` entries carry ``values``; ``reference`` lines as in
     :func:`plot_training`."""
     names = list(summary)
@@ -136,7 +136,7 @@ def _count(n: float) -> str:
 def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], path=None,
                  references: dict[str, dict[str, float]] | None = None, title: str | None = None):
     """Fig. 6 in miniature: each metric against the 2D aligner's parameters (log axis), one line per
-    regime.  ``curves`` maps a regime to its sizes' summaries (:func:`~sbt_lib.workbook.pipeline.ablations.summarize`
+    regime.  ``curves`` maps a regime to its sizes' summaries (:func:`~sbt_lib.workbook.report.seed_stats.summarize`
     entries with ``aligner_2d_params``), drawn as mean ± std with every seed as a dot; ``metrics`` maps
     a metric key to its axis label; ``references`` maps a metric key to horizontal anchor lines."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
@@ -276,7 +276,7 @@ def tradeoff_scatter(rows: list[dict], x: str, y: str, path=None, xlabel: str | 
 def sweep_plot(summary: dict[str, dict], points: dict[float, str], metrics: dict[str, str], path=None,
                xlabel: str = "", title: str | None = None):
     """One panel per metric (``metrics``: key → axis label) of a sweep: ``points`` maps each x value to its
-    variant in ``summary`` (:func:`~sbt_lib.workbook.pipeline.ablations.summarize`); mean ± std over seeds with every
+    variant in ``summary`` (:func:`~sbt_lib.workbook.report.seed_stats.summarize`); mean ± std over seeds with every
     seed as a dot, so a trend is read against the spread."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     xs = np.array(list(points), dtype=float)
