@@ -123,6 +123,27 @@ def test_verdicts_read_each_claim_against_the_seed_spread_seed_by_seed(tmp_path)
     assert rc.verdict_lines(None, ["A"]) == []
 
 
+def test_a_against_b_says_where_the_local_tokens_difference_comes_from(tmp_path):
+    jitter = {0: -0.1, 1: 0.0, 2: 0.1}
+    # A (fixed global tokens): G+L1+L2 within the spread of G; B (end to end): clearly better in PSNR
+    results = _fake_study(tmp_path / "a", {"G": lambda lv, s: (20 + jitter[s], 100.0 + 10 * s),
+                                           "G+L1+L2": lambda lv, s: (20.05 + jitter[s], 100.0 + 10 * s)})
+    b = _fake_study(tmp_path / "b", {"G": lambda lv, s: (20 + jitter[s], 100.0 + 10 * s),
+                                     "G+L1+L2": lambda lv, s: (21 + jitter[s], 100.0 + 10 * s)})
+    results["parts"]["B"] = b["parts"]["A"]
+    lines = rc.a_against_b(results)
+    assert len(lines) == 2 and lines[0].startswith("- [A against B · PSNR] **G+L1+L2** vs **G**")
+    assert "A (128 images) +0.05 dB, within the spread" in lines[0]
+    assert "B (128 images) +1.00 dB, clearly better" in lines[0]
+    assert "a gain only end to end" in lines[0]
+    assert "neither help nor cost" in lines[1]  # the same rFD in both
+    assert lines[0] in rc.verdict_lines(results, ["A", "B"])
+    assert lines[0] in rc.report(results, ["A", "B"], scale="tiny")
+    assert rc.a_against_b(results, claims=["l_ot"]) == [] and lines[0] not in rc.verdict_lines(results, ["A"])
+    del results["parts"]["B"]
+    assert rc.a_against_b(results) == []  # no B: nothing to read it against
+
+
 def test_collect_says_how_far_each_part_is_and_what_it_cost(tmp_path):
     flat = {"G": lambda lv, s: (20 + 0.01 * s + (0.5 if lv >= 64 else 0) + (0.01 if lv >= 128 else 0), 100.0),
             "G+L1+L2": lambda lv, s: (20.2 + 0.01 * s + (0.2 if lv >= 64 else 0), 90.0 - (0.5 if lv >= 128 else 0))}

@@ -97,11 +97,60 @@ def verdicts(results: dict, parts=None, claims=None) -> list[dict]:
 
 
 def verdict_lines(results: dict | None, parts, claims=None) -> list[str]:
-    """The markdown lines of :func:`verdicts` that read a claim at a level (none where there are no results): what a
-    notebook adds to its own verdicts in ``metrics.json``, so that the results page shows the study beside them."""
+    """The markdown lines of :func:`verdicts` that read a claim at a level (none where there are no results), and,
+    where ``parts`` hold A and B, :func:`a_against_b`'s: what a notebook adds to its own verdicts in
+    ``metrics.json``, so that the results page shows the study beside them."""
     if results is None:
         return []
-    return [v["line"] for v in verdicts(results, parts, claims) if v["level"] is not None]
+    lines = [v["line"] for v in verdicts(results, parts, claims) if v["level"] is not None]
+    return lines + (a_against_b(results, claims) if {"A", "B"} <= set(parts) else [])
+
+
+# What a claim's reading in A (global tokens fixed) against its reading in B (trained end to end) says about where
+# the difference comes from, by (A's call, B's call); a call is "better", "worse" or "within" the seed spread.
+_SOURCE = {
+    ("better", "better"): "a gain in both: the decoder uses what the local tokens add, whatever the encoder does",
+    ("worse", "worse"): ("a cost in both: at this scale the local tokens do not pay for themselves, whatever "
+                         "the encoder does"),
+    ("within", "within"): "the local tokens neither help nor cost beyond the seed spread, in either setting",
+    ("worse", "within"): "a cost of the local tokens on fixed global tokens that end-to-end training removes",
+    ("within", "worse"): ("a cost of the local tokens only end to end: training the encoder beside them costs what the "
+                          "global tokens carry"),
+}
+
+
+def _source(call_a: str, call_b: str) -> str:
+    if (call_a, call_b) in _SOURCE:
+        return _SOURCE[call_a, call_b]
+    if call_b == "better":  # and not in A
+        return ("a gain only end to end: it comes with the encoder trained beside the local tokens, not from the "
+                "decoder reading them on fixed global tokens")
+    return ("a gain of the local tokens on fixed global tokens that end-to-end training does not keep: an encoder "
+            "trained beside them puts into the global tokens what they add")
+
+
+def a_against_b(results: dict, claims=None, claim: str = "locals_vs_g") -> list[str]:
+    """One line per metric (PSNR, the rFD) reading ``claim`` in part A (decoder sides on the frozen base: the global
+    tokens fixed) against part B (whole tokenizers end to end: the encoder trains beside the local parts), each at
+    the end of its curves against its seed spread, and what the pair of calls says about where the local tokens'
+    gain or cost comes from; none where ``claims`` leaves ``claim`` out or either part has no level read yet."""
+    if claims is not None and claim not in claims:
+        return []
+    read = {(v["part"], v["metric"]): v for v in verdicts(results, ["A", "B"], [claim]) if v["level"] is not None}
+    out = []
+    for metric in ("test_psnr", feature_key(results)):
+        a, b = read.get(("A", metric)), read.get(("B", metric))
+        if a is None or b is None:
+            continue
+        label, unit, _ = LABELS[metric]
+
+        def said(v, where):
+            return (f"{where} ({v['level']:,} images) {v['difference']:+.2f}{' ' + unit if unit else ''}, "
+                    + ("within the spread" if v["call"] == "within" else f"clearly {v['call']}"))
+
+        out.append(f"- [A against B · {label}] **{a['a']}** vs **{a['b']}**: {said(a, 'fixed global tokens, A')}; "
+                   f"{said(b, 'end to end, B')} → {_source(a['call'], b['call'])}.")
+    return out
 
 
 def _status(part: dict) -> str:
@@ -153,6 +202,9 @@ def report(results: dict | None, parts, claims=None, scale: str = "cpu") -> str:
             lines.append(f"- Part {name}: no runs in the results yet.")
             continue
         lines += [_status(part), ""] + [v["line"] for v in verdicts(results, [name], claims)] + [""]
+    if {"A", "B"} <= set(parts) and (found := a_against_b(results, claims)):
+        lines += ["**Where the local tokens' difference comes from** (A's global tokens are fixed; B's encoder trains "
+                  "beside the local parts):", "", *found, ""]
     root = results.get("root")
     kept = (f" Its run folders were kept in `{root}`: where they still are, `--root {root}` resumes the study "
             "instead of starting it again." if root and Path(root).resolve() != default_root(scale).resolve() else "")
