@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,26 @@ def test_notebooks_are_committed_clean_and_parameterized():
         from papermill.translators import PythonTranslator
         parsed = [p.name for p in PythonTranslator.inspect(tagged[0])]
         assert parsed == names, f"{path.name}: papermill cannot parse {sorted(set(names) - set(parsed))}"
+
+
+# A measured value in a notebook's prose: a mean ± std, or a metric followed by its number ("PSNR 21.3", "gFD-EffNet@2000
+# of 140.7").  Notebook markdown explains the method; what depends on a number is printed from the results.
+MEASURED = re.compile(r"\d\s*±\s*\d|\b(?:PSNR|SSIM|gFD|rFD|rFID|gFID|KID|FD-HOG)(?:-EffNet)?(?:@\d+)?\s*"
+                      r"(?:of|=|:|is|at|was|reaches)?\s*\d+\.\d")
+
+
+def test_notebook_prose_states_no_measured_value_and_no_training_loop():
+    assert MEASURED.search("G+L1+L2 reaches 20.73 ± 0.10 dB") and MEASURED.search("gFD-EffNet@2000 of 140.7")
+    assert not MEASURED.search("until it gains less than 0.05 dB and 2% rFD per doubling (Table 3, 64 values)")
+    for path in rp.notebooks():
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "markdown":
+                found = MEASURED.search(cell.source)
+                assert not found, f"{path.name} cell {i}: {found.group(0)!r} in markdown; print it from the results"
+            else:  # training lives in the library (sbt_lib.train, the pipeline's trainers), not in a notebook
+                assert not re.search(r"\.backward\(|zero_grad\(|optimizer\.step\(", cell.source), \
+                    f"{path.name} cell {i} trains a model itself; call the library's trainer"
 
 
 @pytest.mark.parametrize("notebook", [p.stem for p in rp.notebooks()])
