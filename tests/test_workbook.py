@@ -113,6 +113,21 @@ def test_notebook_prose_states_no_measured_value_and_no_training_loop():
                     f"{path.name} cell {i} trains a model itself; call the library's trainer"
 
 
+def test_library_docstrings_and_comments_state_no_measured_value():
+    """Docstrings and comments say what and why; measured values live in the results that record them."""
+    lib = Path(rp.__file__).parents[3]
+    paths = sorted(lib.glob("sbt_lib/**/*.py"))
+    assert len(paths) > 50
+    for path in paths:
+        source = path.read_text()
+        tree = ast.parse(source)
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)))]
+        texts = [ast.get_docstring(n) or "" for n in nodes]
+        texts += [line[line.index("#"):] for line in source.splitlines() if "#" in line]
+        found = next((m.group(0) for t in texts if (m := MEASURED.search(t))), None)
+        assert found is None, f"{path.relative_to(lib)}: {found!r}; point to the benchmark or results that measure it"
+
+
 @pytest.mark.parametrize("notebook", [p.stem for p in rp.notebooks()])
 def test_a_papermill_override_reaches_the_typed_parameters(notebook):
     """Papermill's own injection of ``-p name=value`` for every name of the cell, read back by the
