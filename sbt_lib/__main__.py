@@ -103,7 +103,7 @@ def _train(args) -> int:
         extra = {"export": args.export} if args.command == "train" else {}
         command(args.what, args.scale, args.dataset, args.out, dict(args.param), **extra)
     except KeyboardInterrupt as e:
-        print(f"interrupted: {e or 'the last checkpoint is kept'}; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted: {e or 'the last checkpoint is kept; run the same command again to resume'}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
