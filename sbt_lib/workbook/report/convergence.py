@@ -12,12 +12,11 @@ import os
 from pathlib import Path
 
 from ...files import REPO
-from .seed_stats import comparison, verdict
+from .seed_stats import FEATURE_KEYS, FEATURE_LABELS, comparison, verdict
 
 PARTS = ("A", "B", "C")
-
-
-LABELS = {"test_psnr": ("PSNR", "dB", False), "fd_effnet": ("rFD-EffNet", "", True), "fid": ("rFID", "", True),
+# metric → (label, unit, lower is better)
+LABELS = {"test_psnr": ("PSNR", "dB", False), **{k: (FEATURE_LABELS[k], "", True) for k in FEATURE_KEYS},
           "fd_hog": ("FD-HOG", "", True)}
 
 
@@ -55,7 +54,7 @@ def has_curves(results: dict | None, parts) -> bool:
 def feature_key(results: dict) -> str | None:
     """Which rFID-style distance the results hold (``fid`` where Inception resolved, else ``fd_effnet``)."""
     entries = [e for p in results["parts"].values() for c in p["curves"].values() for e in c]
-    return next((k for k in ("fid", "fd_effnet") if any(f"{k}_mean" in e for e in entries)), None)
+    return next((k for k in FEATURE_KEYS if any(f"{k}_mean" in e for e in entries)), None)
 
 
 def verdicts(results: dict, parts=None, claims=None) -> list[dict]:
@@ -213,17 +212,13 @@ def report(results: dict | None, parts, claims=None, scale: str = "cpu") -> str:
     return "\n".join(lines)
 
 
-def _count(n: float) -> str:
-    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k" if n >= 1e3 else f"{n:g}"
-
-
 def figure(results: dict, parts=None, variants=None, path=None):
     """PSNR and the rFD against images seen (log axis), one row per part of ``parts`` (default: all with curves),
     one line per variant (``variants``: only those) — the mean over seeds, the band from the lowest to the highest
     seed — with PCA at the base's number of values and the base itself as horizontal lines."""
     import matplotlib.pyplot as plt
 
-    from .viz import save_figure
+    from .viz import count_label, save_figure
 
     fd = feature_key(results)
     metrics = [("test_psnr", "held-out PSNR (dB)")] + ([(fd, f"{LABELS[fd][0]} ↓")] if fd else [])
@@ -250,11 +245,11 @@ def figure(results: dict, parts=None, variants=None, path=None):
                     ax.axhline(a[metric], ls=style, color="gray" if anchor == "PCA" else "black", label=what)
             ax.set_xscale("log", base=2)
             ticks = [lv for lv in results["levels"]]
-            ax.set_xticks(ticks, [_count(t) for t in ticks])
+            ax.set_xticks(ticks, [count_label(t) for t in ticks])
             ax.xaxis.set_minor_formatter(plt.NullFormatter())
             ax.set(xlabel="images seen (log)", ylabel=label)
             ax.grid(alpha=0.3)
-        end = _count(part["end_level"])
+        end = count_label(part["end_level"])
         state = {"flattened": f"flattened at {end}", "floor": f"floor at {end}",
                  "max_images": f"ended at {end}"}.get(part["ended_by"], "running")
         row[0].set_title(f"{part['title']} — {state}", loc="left", fontsize=10)

@@ -128,9 +128,9 @@ def bar_chart(summary: dict[str, dict], metric: str = "test_psnr", path=None, re
     return save_figure(fig, path)
 
 
-def _count(n: float) -> str:
-    """12,345 → '12K'; 1,800,000 → '1.8M'."""
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}K" if n >= 1e3 else f"{n:.0f}"
+def count_label(n: float) -> str:
+    """A tick label for a count: 12,345 → '12.35k'; 409,600 → '409.6k'; 1,800,000 → '1.8M'."""
+    return f"{n / 1e6:.4g}M" if n >= 1e6 else f"{n / 1e3:.4g}k" if n >= 1e3 else f"{n:.0f}"
 
 
 def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], path=None,
@@ -154,7 +154,7 @@ def scaling_plot(curves: dict[str, dict[str, dict]], metrics: dict[str, str], pa
             ax.axhline(value, ls=("--", ":", "-.")[j % 3], color=("gray", "gray", "black")[j % 3], label=name)
         ax.set_xscale("log")
         ticks = sorted({s["aligner_2d_params"] for sizes in curves.values() for s in sizes.values()})
-        ax.set_xticks(ticks, [_count(n) for n in ticks])
+        ax.set_xticks(ticks, [count_label(n) for n in ticks])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set(xlabel="2D aligner parameters (log)", ylabel=label)
         ax.grid(alpha=0.3, which="both")
