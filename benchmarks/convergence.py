@@ -19,7 +19,8 @@ every evaluation ``benchmarks/convergence_<scale>.json`` (command, machine, imag
 curve, the curves' statistics, the stopping rule) and ``convergence_<scale>.png`` are rewritten.
 
 A chunk of the study at cpu (about 90 minutes with the start; make it in a root outside the work tree, so that the next
-chunk finds the runs, and commit the JSON and the figure after each chunk):
+chunk finds the runs, and commit the JSON and the figure after each chunk; on a machine without the root, the call
+rebuilds it from the committed JSON, keeping every evaluation, and retrains the unfinished runs from their start):
 
     SBT_DATA=../shared/data python benchmarks/convergence.py --scale cpu --root /work/runs/convergence-cpu --minutes 85
 

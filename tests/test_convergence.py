@@ -262,3 +262,23 @@ def test_the_results_file_and_the_figure(made):
             "fd_effnet_mean", "fd_hog_mean", "values"} <= set(entry)
     assert {"holds", "reason", "level", "levels"} <= set(part["stopping"])
     assert saved == json.loads(json.dumps(saved))  # plain JSON
+
+
+def test_a_lost_root_is_restored_from_the_results_file_and_nothing_evaluated_is_redone(made, tmp_path):
+    """A new machine has the committed results but not the run folders: the study rebuilds its root from them, keeps
+    every evaluation, and retrains a run only to evaluate the levels it lacks (the same numbers: CPU runs are exact)."""
+    saved = json.loads(rc.results_file("tiny", made["out"]).read_text())
+    cv.restore(tmp_path / "whole", rc.results_file("tiny", made["out"]))
+    assert cv.collect(tmp_path / "whole")["parts"] == saved["parts"]
+
+    cut = json.loads(json.dumps(saved))  # the results as a chunk that reached only the first level left them
+    run = cut["parts"]["A"]["runs"][0]
+    run["curve"], run["steps"] = run["curve"][:1], 2
+    (tmp_path / "out").mkdir()
+    rc.results_file("tiny", tmp_path / "out").write_text(json.dumps(cut))
+    again = cv.run_study(**STUDY, root=tmp_path / "root", out=tmp_path / "out")
+    curve = again["parts"]["A"]["runs"][0]["curve"]
+    assert curve[0] == saved["parts"]["A"]["runs"][0]["curve"][0]  # kept as recorded, with its time and seconds
+    assert [r["images"] for r in curve] == [32, 64] and again["parts"]["A"]["runs"][0]["finished"]
+    for key in ("test_psnr", "fd_effnet", "fd_hog", "swap_drop"):
+        assert curve[1][key] == saved["parts"]["A"]["runs"][0]["curve"][1][key], key

@@ -3,8 +3,6 @@ import json
 import pytest
 import torch
 
-import sbt_lib.train as engine
-from sbt_lib.batch import batch_indices
 from sbt_lib.checkpoint import load_checkpoint, save_checkpoint
 from sbt_lib.data.datasets import load_dataset
 from sbt_lib.objective.objective import Objective

@@ -50,7 +50,11 @@ level; B's whole tokenizers are the slowest runs, then C's largest aligner.  The
 **Where things live.**  ``root`` holds ``study.json`` (the study's settings, the runs it registers and the anchors)
 and one folder per run, ``<root>/<part>/runs/<variant>/seed<s>``, with the engine's checkpoint and ``curve.json``
 (one record per evaluation).  After every evaluation, :func:`publish` rebuilds the results from them and rewrites
-``convergence_<scale>.json`` and ``convergence_<scale>.png`` atomically (under a lock: workers publish too).
+``convergence_<scale>.json`` and ``convergence_<scale>.png`` atomically (under a lock: workers publish too).  A
+root is a machine's; the results file is committed.  Where a call finds no ``study.json`` in ``root`` but a results
+file, it first rebuilds the root from it (:func:`restore`): every evaluation is kept, and the runs that are not
+finished train again from their start.  So a chunk that selects a few runs (``variants``, ``seeds``) and brings them
+to the end loses, with its machine, at most those runs' training.
 :mod:`sbt_lib.workbook.report.convergence` reads the results: each claim at the end of its curves, seed by seed, the
 figure and a notebook's report.  ``benchmarks/convergence.py`` is the command line.
 """
@@ -77,6 +81,7 @@ from .runs import variant_run
 
 RULE = {"psnr_db": 0.05, "rfd_fraction": 0.02}  # gains per doubling below which a part's curves count as flat
 FLOOR_IMAGES = 320_000  # ... or the images seen at which a part has run long enough
+RESTORED = "restored.json"  # a run's progress as a results file recorded it, where its root was rebuilt (restore)
 HORIZON_STEPS = 2**30  # A and C: a schedule's end never reached (the learning rate is constant after the warm-up)
 
 # Per scale: the first level (the notebooks' 200 steps of 32 at cpu), the last (≥ the floor), the test images.
@@ -378,6 +383,8 @@ def run_study(scale: str = "cpu", parts=PARTS, variants: list[str] | None = None
     root = Path(root or default_root(scale))
     out_file = results_file(scale, out)
     study_file = root / "study.json"
+    if not study_file.exists() and out_file.exists():
+        restore(root, out_file)
     saved = json.loads(study_file.read_text()) if study_file.exists() else {}
     for key, value in (("scale", scale), ("eval_images", eval_images), ("first_images", s["first_images"])):
         if saved and saved.get(key) != value:
@@ -510,8 +517,9 @@ def collect(root: str | Path) -> dict:
         for variant in dict.fromkeys(spec["derived"].get(v, [v])[0] for v in spec["variants"]):
             for seed in spec["seeds"]:
                 folder = variant_run(root / name, variant, seed)
-                ckpt = folder / "checkpoint.json"
-                meta = json.loads(ckpt.read_text()) if ckpt.exists() else {}
+                metas = [json.loads(f.read_text()) for f in (folder / "checkpoint.json", folder / RESTORED)
+                         if f.exists()]  # a restored run's record until its retraining passes it
+                meta = max(metas, key=lambda m: m.get("step", 0), default={})
                 runs[(variant, seed)] = {"variant": variant, "seed": seed, "folder": str(folder.relative_to(root)),
                                          "steps": meta.get("step", 0),
                                          "images": meta.get("step", 0) * spec["batch_size"],
@@ -535,6 +543,27 @@ def collect(root: str | Path) -> dict:
                               "ended_by": ended_by, "end_level": end,
                               "finished": all(r["finished"] for r in runs.values()), **_cost(runs.values())}
     return out
+
+
+def restore(root: str | Path, results: str | Path) -> None:
+    """Rebuild a lost ``root`` from a results file (:func:`collect`'s output, e.g. the committed one): ``study.json``
+    and every run's ``curve.json``, and in ``restored.json`` the steps and seconds the run had reached.  The weights are
+    not in the results, so the next call trains each run again from its start, evaluating it only where it has no
+    record; so losing a root costs the training of its unfinished runs, never an evaluation."""
+    root, data = Path(root), json.loads(Path(results).read_text())
+    keys = ("scale", "command", "commands", "machine", "dataset", "eval_images", "first_images", "max_images",
+            "floor_images", "rule", "anchors")
+    spec_keys = ("title", "notebooks", "anytime", "batch_size", "variants", "seeds", "derived", "claims", "recipe",
+                 "flops_per_step")
+    study = {**{k: data[k] for k in keys}, "root": str(root),
+             "parts": {name: {k: part[k] for k in spec_keys if k in part} for name, part in data["parts"].items()}}
+    for part in data["parts"].values():
+        for run in part["runs"]:
+            folder = root / run["folder"]
+            write_json(folder / "curve.json", run["curve"])
+            write_json(folder / RESTORED, {"step": run["steps"], "seconds": run["train_seconds"], "from": str(results)})
+    write_json(root / "study.json", study)
+    print(f"{root} had no study: restored from {results} (every evaluation; the runs retrain from their start)")
 
 
 def _curve(spec: dict, variant: str, runs: dict, grid: list[int]) -> list[dict]:
