@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                                       help="base and generator: write its save_pretrained folder here when "
                                            "training ends (the shipped ones: weights/base-tokenizer-<dataset>, "
                                            "weights/generator-<dataset>)")
+    sub.choices["train"].add_argument("--init", metavar="DIR",
+                                      help="generator with two cycles: a generator folder trained by the first "
+                                           "cycle's recipe (e.g. an earlier shipped one) stands in for the first; "
+                                           "only the second is trained")
     args = parser.parse_args(argv)
     if args.command == "report":
         return _report(args)
@@ -100,7 +104,7 @@ def _train(args) -> int:
 
     command = train_command if args.command == "train" else evaluate_command
     try:
-        extra = {"export": args.export} if args.command == "train" else {}
+        extra = {"export": args.export, "init": args.init} if args.command == "train" else {}
         command(args.what, args.scale, args.dataset, args.out, dict(args.param), **extra)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'the last checkpoint is kept; run the same command again to resume'}", file=sys.stderr)

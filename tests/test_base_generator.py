@@ -75,6 +75,37 @@ def test_train_generator_exports_a_folder_that_reproduces_its_record(tmp_path):
     assert check_loss(model, normalizer, base) == pytest.approx(record["check_loss"], abs=1e-5)
 
 
+def test_a_two_cycle_generator_trains_its_second_cycle_from_the_first_or_from_a_folder_of_it(tmp_path):
+    """``generator_restart_steps``: a second cosine cycle from the first's EMA weights; ``--init`` lets a folder trained
+    by the first cycle's recipe (the shipped one, say) stand in for it, and nothing else."""
+    runs = tmp_path / "runs"
+    train_command("base", "tiny", "shapes", runs, {"steps": 2, "eval_every": 0, "test_size": 16, "eval_size": 16})
+    one = {"generator_steps": 6, "generator_samples": 20, "fd_size": 64, "test_size": 20}
+    two = {**one, "generator_restart_steps": 4, "generator_restart_lr": 1e-4}
+    train_command("generator", "tiny", "shapes", runs, one, export=tmp_path / "first")
+    both = train_command("generator", "tiny", "shapes", runs, two)["generator"]  # the one-cycle run, extended
+    assert both.step == 10 and (runs / "05_generation/generators/global/restart/checkpoint.json").exists()
+    (tmp_path / "on-first").mkdir()
+    (tmp_path / "on-first" / "base").symlink_to(runs / "base")  # the same base, no generator run
+    result = train_command("generator", "tiny", "shapes", tmp_path / "on-first", two, export=tmp_path / "second",
+                           init=tmp_path / "first")["generator"]
+    first, record = read_record(tmp_path / "first"), read_record(tmp_path / "second")
+    assert result.step == 10 and record["steps"] == 10 and record["images_seen"] == 10 * record["batch_size"]
+    assert [c["steps"] for c in record["cycles"]] == [6, 4] and record["cycles"][1]["lr"] == 1e-4
+    assert record["cycles"][0]["seconds"] == first["training_seconds"]
+    assert record["training_seconds"] == pytest.approx(sum(c["seconds"] for c in record["cycles"]), abs=0.2)
+    assert record["command"].endswith(f"--init {tmp_path / 'first'}")
+    assert record["recipe"] == recipe(resolve("generator", "tiny", dataset="shapes", **two))
+    assert not (tmp_path / "on-first/05_generation/generators/global/checkpoint.json").exists()  # no first cycle run
+    a, b = load_generator_folder(tmp_path / "first")[0], load_generator_folder(tmp_path / "second")[0]
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="first cycle"):  # a folder of another recipe
+        train_command("generator", "tiny", "shapes", tmp_path / "on-first", {**two, "generator_steps": 7},
+                      init=tmp_path / "first")
+    with pytest.raises(ValueError, match="restart_steps"):  # a recipe of one cycle
+        train_command("generator", "tiny", "shapes", tmp_path / "on-first", one, init=tmp_path / "first")
+
+
 def test_the_shipped_generator_reproduces_its_check_losses():
     """A broken, stale or re-exported-without-its-record file fails here."""
     folder = generator_folder("cifar10")
@@ -94,17 +125,19 @@ def test_the_shipped_generator_reproduces_its_check_losses():
     rows = q["rows"]
     assert {"SiT", "Gaussian", "real training images (floor)", "base decodes of them (ceiling)"} == set(rows)
     assert rows["real training images (floor)"]["gfd_mean"] < rows["base decodes of them (ceiling)"]["gfd_mean"]
-    assert rows["base decodes of them (ceiling)"]["gfd_mean"] < rows["SiT"]["gfd_mean"]  # no generator beats it
+    # The floor is below every generated row; the ceiling is not a bound on a guided generator (guidance sharpens
+    # each class, and a seed of the shipped record lands below the decodes of real tokens), so no test says it is.
+    assert rows["real training images (floor)"]["gfd_mean"] < min(rows["SiT"]["gfd"] + rows["Gaussian"]["gfd"])
 
 
 @pytest.mark.xfail(strict=True, reason="issue 30's criterion: the shipped generator's record "
                                        "(weights/generator-cifar10/training.json) does not meet it")
 def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
     """Issue 30: the trained SiT at least 15% below the class-conditional Gaussian of the same tokens in gFD, and
-    below it in KID, over its record's sampling seeds.  Strict: this fails as soon as a shipped generator meets it."""
+    in KID, over its record's sampling seeds.  Strict: this fails as soon as a shipped generator meets it."""
     q = read_record(generator_folder("cifar10"))["quality"]
     sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
-    assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] < gauss["kid_mean"]
+    assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] <= 0.85 * gauss["kid_mean"]
 
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])

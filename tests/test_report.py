@@ -147,6 +147,11 @@ def test_the_shipped_weights_are_listed_from_their_training_records(runs, tmp_pa
     assert "(weights/generator-x/training.json)" in generator and "2584 s (43.1 min)" in generator
     assert generator.endswith("| not recorded |")  # no quality in its record
     assert "## Shipped weights" not in results_page.render(runs, tmp_path / "RESULTS.md", weights=None)
+    record = json.loads((weights / "generator-x" / "training.json").read_text())
+    record["cycles"] = [{"steps": 5000, "seconds": 1800.0}, {"steps": 3000, "seconds": 783.9}]
+    (weights / "generator-x" / "training.json").write_text(json.dumps(record))
+    page = results_page.render(runs, tmp_path / "RESULTS.md", weights=weights)
+    assert "| 5,000 + 3,000 × 128 | 1800 s (30.0 min) + 784 s (13.1 min) |" in page  # each cycle's steps and time
 
 
 def test_the_shipped_weights_measured_column_reads_each_kind_of_record():

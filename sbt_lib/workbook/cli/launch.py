@@ -40,7 +40,7 @@ from ..config.params import Params, resolve
 from ..pipeline import caches, generators, trainers
 from ..pipeline.ablations import stage2_on_base
 from ..pipeline.base import export_base, load_base, notebook_base_folder
-from ..pipeline.base_generator import export_run
+from ..pipeline.base_generator import export_run, first_cycle, read_record
 from ..pipeline.runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
@@ -76,11 +76,16 @@ def _resolve(what: str, scale: str, dataset: str | None, out, overrides: dict | 
 
 
 def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
-                  overrides: dict | None = None, export: str | Path | None = None) -> dict[str, TrainResult]:
+                  overrides: dict | None = None, export: str | Path | None = None,
+                  init: str | Path | None = None) -> dict[str, TrainResult]:
     """Train ``what`` at ``scale`` (alone, or as one rank of a ``torchrun`` launch); returns the results by
     run name.  ``overrides``: flat parameter names (as the notebooks' ``-p``); ``export``: for ``base``, the
     folder its ``save_pretrained`` weights and record go to when training has finished; for ``generator``, the
-    same, with its sample quality against the Gaussian anchor over three sampling seeds."""
+    same, with its sample quality against the Gaussian anchor over three sampling seeds; ``init``: for a
+    ``generator`` of two cycles, a generator folder trained by the first cycle's recipe, which stands in for it
+    (:func:`~sbt_lib.workbook.pipeline.base_generator.first_cycle`)."""
+    if init is not None and what != "generator":
+        raise ValueError("--init is for `train generator` (a generator folder standing in for its first cycle)")
     with dist.process_group() as (rank, world_size):
         P, out, folders = _resolve(what, scale, dataset, out, overrides)
         main, progress = rank == 0, rank == 0 and P.training.progress
@@ -88,6 +93,7 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         group = f"DDP on {dist.backend()}" if dist.in_process_group() else "no process group"
         say(f"train {what} at scale {scale} on {world_size} process(es) ({group}); "
             f"global batch {P.training.batch_size if what != 'generator' else P.generator.batch_size}; out: {out}")
+        start, first = (first_cycle(P, init), read_record(init)) if init is not None else (None, None)
         with dist.main_first():  # rank 0 fills the caches on disk, the others read them
             train_set, test_set = caches.load_data(P)
             if what == "base":
@@ -109,7 +115,7 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                                                                 folders[f"stage2 {s}"], z_global=z_global, progress=progress)
         else:
             results["generator"] = generators.train_generator(P, parent, train_set, folders["generator"], "global",
-                                                              tokens=tokens, progress=progress)
+                                                              tokens=tokens, progress=progress, first_cycle=start)
         for name, r in results.items():
             batch = P.generator.batch_size if name == "generator" else P.training.batch_size
             evals = [h for h in r.history if any(k.startswith("eval_") for k in h)]
@@ -120,8 +126,10 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         if what == "generator" and export and main:
             command = f"python -m sbt_lib train generator --scale {scale} --dataset {P.data.dataset} --export {export}" + \
                 "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+            if init is not None:
+                command += f" --init {init}"
             record = export_run(folders["generator"], export, P, parent, train_set, test_set, command,
-                                samples=P.generator.samples)
+                                samples=P.generator.samples, first=first)
             q = record["quality"]
             say(f"exported to {export}: " + ", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}"
                                                        for k, m in q["rows"].items()))

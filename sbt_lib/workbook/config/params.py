@@ -110,6 +110,10 @@ class GeneratorConfig(Config):
     batch_size: int = 128
     lr: float = 3e-4
     ema: float = 0.0  # EMA decay of the weights it samples with (0: the raw weights)
+    # a second cosine cycle (a warm restart, as SGDR): restart_steps more steps at peak restart_lr, from the first
+    # cycle's EMA weights with a fresh optimizer, so that a long training is two shorter runs (0: one cycle)
+    restart_steps: int = 0
+    restart_lr: float = 3e-4
     class_dropout: float = 0.1
     prior: str = "none"  # none | gaussian: start from the tokens' class-conditional Gaussian (GaussianFlow)
     time_sampling: str = "uniform"  # uniform | logit_normal

@@ -145,7 +145,10 @@ _STAGE2 = {
 # path (``generator_guidance_from``), and the Gaussian anchor at its own best (``generator_gaussian_guidance*``): the
 # guidance sweep of the SiT and the Gaussian over scales and starts chose both (generator_guidance_cpu.json).
 # benchmarks/generator_quality.py measures gFD against images seen, and against the guidance scale, with the Gaussian
-# anchor beside it.  (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs: at cpu (a) gets 5,540 steps of
+# anchor beside it.  The curve still falls at the end of those 50,000 steps, so a second cosine cycle follows
+# (``generator_restart_*``: 40,000 steps at a lower peak, from the first cycle's EMA weights): each cycle is one run
+# that fits a sitting, and ``train generator --init DIR`` trains only the second on a folder of the first.
+# (a)/(b)/(c) train SiT-<compare_size> from zero at equal FLOPs: at cpu (a) gets 5,540 steps of
 # 128 (about ten minutes, where SiT-mini has clearly learned: benchmarks/generator_size_cpu.json), so three seeds of
 # the three rows fit one sitting of benchmarks/generator_compare.py.
 _GENERATOR = {
@@ -153,7 +156,8 @@ _GENERATOR = {
                  generator_sampling_steps=4, generator_guidance_from=0.4, generator_samples=64,
                  generator_compare_size="tiny", generator_compare_steps=20, generator_compare_batch_size=32),
     "cpu": dict(generator_size="cpu", generator_patch=16, generator_steps=50_000, generator_batch_size=256,
-                generator_lr=1e-3, generator_ema=0.999, generator_time_sampling="logit_normal",
+                generator_lr=1e-3, generator_restart_steps=40_000, generator_restart_lr=3e-4,
+                generator_ema=0.999, generator_time_sampling="logit_normal",
                 generator_sampling_steps=10, generator_samples=2000, generator_guidance=5.0,
                 generator_guidance_from=0.5, generator_gaussian_guidance=4.0, generator_gaussian_guidance_from=0.5,
                 generator_compare_size="mini", generator_compare_steps=5540, generator_compare_lr=1e-3),

@@ -45,8 +45,24 @@ def recipe(P) -> dict:
     """What makes a generator's weights (not how it samples): the generator's training fields of ``P``, its
     warm-up and seed.  A shipped generator is used only where its recorded recipe is this one."""
     g = P.generator.to_dict()
-    return {**{k: g[k] for k in RECIPE_FIELDS}, "warmup": P.training.warmup, "seed": P.seed,
+    restart = {"restart_steps": g["restart_steps"], "restart_lr": g["restart_lr"]} if g["restart_steps"] else {}
+    return {**{k: g[k] for k in RECIPE_FIELDS}, **restart, "warmup": P.training.warmup, "seed": P.seed,
             "dataset": P.data.dataset, "train_size": P.data.train_size}
+
+
+def first_cycle(P, folder: str | Path) -> tuple[SiT, float]:
+    """The generator of ``folder`` (a :func:`save_generator` folder with its record) as the first cycle of ``P``'s
+    two-cycle training, and its training seconds: :func:`~sbt_lib.workbook.pipeline.generators.train_generator`
+    then trains only the second.  An error where the folder's recorded recipe is not ``P``'s first cycle."""
+    wanted, record = recipe(P.replace(generator_restart_steps=0)), read_record(folder)
+    if not P.generator.restart_steps:
+        raise ValueError("--init starts the second cycle of a two-cycle training, and this recipe has one cycle: "
+                         "set -p generator_restart_steps=N")
+    if record.get("recipe") != wanted:
+        diff = {k: (record.get("recipe", {}).get(k), v) for k, v in wanted.items()
+                if record.get("recipe", {}).get(k) != v}
+        raise ValueError(f"{folder} was not trained by this recipe's first cycle (recorded, wanted): {diff}")
+    return load_generator_folder(folder)[0].float(), record["training_seconds"]
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -118,7 +134,7 @@ def notebook_generator(P, base: SelfBootTok, train_set, out_root: str | Path, pr
               f"({PG.generator.steps} steps; a rerun loads it)")
     tokens = caches.token_cache(base, train_set, PG, "global", progress)
     result = generators.train_generator(PG, base, train_set, run, "global", tokens=tokens, progress=progress)
-    model, normalizer = load_generator(run)
+    model, normalizer = load_generator(generators.final_run(run, PG))
     return {"model": model, "normalizer": normalizer, "steps": result.step, "seconds": result.seconds,
             "where": str(run)}
 
@@ -179,19 +195,20 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
 # --------------------------------------------------------------------------------------------- export
 
 def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_set, test_set, command: str,
-               samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+               samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2), first: dict | None = None) -> dict:
     """Write the (EMA) generator of the finished run folder ``run`` (trained by ``P`` on ``base``'s global tokens of
     ``train_set``) at ``folder`` (:func:`save_generator`) with ``training.json``: the recipe, the base's config, the
-    run's steps and seconds, the sample quality (:func:`sample_quality`) and the check losses, all measured on the
-    float16 weights as shipped.  Returns the record."""
-    from . import caches
+    run's steps and seconds (both cycles' where it has two; ``first``: the record of the folder that stood in for the
+    first), the sample quality (:func:`sample_quality`) and the check losses, all measured on the float16 weights as
+    shipped.  Returns the record."""
+    from . import caches, generators
     from .runs import load_generator
 
-    save_generator(*load_generator(run), folder)
+    save_generator(*load_generator(generators.final_run(run, P)), folder)
     model, normalizer = load_generator_folder(folder)
     tokens = caches.token_cache(base, train_set, P, "global", progress=False)
     quality = sample_quality(model, normalizer, base, P, tokens, train_set, test_set, samples, seeds)
-    meta, g = json.loads((Path(run) / "checkpoint.json").read_text()), P.generator
+    meta, g = _steps_and_seconds(Path(run), P, first), P.generator
     record = {
         "command": command, "recipe": recipe(P), "tokenizer": base.cfg.to_dict(),
         "sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance,
@@ -202,9 +219,31 @@ def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_
         "parameters": sum(p.numel() for p in model.parameters()),
         "quality": quality, "check_loss": check_loss(model, normalizer, base),
     }
+    if g.restart_steps:
+        record["cycles"] = meta["cycles"]
     write_json(Path(folder) / RECORD, record)
     (Path(folder) / "README.md").write_text(model_card(record))
     return record
+
+
+def _steps_and_seconds(run: Path, P, first: dict | None) -> dict:
+    """The steps and training seconds of ``run`` (both cycles' where ``P`` has two, each described in ``cycles``;
+    ``first``: the record of the folder that stood in for the first cycle's run)."""
+    from .generators import final_run
+
+    last = json.loads((final_run(run, P) / "checkpoint.json").read_text())
+    if not P.generator.restart_steps:
+        return last
+    g = P.generator
+    one = ({"steps": first["steps"], "seconds": first["training_seconds"], "from": "zero velocity",
+            "command": first["command"]} if first else
+           {**{k: v for k, v in json.loads((run / "checkpoint.json").read_text()).items() if k in ("step", "seconds")},
+            "from": "zero velocity"})
+    one = {"steps": one.get("steps", one.get("step")), "lr": g.lr, "seconds": round(one["seconds"], 1),
+           "from": one["from"], **({"command": one["command"]} if "command" in one else {})}
+    two = {"steps": last["step"], "lr": g.restart_lr, "seconds": round(last["seconds"], 1),
+           "from": "the first cycle's EMA weights (float16 as shipped)" if first else "the first cycle's EMA weights"}
+    return {"step": one["steps"] + two["steps"], "seconds": one["seconds"] + two["seconds"], "cycles": [one, two]}
 
 
 def model_card(record: dict) -> str:
@@ -212,6 +251,10 @@ def model_card(record: dict) -> str:
     r, q, s = record["recipe"], record["quality"], record["sampling"]
     rows = [(name, m["gfd_mean"], m["gfd_std"], m["kid_mean"], m["kid_std"]) for name, m in q["rows"].items()]
     table = "\n".join(f"| {n} | {g:.1f} ± {gs:.1f} | {k:.4f} ± {ks:.4f} |" for n, g, gs, k, ks in rows)
+    cycles = record.get("cycles")
+    lr = (f"lr {r['lr']:g}" if not cycles else
+          f"in two cosine cycles ({cycles[0]['steps']} steps at lr {cycles[0]['lr']:g} from zero velocity, then "
+          f"{cycles[1]['steps']} at lr {cycles[1]['lr']:g} from {cycles[1]['from']})")
     return f"""---
 library_name: sbt-lib
 tags: [generator, selfboottok, sit]
@@ -232,7 +275,7 @@ images = generators.generate_images(load_base(), sit, normalizer, classes, "glob
 ```
 
 Trained by `{record["command"]}`: {record["steps"]} steps of {record["batch_size"]} ({record["images_seen"]:,} token
-sets seen), lr {r["lr"]:g}, EMA {r["ema"]}, {record["training_seconds"] / 60:.0f} min on {record["machine"]["processor"]}
+sets seen), {lr}, EMA {r["ema"]}, {record["training_seconds"] / 60:.0f} min on {record["machine"]["processor"]}
 ({record["machine"]["cpu_threads"]} threads), {r.get("time_sampling", "uniform").replace("_", "-")} training times.
 Samples: {s["sampler"]} × {s["sampling_steps"]}, guidance {s["guidance"]} for t ≥ {s.get("guidance_from", 0.0):g}
 (t = 0 is noise); the Gaussian anchor at its own best guidance, {s.get("gaussian_guidance", s["guidance"])} for

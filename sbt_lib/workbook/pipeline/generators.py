@@ -34,19 +34,42 @@ def build_generator(P: Params, tokens: FeatureCache, train_set) -> tuple[SiT, To
 
 
 def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path, groups: str = "global",
-                    tokens: FeatureCache | None = None, progress: bool = True, eval_fn=None) -> TrainResult:
+                    tokens: FeatureCache | None = None, progress: bool = True, eval_fn=None,
+                    first_cycle: tuple[SiT, float] | None = None) -> TrainResult:
     """A class-conditional SiT of ``P.generator`` (:func:`build_generator`) trained by flow matching on the
     cached tokens of ``tokenizer`` (``groups``: ``global`` or ``all``), through the training engine
     (checkpoints, resume, the NaN guard).  The normaliser and the Gaussian prior are saved with it.
-    ``eval_fn(model)``, every ``P.training.eval_every`` steps: e.g. the distribution distance of its samples."""
+    ``eval_fn(model)``, every ``P.training.eval_every`` steps: e.g. the distribution distance of its samples.
+
+    With ``P.generator.restart_steps`` it trains in two cosine cycles, each a run of the engine: the first in
+    ``out_dir``, the second (:func:`final_run`) from the first's EMA weights with a fresh optimizer.
+    ``first_cycle`` (a SiT and its training seconds, e.g. a shipped generator trained by the first cycle's recipe)
+    stands in for the first run.  The result's ``step`` and ``seconds`` count both cycles."""
     tokens = tokens if tokens is not None else token_cache(tokenizer, train_set, P, groups, progress)
     g = P.generator
     model, normalizer = build_generator(P, tokens, train_set)
     cfg = replace(P.training, steps=g.steps, batch_size=g.batch_size, lr=g.lr, ema=g.ema, progress=progress)
     meta = {"generator": model.cfg.to_dict(), "groups": groups, "tokens": tokens.name,
             "tokenizer": tokenizer.cfg.to_dict(), "time_sampling": g.time_sampling}
-    return train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cfg, out_dir=out_dir,
-                 eval_fn=eval_fn, meta=meta)
+    loss = FlowMatchingLoss(tokens, normalizer, g.time_sampling)
+    if not g.restart_steps:
+        return train(model, loss, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn, meta=meta)
+    if first_cycle is None:
+        first = train(model, loss, train_set, cfg, out_dir=out_dir, eval_fn=eval_fn, meta=meta)
+        start, seconds = first.best_model, first.seconds
+    else:
+        start, seconds = first_cycle
+    model.load_state_dict(start.state_dict())
+    cycle = replace(cfg, steps=g.restart_steps, lr=g.restart_lr)
+    second = train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cycle,
+                   out_dir=final_run(out_dir, P), eval_fn=eval_fn, meta={**meta, "cycle": 2, "first_steps": g.steps})
+    return replace(second, step=g.steps + second.step, seconds=seconds + second.seconds)
+
+
+def final_run(out_dir: str | Path, P: Params) -> Path:
+    """The run folder that holds the finished generator of :func:`train_generator`: ``out_dir``, or its
+    ``restart`` folder when the training has a second cycle."""
+    return Path(out_dir) / "restart" if P.generator.restart_steps else Path(out_dir)
 
 
 @torch.no_grad()

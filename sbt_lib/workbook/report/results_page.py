@@ -182,8 +182,12 @@ def weights_section(weights: Path, page: Path) -> list[str]:
         card = folder / "README.md"
         name = f"[`{_shown(folder)}`]({_link(card if card.exists() else file, page)})"
         steps = f"{r['steps']:,} × {r['batch_size']}" if r.get("steps") and r.get("batch_size") else NOT_RECORDED
+        seconds = format_seconds(r.get("training_seconds"))
+        if r.get("cycles"):  # a training in cosine cycles: each one's steps and time
+            steps = " + ".join(f"{c['steps']:,}" for c in r["cycles"]) + f" × {r['batch_size']}"
+            seconds = " + ".join(format_seconds(c["seconds"]) for c in r["cycles"])
         lines.append(f"| {name} | `{_cell(r.get('command') or NOT_RECORDED)}` | {steps} | "
-                     f"{format_seconds(r.get('training_seconds'))} | {_cell(format_machine(r.get('machine')))} | "
+                     f"{seconds} | {_cell(format_machine(r.get('machine')))} | "
                      f"{_cell(measured(r))} |")
     return lines + [""]
 
