@@ -235,12 +235,12 @@ def _steps_and_seconds(run: Path, P, first: dict | None) -> dict:
     if not P.generator.restart_steps:
         return last
     g = P.generator
-    one = ({"steps": first["steps"], "seconds": first["training_seconds"], "from": "zero velocity",
-            "command": first["command"]} if first else
-           {**{k: v for k, v in json.loads((run / "checkpoint.json").read_text()).items() if k in ("step", "seconds")},
-            "from": "zero velocity"})
-    one = {"steps": one.get("steps", one.get("step")), "lr": g.lr, "seconds": round(one["seconds"], 1),
-           "from": one["from"], **({"command": one["command"]} if "command" in one else {})}
+    if first:
+        one = {"steps": first["steps"], "seconds": first["training_seconds"], "command": first["command"]}
+    else:
+        meta = json.loads((run / "checkpoint.json").read_text())
+        one = {"steps": meta["step"], "seconds": meta["seconds"]}
+    one = {**one, "lr": g.lr, "seconds": round(one["seconds"], 1), "from": "zero velocity"}
     two = {"steps": last["step"], "lr": g.restart_lr, "seconds": round(last["seconds"], 1),
            "from": "the first cycle's EMA weights (float16 as shipped)" if first else "the first cycle's EMA weights"}
     return {"step": one["steps"] + two["steps"], "seconds": one["seconds"] + two["seconds"], "cycles": [one, two]}

@@ -61,8 +61,8 @@ def train_generator(P: Params, tokenizer: SelfBootTok, train_set, out_dir: Path,
         start, seconds = first_cycle
     model.load_state_dict(start.state_dict())
     cycle = replace(cfg, steps=g.restart_steps, lr=g.restart_lr)
-    second = train(model, FlowMatchingLoss(tokens, normalizer, g.time_sampling), train_set, cycle,
-                   out_dir=final_run(out_dir, P), eval_fn=eval_fn, meta={**meta, "cycle": 2, "first_steps": g.steps})
+    second = train(model, loss, train_set, cycle, out_dir=final_run(out_dir, P), eval_fn=eval_fn,
+                   meta={**meta, "cycle": 2, "first_steps": g.steps})
     return replace(second, step=g.steps + second.step, seconds=seconds + second.seconds)
 
 
