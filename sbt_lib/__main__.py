@@ -9,7 +9,8 @@
   the base tokenizer or the reused generator (``--export DIR`` writes its shipped form), or notebook 04's stage 2, alone
   or under ``torchrun --nproc_per_node=K`` (DDP).
 - ``python -m sbt_lib evaluate {base,tokenizer,stage2,generator} ...`` (the same options): what ``train`` trained,
-  on the held-out split, sharded over the processes under ``torchrun``.
+  on the held-out split, sharded over the processes under ``torchrun``; ``evaluate generator --folder DIR`` measures a
+  shipped generator folder's record again (its sample quality and check losses) without training it.
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                                       help="generator with two cycles: a generator folder trained by the first "
                                            "cycle's recipe (e.g. an earlier shipped one) stands in for the first; "
                                            "only the second is trained")
+    sub.choices["evaluate"].add_argument("--folder", metavar="DIR",
+                                         help="generator: measure this save_pretrained folder's record again "
+                                              "(e.g. weights/generator-cifar10) instead of the run folder")
     args = parser.parse_args(argv)
     if args.command == "report":
         return _report(args)
@@ -104,7 +108,7 @@ def _train(args) -> int:
 
     command = train_command if args.command == "train" else evaluate_command
     try:
-        extra = {"export": args.export, "init": args.init} if args.command == "train" else {}
+        extra = {"export": args.export, "init": args.init} if args.command == "train" else {"folder": args.folder}
         command(args.what, args.scale, args.dataset, args.out, dict(args.param), **extra)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'the last checkpoint is kept; run the same command again to resume'}", file=sys.stderr)

@@ -12,7 +12,7 @@ from sbt_lib.models.sit import SiT, SiTConfig
 from sbt_lib.workbook.pipeline.base import load_base
 from sbt_lib.workbook.pipeline.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
                                              read_record, recipe, save_generator, shipped_for)
-from sbt_lib.workbook.cli.launch import train_command
+from sbt_lib.workbook.cli.launch import evaluate_command, train_command
 from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.pipeline.runs import load_tokenizer
 
@@ -70,9 +70,26 @@ def test_train_generator_exports_a_folder_that_reproduces_its_record(tmp_path):
     assert q["samples"] == 20 and len(q["seeds"]) == 3
     assert {"SiT", "Gaussian"} <= set(q["rows"]) and len(q["rows"]["SiT"]["gfd"]) == 3
     assert q["rows"]["SiT"]["gfd_std"] > 0  # three sampling seeds, three different sample sets
+    assert record["quality_large"] is None  # no record_samples at tiny
     model, normalizer = load_generator_folder(export)
     base = load_tokenizer(runs / "base" / "tokenizer")
     assert check_loss(model, normalizer, base) == pytest.approx(record["check_loss"], abs=1e-5)
+
+    # `evaluate generator --folder`: the same folder measured again, at a second count too, without training
+    again = evaluate_command("generator", "tiny", "shapes", runs, {**overrides, "generator_record_samples": 40},
+                             folder=export)["generator"]
+    assert again == read_record(export)
+    assert again["measured_by"].endswith(f"--folder {export} -p generator_steps=6 -p generator_samples=20 "
+                                         "-p fd_size=64 -p test_size=20 -p generator_record_samples=40")
+    assert {k: again[k] for k in ("command", "recipe", "steps", "training_seconds")} == \
+        {k: record[k] for k in ("command", "recipe", "steps", "training_seconds")}  # how it was made: kept
+    assert again["quality"] == record["quality"]  # same weights, seeds and images: the same numbers
+    large = again["quality_large"]
+    assert large["samples"] == 40 and large["label"].endswith("@40") and len(large["rows"]["SiT"]["gfd"]) == 3
+    card = (export / "README.md").read_text()
+    assert card.count("| SiT |") == 2 and "measured them" in card
+    with pytest.raises(ValueError, match="--folder is for"):
+        evaluate_command("base", "tiny", "shapes", runs, folder=export)
 
 
 def test_a_two_cycle_generator_trains_its_second_cycle_from_the_first_or_from_a_folder_of_it(tmp_path):
@@ -130,12 +147,14 @@ def test_the_shipped_generator_reproduces_its_check_losses():
     assert rows["real training images (floor)"]["gfd_mean"] < min(rows["SiT"]["gfd"] + rows["Gaussian"]["gfd"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 30's criterion: the shipped generator's record "
-                                       "(weights/generator-cifar10/training.json) does not meet it")
 def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
     """Issue 30: the trained SiT at least 15% below the class-conditional Gaussian of the same tokens in gFD, and
-    in KID, over its record's sampling seeds.  Strict: this fails as soon as a shipped generator meets it."""
-    q = read_record(generator_folder("cifar10"))["quality"]
+    in KID, over its record's sampling seeds (their means), at ≥ 2000 samples.  Read at the largest count the record
+    holds, both metrics at that one count: FD's bias from a finite count is the same for every row and makes any two
+    rows look closer, less so the more samples (KID is unbiased)."""
+    record = read_record(generator_folder("cifar10"))
+    q = max((q for q in (record["quality"], record.get("quality_large")) if q), key=lambda q: q["samples"])
+    assert q["samples"] >= 2000 and len(q["seeds"]) >= 3
     sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
     assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] <= 0.85 * gauss["kid_mean"]
 

@@ -159,9 +159,16 @@ def test_the_shipped_weights_measured_column_reads_each_kind_of_record():
             "anchors": {"PCA": {"values": 64, "psnr": 21.42, "fd_effnet": 286.78}}}
     assert results_page.measured(base) == ("PSNR 21.29 dB, rFD-EffNet 133.9 (PCA at 64 values: 21.42 dB, 286.8); "
                                            "2000 test images")
-    rows = {"SiT": {"gfd_mean": 170.04, "gfd_std": 0.91}, "Gaussian": {"gfd_mean": 167.84, "gfd_std": 0.83},
-            "base decodes of them (ceiling)": {"gfd_mean": 137.97, "gfd_std": 0.0}}
+    rows = {"SiT": {"gfd_mean": 170.04, "gfd_std": 0.91, "kid_mean": 0.1, "kid_std": 0.002},
+            "Gaussian": {"gfd_mean": 200.0, "gfd_std": 0.83, "kid_mean": 0.125, "kid_std": 0.001},
+            "base decodes of them (ceiling)": {"gfd_mean": 137.97, "gfd_std": 0.0, "kid_mean": 0.09, "kid_std": 0.0}}
     generator = {"quality": {"label": "gFD-EffNet@2000", "seeds": [0, 1, 2], "rows": rows}}
-    assert results_page.measured(generator) == ("gFD-EffNet@2000 170.0 ± 0.9 over 3 seeds "
-                                                "(Gaussian anchor 167.8 ± 0.8; ceiling 138.0)")
+    at_2000 = ("gFD-EffNet@2000 170.0 ± 0.9, KID 0.1000 ± 0.0020 over 3 seeds (Gaussian anchor 200.0 ± 0.8, "
+               "KID 0.1250 ± 0.0010: 15.0% and 20.0% below; ceiling 138.0)")
+    assert results_page.measured(generator) == at_2000
+    generator["quality_large"] = {"label": "gFD-EffNet@10000", "seeds": [0], "rows": rows}
+    assert results_page.measured(generator) == at_2000 + "; " + at_2000.replace("@2000", "@10000").replace(
+        "over 3 seeds", "over 1 seeds")
+    generator["quality_large"] = None  # a record without it
+    assert results_page.measured(generator) == at_2000
     assert results_page.measured({}) == results_page.NOT_RECORDED

@@ -40,7 +40,7 @@ from ..config.params import Params, resolve
 from ..pipeline import caches, generators, trainers
 from ..pipeline.ablations import stage2_on_base
 from ..pipeline.base import export_base, load_base, notebook_base_folder
-from ..pipeline.base_generator import export_run, first_cycle, read_record
+from ..pipeline.base_generator import export_run, first_cycle, read_record, remeasure
 from ..pipeline.runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
@@ -128,11 +128,8 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
             if init is not None:
                 command += f" --init {init}"
-            record = export_run(folders["generator"], export, P, parent, train_set, test_set, command,
-                                samples=P.generator.samples, first=first)
-            q = record["quality"]
-            say(f"exported to {export}: " + ", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}"
-                                                       for k, m in q["rows"].items()))
+            record = export_run(folders["generator"], export, P, parent, train_set, test_set, command, first=first)
+            say(f"exported to {export}: {_quality_line(record)}")
         if what == "base" and export and main:
             command = f"python -m sbt_lib train base --scale {scale} --dataset {P.data.dataset} --export {export}" + "".join(
                 f" -p {k}={v!r}" for k, v in (overrides or {}).items())
@@ -142,10 +139,20 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
         return results
 
 
+def _quality_line(record: dict) -> str:
+    """A generator record's sample quality in one line: gFD per row, at each count it was measured at."""
+    return "; ".join(", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}" for k, m in q["rows"].items())
+                     for q in (record["quality"], record.get("quality_large")) if q)
+
+
 def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
-                     overrides: dict | None = None) -> dict[str, dict]:
+                     overrides: dict | None = None, folder: str | Path | None = None) -> dict[str, dict]:
     """Evaluate the run(s) that ``train_command(what, ...)`` trained, on the held-out split (all of it, as
-    ``test_size`` says), sharded over the processes; returns the metrics by run name (every rank)."""
+    ``test_size`` says), sharded over the processes; returns the metrics by run name (every rank).  ``folder``:
+    for ``generator``, measure that ``save_pretrained`` folder's record again instead (the shipped one's numbers,
+    without its hours of training: :func:`~sbt_lib.workbook.pipeline.base_generator.remeasure`), one process."""
+    if folder is not None:
+        return {"generator": _remeasure(what, scale, dataset, out, overrides, Path(folder))}
     with dist.process_group() as (rank, world_size):
         P, out, folders = _resolve(what, scale, dataset, out, overrides)
         with dist.main_first():
@@ -178,3 +185,19 @@ def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, 
                 print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in metrics.items()) + f"  → {folders[name] / 'evaluation.json'}")
         return results
+
+
+def _remeasure(what: str, scale: str, dataset: str | None, out, overrides: dict | None, folder: Path) -> dict:
+    """``evaluate generator --folder DIR``: the record of the generator folder ``DIR``, measured again."""
+    if what != "generator":
+        raise ValueError("--folder is for `evaluate generator` (a generator folder whose record to measure again)")
+    if dist.launched_by_torchrun():
+        raise ValueError("`evaluate generator --folder` runs as one process: run it without torchrun")
+    P, out, _ = _resolve(what, scale, dataset, out, overrides)
+    train_set, test_set = caches.load_data(P)
+    command = f"python -m sbt_lib evaluate generator --scale {scale} --dataset {P.data.dataset} --folder {folder}" + \
+        "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+    record = remeasure(folder, P, _stage1(P, out), train_set, test_set, command)
+    print(f"measured {folder}: {_quality_line(record)}")
+    return record
+

@@ -125,6 +125,10 @@ class GeneratorConfig(Config):
     gaussian_guidance: float = 2.0  # the Gaussian anchor's guidance scale and start: its own best, so that the
     gaussian_guidance_from: float = 0.0  # SiT is never measured against an anchor sampled in a way that suits it less
     samples: int = 500  # generated images per distribution metric (its label says the count: FD@500)
+    # the shipped generator's record also measures its quality at this many samples, each against as many test
+    # images (0: only at ``samples``): FD's bias from a finite count is shared by every row and shrinks as the count
+    # grows, so the ratio of two rows reads truer there
+    record_samples: int = 0
     compare_size: str = "mini"  # notebook 05's (a)/(b)/(c): SiTs of this size trained from zero velocity,
     compare_steps: int = 400  # for this many steps of (a) (the others at (a)'s FLOPs),
     compare_lr: float = 1e-3  # at this learning rate, without EMA,

@@ -160,16 +160,17 @@ def check_loss(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, seed:
 def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P, tokens, train_set, test_set,
                    samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     """gFD-EffNet and KID (mean ± std over sampling ``seeds``) of ``samples`` balanced samples of ``model`` against
-    as many test images, beside the class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor
-    to beat, sampled at its own guidance, ``gaussian_guidance*``), real training images (the floor at this count) and
-    the base's decodes of them (the ceiling)."""
+    as many test images (of ``test_set`` where it holds that many, else of ``P``'s test split), beside the
+    class-conditional Gaussian of the same ``tokens`` at the same seeds (the anchor to beat, sampled at its own
+    guidance, ``gaussian_guidance*``), real training images (the floor at this count) and the base's decodes of them
+    (the ceiling)."""
     from ...eval.generation import generation_metrics
     from ...eval.reconstruction import held_out_images
-    from . import generators
+    from . import caches, generators
     from .generation_study import summarize
 
     g = P.generator
-    real = held_out_images(test_set, samples)
+    real = held_out_images(test_set, samples) if len(test_set) >= samples else caches.test_images(P, samples)
     classes = torch.arange(samples) % len(train_set.classes)
     gaussian, gaussian_norm = generators.build_generator(P.replace(generator_prior="gaussian"), tokens, train_set)
     settings = {"SiT": (model, normalizer, g.guidance, g.guidance_from),
@@ -195,32 +196,60 @@ def sample_quality(model: SiT, normalizer: TokenNormalizer, base: SelfBootTok, P
 # --------------------------------------------------------------------------------------------- export
 
 def export_run(run: str | Path, folder: str | Path, P, base: SelfBootTok, train_set, test_set, command: str,
-               samples: int = 2000, seeds: tuple[int, ...] = (0, 1, 2), first: dict | None = None) -> dict:
+               seeds: tuple[int, ...] = (0, 1, 2), first: dict | None = None) -> dict:
     """Write the (EMA) generator of the finished run folder ``run`` (trained by ``P`` on ``base``'s global tokens of
     ``train_set``) at ``folder`` (:func:`save_generator`) with ``training.json``: the recipe, the base's config, the
     run's steps and seconds (both cycles' where it has two; ``first``: the record of the folder that stood in for the
-    first), the sample quality (:func:`sample_quality`) and the check losses, all measured on the float16 weights as
-    shipped.  Returns the record."""
-    from . import caches, generators
+    first), and what :func:`measure` measures on the float16 weights as shipped.  Returns the record."""
     from .runs import load_generator
+    from . import generators
 
     save_generator(*load_generator(generators.final_run(run, P)), folder)
-    model, normalizer = load_generator_folder(folder)
-    tokens = caches.token_cache(base, train_set, P, "global", progress=False)
-    quality = sample_quality(model, normalizer, base, P, tokens, train_set, test_set, samples, seeds)
+    model = load_generator_folder(folder)[0]
     meta, g = _steps_and_seconds(Path(run), P, first), P.generator
     record = {
         "command": command, "recipe": recipe(P), "tokenizer": base.cfg.to_dict(),
-        "sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance,
-                     "guidance_from": g.guidance_from, "gaussian_guidance": g.gaussian_guidance,
-                     "gaussian_guidance_from": g.gaussian_guidance_from},
         "steps": meta["step"], "batch_size": g.batch_size, "images_seen": meta["step"] * g.batch_size,
         "training_seconds": round(meta["seconds"], 1), "machine": _machine(),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "quality": quality, "check_loss": check_loss(model, normalizer, base),
     }
     if g.restart_steps:
         record["cycles"] = meta["cycles"]
+    return _write(folder, {**record, **measure(folder, P, base, train_set, test_set, seeds)})
+
+
+def measure(folder: str | Path, P, base: SelfBootTok, train_set, test_set, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """What the record of the generator in ``folder`` measures, sampled as ``P`` says: its sampling settings, its
+    sample quality (:func:`sample_quality`) at ``P.generator.samples`` (``quality``) and, where
+    ``record_samples`` is set, at that count too (``quality_large``; else None), and its check losses."""
+    from . import caches
+
+    model, normalizer = load_generator_folder(folder)
+    tokens = caches.token_cache(base, train_set, P, "global", progress=False)
+    g = P.generator
+
+    def quality(samples):
+        return sample_quality(model, normalizer, base, P, tokens, train_set, test_set, samples, seeds)
+    return {"sampling": {"sampler": g.sampler, "sampling_steps": g.sampling_steps, "guidance": g.guidance,
+                         "guidance_from": g.guidance_from, "gaussian_guidance": g.gaussian_guidance,
+                         "gaussian_guidance_from": g.gaussian_guidance_from},
+            "quality": quality(g.samples), "quality_large": quality(g.record_samples) if g.record_samples else None,
+            "check_loss": check_loss(model, normalizer, base)}
+
+
+def remeasure(folder: str | Path, P, base: SelfBootTok, train_set, test_set, command: str) -> dict:
+    """Measure the shipped generator in ``folder`` again (:func:`measure`, as ``P`` samples), without training:
+    its record keeps how the weights were made and takes the new measurements and ``measured_by`` (``command``);
+    its model card is rewritten.  An error where the record's base is not ``base``.  Returns the record."""
+    record = read_record(folder)
+    if record.get("tokenizer") != base.cfg.to_dict():
+        raise ValueError(f"{folder} was trained on another base tokenizer's tokens than this scale's; measure it "
+                         "with the base it was trained on")
+    return _write(folder, {**record, **measure(folder, P, base, train_set, test_set), "measured_by": command})
+
+
+def _write(folder: str | Path, record: dict) -> dict:
+    """``record`` as the folder's ``training.json``, and its model card as ``README.md``."""
     write_json(Path(folder) / RECORD, record)
     (Path(folder) / "README.md").write_text(model_card(record))
     return record
@@ -249,8 +278,7 @@ def _steps_and_seconds(run: Path, P, first: dict | None) -> dict:
 def model_card(record: dict) -> str:
     """The folder's README.md: what the weights are, how to load and remake them, what they measure."""
     r, q, s = record["recipe"], record["quality"], record["sampling"]
-    rows = [(name, m["gfd_mean"], m["gfd_std"], m["kid_mean"], m["kid_std"]) for name, m in q["rows"].items()]
-    table = "\n".join(f"| {n} | {g:.1f} ± {gs:.1f} | {k:.4f} ± {ks:.4f} |" for n, g, gs, k, ks in rows)
+    large = record.get("quality_large")
     cycles = record.get("cycles")
     lr = (f"lr {r['lr']:g}" if not cycles else
           f"in two cosine cycles ({cycles[0]['steps']} steps at lr {cycles[0]['lr']:g} from zero velocity, then "
@@ -282,11 +310,29 @@ Samples: {s["sampler"]} × {s["sampling_steps"]}, guidance {s["guidance"]} for t
 t ≥ {s.get("gaussian_guidance_from", 0.0):g}; {q["samples"]} balanced samples against as many test images,
 {len(q["seeds"])} sampling seeds (mean ± std):
 
-| | {q["label"]} ↓ | KID ↓ |
-|---|---|---|
-{table}
-
+{quality_table(q)}{_large_card(large) if large else ""}
 `training.json` holds these numbers, the recipe, the machine, and the flow-matching loss of fixed check batches that the
-workbook's tests recompute.
+workbook's tests recompute{f"; `{record['measured_by']}` measured them" if record.get("measured_by") else ""}.
 """
+
+
+def quality_table(q: dict) -> str:
+    """A :func:`sample_quality` result as a markdown table: gFD and KID (mean ± std over its seeds) per row, and
+    the SiT's distance below the Gaussian anchor in each."""
+    rows = q["rows"]
+    table = [f"| | {q['label']} ↓ | KID ↓ |", "|---|---|---|"] + [
+        f"| {n} | {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f} | {m['kid_mean']:.4f} ± {m['kid_std']:.4f} |"
+        for n, m in rows.items()]
+    sit, gauss = rows["SiT"], rows["Gaussian"]
+    below = [1 - sit[k] / gauss[k] for k in ("gfd_mean", "kid_mean")]
+    return "\n".join(table) + f"\n\nThe SiT below the Gaussian: {below[0]:.1%} in gFD, {below[1]:.1%} in KID.\n"
+
+
+def _large_card(q: dict) -> str:
+    """The model card's paragraph on the record at ``record_samples``."""
+    return f"""
+The same at {q["samples"]} samples against as many test images, where FD's bias from a finite count (shared by every
+row) is smaller, {len(q["seeds"])} sampling seeds:
+
+{quality_table(q)}"""
 

@@ -156,15 +156,22 @@ def measured(record: dict) -> str:
             text += f" (PCA at {pca['values']} values: {pca['psnr']:.2f} dB, {pca['fd_effnet']:.1f})"
         return text + f"; {test['test_images']} test images"
     if quality and "SiT" in quality.get("rows", {}):
-        rows = quality["rows"]
-
-        def spread(name):
-            return f"{rows[name]['gfd_mean']:.1f} ± {rows[name]['gfd_std']:.1f}"
-        seeds = len(quality["seeds"])
-        text = f"{quality['label']} {spread('SiT')} over {seeds} seeds (Gaussian anchor {spread('Gaussian')}"
-        ceiling = next((v for k, v in rows.items() if "ceiling" in k), None)
-        return text + (f"; ceiling {ceiling['gfd_mean']:.1f})" if ceiling else ")")
+        return "; ".join(_generator_quality(q) for q in (quality, record.get("quality_large")) if q)
     return NOT_RECORDED
+
+
+def _generator_quality(quality: dict) -> str:
+    """A generator record's sample quality at one count: the SiT's gFD and KID beside its Gaussian anchor's."""
+    rows = quality["rows"]
+
+    def spread(name, key="gfd", digits=1):
+        return f"{rows[name][key + '_mean']:.{digits}f} ± {rows[name][key + '_std']:.{digits}f}"
+    sit, gauss = rows["SiT"], rows["Gaussian"]
+    text = (f"{quality['label']} {spread('SiT')}, KID {spread('SiT', 'kid', 4)} over {len(quality['seeds'])} seeds "
+            f"(Gaussian anchor {spread('Gaussian')}, KID {spread('Gaussian', 'kid', 4)}: "
+            f"{1 - sit['gfd_mean'] / gauss['gfd_mean']:.1%} and {1 - sit['kid_mean'] / gauss['kid_mean']:.1%} below")
+    ceiling = next((v for k, v in rows.items() if "ceiling" in k), None)
+    return text + (f"; ceiling {ceiling['gfd_mean']:.1f})" if ceiling else ")")
 
 
 def weights_section(weights: Path, page: Path) -> list[str]:
