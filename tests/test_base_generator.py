@@ -159,6 +159,22 @@ def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
     assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] <= 0.85 * gauss["kid_mean"]
 
 
+def test_record_verdicts_read_the_sit_against_the_gaussian_seed_by_seed_at_each_count():
+    from sbt_lib.workbook.pipeline.base_generator import record_verdicts
+
+    def quality(samples, sit, gauss):
+        row = lambda v: {"gfd": v, "kid": [x / 1000 for x in v], "gfd_mean": sum(v) / len(v), "gfd_std": 1.0,
+                         "kid_mean": sum(v) / len(v) / 1000, "kid_std": 0.001}
+        return {"samples": samples, "seeds": [0, 1], "label": f"gFD@{samples}",
+                "rows": {"SiT": row(sit), "Gaussian": row(gauss)}}
+    record = {"quality": quality(2000, [90.0, 70.0], [100.0, 100.0]), "quality_large": None}
+    (line,) = record_verdicts(record)
+    assert "2000 samples, 2 sampling seeds" in line and "gFD@2000 80.0 ± 1.0 against 100.0 ± 1.0: 20.0% below " \
+        "(seed by seed 10.0%, 30.0%)" in line and "KID 0.0800 ± 0.0010 against 0.1000 ± 0.0010: 20.0% below" in line
+    record["quality_large"] = quality(10000, [120.0, 120.0], [100.0, 100.0])
+    assert "gFD@10000 120.0 ± 1.0 against 100.0 ± 1.0: 20.0% above (seed by seed -20.0%, -20.0%)" in record_verdicts(record)[1]
+
+
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_notebook_05_at_cpu_and_gpu_reuses_the_generator_bundle(scale):
     """Notebook 05's generator is the ``generator`` bundle's, so that at cpu it loads the shipped one."""

@@ -328,6 +328,28 @@ def quality_table(q: dict) -> str:
     return "\n".join(table) + f"\n\nThe SiT below the Gaussian: {below[0]:.1%} in gFD, {below[1]:.1%} in KID.\n"
 
 
+def record_verdicts(record: dict) -> list[str]:
+    """A generator record's SiT against its Gaussian anchor, one line per count it was measured at: each metric's
+    mean ± std over the sampling seeds, how far below (or above) the anchor the SiT's mean is, and how far below it
+    each seed is (the two rows of a seed share its classes and noise)."""
+    lines = []
+    for q in (record["quality"], record.get("quality_large")):
+        if not q:
+            continue
+        sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
+        parts = []
+        for key, name, f in (("gfd", q["label"], ".1f"), ("kid", "KID", ".4f")):
+            below = 1 - sit[f"{key}_mean"] / gauss[f"{key}_mean"]
+            by_seed = ", ".join(f"{1 - a / b:.1%}" for a, b in zip(sit[key], gauss[key]))
+            parts.append(f"{name} {sit[f'{key}_mean']:{f}} ± {sit[f'{key}_std']:{f}} against "
+                         f"{gauss[f'{key}_mean']:{f}} ± {gauss[f'{key}_std']:{f}}: {abs(below):.1%} "
+                         f"{'below' if below >= 0 else 'above'} "
+                         f"(seed by seed {by_seed})")
+        lines.append(f"the shipped SiT against the Gaussian of its tokens, {q['samples']} samples, "
+                     f"{len(q['seeds'])} sampling seeds: " + "; ".join(parts))
+    return lines
+
+
 def _large_card(q: dict) -> str:
     """The model card's paragraph on the record at ``record_samples``."""
     return f"""
