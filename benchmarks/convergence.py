@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.report(results, [p for p in convergence.PARTS if p in results["parts"]], scale=args.scale))
     where = report.results_file(args.scale, args.out)
     state = ("paused at the deadline: run the same command to go on" if results["paused"] else
-             "every selected run is done" if all(p["finished"] for p in results["parts"].values())
-             else "stopped (--until-images): run again to go on")
+             "stopped (--until-images): run again to go on" if args.until_images else
+             "every run of the selected parts is done" if all(p["finished"] for p in results["parts"].values())
+             else "the selected runs are done; the parts' other runs remain (select them with --variants/--seeds, "
+                  "or name neither)")
     print(f"\n{where} and {where.with_suffix('.png')} written ({(time.time() - t0) / 60:.1f} min); {state}")
     return 0
 
