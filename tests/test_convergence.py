@@ -161,6 +161,11 @@ def test_collect_says_how_far_each_part_is_and_what_it_cost(tmp_path):
     assert "No convergence study" in rc.report(None, ["A"], scale="tiny")
     fig = rc.figure(results, parts=["A"], path=tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000 and len(fig.axes) == 2
+    hollow = lambda f: [ln for ln in f.axes[0].lines if ln.get_markerfacecolor() == "white"]
+    assert not hollow(fig)  # every seed at every level
+    part["curves"]["G"][-1]["n"] = 2  # a level one seed has not reached yet
+    (line,) = hollow(rc.figure(results, parts=["A"]))
+    assert list(line.get_xdata()) == [128]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -215,7 +215,8 @@ def report(results: dict | None, parts, claims=None, scale: str = "cpu") -> str:
 def figure(results: dict, parts=None, variants=None, path=None):
     """PSNR and the rFD against images seen (log axis), one row per part of ``parts`` (default: all with curves),
     one line per variant (``variants``: only those) — the mean over seeds, the band from the lowest to the highest
-    seed — with PCA at the base's number of values and the base itself as horizontal lines."""
+    seed, hollow points where fewer seeds than the part's have reached the level — with PCA at the base's number of
+    values and the base itself as horizontal lines."""
     import matplotlib.pyplot as plt
 
     from .viz import count_label, save_figure
@@ -234,8 +235,12 @@ def figure(results: dict, parts=None, variants=None, path=None):
             for i, v in enumerate(shown):
                 curve = [e for e in part["curves"][v] if f"{metric}_mean" in e]
                 x = [e["level"] for e in curve]
-                ax.plot(x, [e[f"{metric}_mean"] for e in curve], marker="o", ms=3, color=f"C{i}",
+                y = [e[f"{metric}_mean"] for e in curve]
+                ax.plot(x, y, marker="o", ms=3, color=f"C{i}",
                         label=f"{v}" + (f" ({part['derived'][v][1]:.2f}× the images)" if v in part["derived"] else ""))
+                few = [(a, b) for a, b, e in zip(x, y, curve) if e["n"] < len(part["seeds"])]
+                if few:  # levels that not every seed has reached yet: hollow
+                    ax.plot(*zip(*few), ls="none", marker="o", ms=5, mfc="white", color=f"C{i}")
                 ax.fill_between(x, [e[f"{metric}_min"] for e in curve], [e[f"{metric}_max"] for e in curve],
                                 color=f"C{i}", alpha=0.2, lw=0)
             for j, (anchor, style) in enumerate((("PCA", "--"), ("base", ":"))):
@@ -255,6 +260,6 @@ def figure(results: dict, parts=None, variants=None, path=None):
         row[0].set_title(f"{part['title']} — {state}", loc="left", fontsize=10)
         row[0].legend(fontsize=7)
     fig.suptitle(f"convergence, {results['dataset']}, {results['eval_images']} test images: mean over seeds, band "
-                 "min–max", fontsize=10)
+                 "min–max; hollow points: not every seed there yet", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
