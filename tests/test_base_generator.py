@@ -11,7 +11,7 @@ from sbt_lib.generation.transport import TokenNormalizer
 from sbt_lib.models.sit import SiT, SiTConfig
 from sbt_lib.workbook.pipeline.base import load_base
 from sbt_lib.workbook.pipeline.base_generator import (NORMALIZER, check_loss, generator_folder, load_generator_folder,
-                                             read_record, recipe, save_generator, shipped_for)
+                                             qualities, read_record, recipe, save_generator, shipped_for)
 from sbt_lib.workbook.cli.launch import evaluate_command, train_command
 from sbt_lib.workbook.config.params import resolve
 from sbt_lib.workbook.pipeline.runs import load_tokenizer
@@ -111,7 +111,9 @@ def test_a_two_cycle_generator_trains_its_second_cycle_from_the_first_or_from_a_
     assert [c["steps"] for c in record["cycles"]] == [6, 4] and record["cycles"][1]["lr"] == 1e-4
     assert record["cycles"][0]["seconds"] == first["training_seconds"]
     assert record["training_seconds"] == pytest.approx(sum(c["seconds"] for c in record["cycles"]), abs=0.2)
-    assert record["command"].endswith(f"--init {tmp_path / 'first'}")
+    assert record["command"] == (f"python -m sbt_lib train generator --scale tiny --dataset shapes --export "
+                                 f"{tmp_path / 'second'} --init {tmp_path / 'first'}"
+                                 + "".join(f" -p {k}={v!r}" for k, v in two.items()))
     assert record["recipe"] == recipe(resolve("generator", "tiny", dataset="shapes", **two))
     assert not (tmp_path / "on-first/05_generation/generators/global/checkpoint.json").exists()  # no first cycle run
     a, b = load_generator_folder(tmp_path / "first")[0], load_generator_folder(tmp_path / "second")[0]
@@ -153,7 +155,7 @@ def test_the_shipped_generator_beats_the_gaussian_by_15_percent():
     holds, both metrics at that one count: FD's bias from a finite count is the same for every row and makes any two
     rows look closer, less so the more samples (KID is unbiased)."""
     record = read_record(generator_folder("cifar10"))
-    q = max((q for q in (record["quality"], record.get("quality_large")) if q), key=lambda q: q["samples"])
+    q = max(qualities(record), key=lambda q: q["samples"])
     assert q["samples"] >= 2000 and len(q["seeds"]) >= 3
     sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
     assert sit["gfd_mean"] <= 0.85 * gauss["gfd_mean"] and sit["kid_mean"] <= 0.85 * gauss["kid_mean"]

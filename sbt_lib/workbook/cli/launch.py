@@ -40,7 +40,7 @@ from ..config.params import Params, resolve
 from ..pipeline import caches, generators, trainers
 from ..pipeline.ablations import stage2_on_base
 from ..pipeline.base import export_base, load_base, notebook_base_folder
-from ..pipeline.base_generator import export_run, first_cycle, read_record, remeasure
+from ..pipeline.base_generator import export_run, first_cycle, qualities, read_record, remeasure
 from ..pipeline.runs import load_generator, load_tokenizer, variant_run
 
 WHAT = ("base", "stage2", "generator")
@@ -124,25 +124,29 @@ def train_command(what: str, scale: str = "cpu", dataset: str | None = None, out
                 + f"; checkpoint in {folders[name]}")
         say(f"done in {time.perf_counter() - t0:.1f} s")
         if what == "generator" and export and main:
-            command = f"python -m sbt_lib train generator --scale {scale} --dataset {P.data.dataset} --export {export}" + \
-                "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
-            if init is not None:
-                command += f" --init {init}"
+            command = _command_line("train", what, scale, P, overrides, export=export, init=init)
             record = export_run(folders["generator"], export, P, parent, train_set, test_set, command, first=first)
             say(f"exported to {export}: {_quality_line(record)}")
         if what == "base" and export and main:
-            command = f"python -m sbt_lib train base --scale {scale} --dataset {P.data.dataset} --export {export}" + "".join(
-                f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+            command = _command_line("train", what, scale, P, overrides, export=export)
             record = export_base(folders["base"], export, train_set, test_set, command, P.eval.fd_size)
             say(f"exported to {export}: " + json.dumps({k: record["test"].get(k) for k in ("test_psnr", "fd_effnet")})
                 + f" (PCA: {json.dumps(record['anchors']['PCA'])})")
         return results
 
 
+def _command_line(verb: str, what: str, scale: str, P: Params, overrides: dict | None, **flags) -> str:
+    """The command that remakes a record: ``python -m sbt_lib VERB WHAT`` with its scale, data set, the ``flags``
+    that are set (``--export DIR``, ...) and every ``-p`` override."""
+    return (f"python -m sbt_lib {verb} {what} --scale {scale} --dataset {P.data.dataset}"
+            + "".join(f" --{k} {v}" for k, v in flags.items() if v is not None)
+            + "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items()))
+
+
 def _quality_line(record: dict) -> str:
     """A generator record's sample quality in one line: gFD per row, at each count it was measured at."""
-    return "; ".join(", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}" for k, m in q["rows"].items())
-                     for q in (record["quality"], record.get("quality_large")) if q)
+    return "; ".join(", ".join(f"{k} {q['label']} {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f}"
+                               for k, m in q["rows"].items()) for q in qualities(record))
 
 
 def evaluate_command(what: str, scale: str = "cpu", dataset: str | None = None, out: str | Path | None = None,
@@ -195,8 +199,7 @@ def _remeasure(what: str, scale: str, dataset: str | None, out, overrides: dict 
         raise ValueError("`evaluate generator --folder` runs as one process: run it without torchrun")
     P, out, _ = _resolve(what, scale, dataset, out, overrides)
     train_set, test_set = caches.load_data(P)
-    command = f"python -m sbt_lib evaluate generator --scale {scale} --dataset {P.data.dataset} --folder {folder}" + \
-        "".join(f" -p {k}={v!r}" for k, v in (overrides or {}).items())
+    command = _command_line("evaluate", what, scale, P, overrides, folder=folder)
     record = remeasure(folder, P, _stage1(P, out), train_set, test_set, command)
     print(f"measured {folder}: {_quality_line(record)}")
     return record

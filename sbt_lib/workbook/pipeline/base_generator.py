@@ -319,13 +319,21 @@ workbook's tests recompute{f"; `{record['measured_by']}` measured them" if recor
 def quality_table(q: dict) -> str:
     """A :func:`sample_quality` result as a markdown table: gFD and KID (mean ± std over its seeds) per row, and
     the SiT's distance below the Gaussian anchor in each."""
-    rows = q["rows"]
     table = [f"| | {q['label']} ↓ | KID ↓ |", "|---|---|---|"] + [
         f"| {n} | {m['gfd_mean']:.1f} ± {m['gfd_std']:.1f} | {m['kid_mean']:.4f} ± {m['kid_std']:.4f} |"
-        for n, m in rows.items()]
-    sit, gauss = rows["SiT"], rows["Gaussian"]
-    below = [1 - sit[k] / gauss[k] for k in ("gfd_mean", "kid_mean")]
-    return "\n".join(table) + f"\n\nThe SiT below the Gaussian: {below[0]:.1%} in gFD, {below[1]:.1%} in KID.\n"
+        for n, m in q["rows"].items()]
+    return "\n".join(table) + (f"\n\nThe SiT below the Gaussian: {_below(q, 'gfd'):.1%} in gFD, "
+                               f"{_below(q, 'kid'):.1%} in KID.\n")
+
+
+def qualities(record: dict) -> list[dict]:
+    """A generator record's :func:`sample_quality` results, one per sample count it was measured at, smallest first."""
+    return [q for q in (record["quality"], record.get("quality_large")) if q]
+
+
+def _below(q: dict, key: str) -> float:
+    """How far below the Gaussian anchor the SiT's mean ``key`` (gfd, kid) is in ``q``, as a fraction of it."""
+    return 1 - q["rows"]["SiT"][f"{key}_mean"] / q["rows"]["Gaussian"][f"{key}_mean"]
 
 
 def record_verdicts(record: dict) -> list[str]:
@@ -333,13 +341,11 @@ def record_verdicts(record: dict) -> list[str]:
     mean ± std over the sampling seeds, how far below (or above) the anchor the SiT's mean is, and how far below it
     each seed is (the two rows of a seed share its classes and noise)."""
     lines = []
-    for q in (record["quality"], record.get("quality_large")):
-        if not q:
-            continue
+    for q in qualities(record):
         sit, gauss = q["rows"]["SiT"], q["rows"]["Gaussian"]
         parts = []
         for key, name, f in (("gfd", q["label"], ".1f"), ("kid", "KID", ".4f")):
-            below = 1 - sit[f"{key}_mean"] / gauss[f"{key}_mean"]
+            below = _below(q, key)
             by_seed = ", ".join(f"{1 - a / b:.1%}" for a, b in zip(sit[key], gauss[key]))
             parts.append(f"{name} {sit[f'{key}_mean']:{f}} ± {sit[f'{key}_std']:{f}} against "
                          f"{gauss[f'{key}_mean']:{f}} ± {gauss[f'{key}_std']:{f}}: {abs(below):.1%} "
