@@ -147,9 +147,21 @@ def a_against_b(results: dict, claims=None, claim: str = "locals_vs_g") -> list[
             return (f"{where} ({v['level']:,} images) {v['difference']:+.2f}{' ' + unit if unit else ''}, "
                     + ("within the spread" if v["call"] == "within" else f"clearly {v['call']}"))
 
+        running = [v["part"] for v in (a, b) if not _at_the_end(results["parts"][v["part"]], v["level"])]
+        one = len(running) == 1
+        caveat = (f" Provisional: {' and '.join(running)} {'is' if one else 'are'} read before the end of "
+                  f"{'its' if one else 'their'} curves (not flattened, below the last level)." if running else "")
         out.append(f"- [A against B · {label}] **{a['a']}** vs **{a['b']}**: {said(a, 'fixed global tokens, A')}; "
-                   f"{said(b, 'end to end, B')} → {_source(a['call'], b['call'])}.")
+                   f"{said(b, 'end to end, B')} → {'so far, ' * bool(running)}{_source(a['call'], b['call'])}."
+                   + caveat)
     return out
+
+
+def _at_the_end(part: dict, level: int) -> bool:
+    """Whether ``level`` is the end of the part's curves: its last level, or at or past where its stopping rule
+    holds (the curves flattened, or the floor)."""
+    rule = part["stopping"]
+    return level >= part["end_level"] or (rule["holds"] and level >= rule["level"])
 
 
 def _status(part: dict) -> str:
