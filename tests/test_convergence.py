@@ -142,8 +142,8 @@ def test_a_against_b_says_where_the_local_tokens_difference_comes_from(tmp_path)
     assert rc.a_against_b(results, claims=["l_ot"]) == [] and lines[0] not in rc.verdict_lines(results, ["A"])
     assert "Provisional" not in lines[0] and "so far" not in lines[0]  # both parts read where their curves flattened
     # a part whose curves still climb is read all the same, and said to be provisional
-    rising = _fake_study(tmp_path / "r", {"G": lambda lv, s: (18 + lv / 32 + jitter[s], 100.0 + 10 * s),
-                                         "G+L1+L2": lambda lv, s: (19 + lv / 32 + jitter[s], 100.0 + 10 * s)})
+    _fake_study(tmp_path / "r", {"G": lambda lv, s: (18 + lv / 32 + jitter[s], 100.0 + 10 * s),
+                 "G+L1+L2": lambda lv, s: (19 + lv / 32 + jitter[s], 100.0 + 10 * s)})
     for v in ("G", "G+L1+L2"):  # one seed short of the last level: the claim is read at 64 of 128 images
         curve = variant_run(tmp_path / "r" / "A", v, 2) / "curve.json"
         write_json(curve, json.loads(curve.read_text())[:2])
