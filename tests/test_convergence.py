@@ -151,7 +151,8 @@ def test_a_against_b_says_where_the_local_tokens_difference_comes_from(tmp_path)
     early = rc.a_against_b(results)
     assert "B (64 images) +1.00 dB" in early[0]
     assert "→ so far, a gain only end to end" in early[0]
-    assert early[0].endswith("Provisional: B is read before the end of its curves (not flattened, below the last level).")
+    assert early[0].endswith("Provisional: B is read before the end of its curves (not flattened, below the last "
+                             "level).")
     del results["parts"]["B"]
     assert rc.a_against_b(results) == []  # no B: nothing to read it against
 
